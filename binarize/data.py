@@ -1,0 +1,152 @@
+"""Datasets: Fashion-MNIST from its IDX files, and small synthetic data for tests and benches.
+
+Fashion-MNIST (Xiao et al. 2017, arXiv 1708.07747) is read offline from the Debian package
+`dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist/) or from ./.data/fashion-mnist/
+(what `make data` unpacks without root). Nothing is downloaded.
+
+IDX format: bytes 0-1 are zero, byte 2 is the element type (0x08 = uint8), byte 3 the number
+of dimensions d; then d big-endian uint32 sizes; then the elements, row-major.
+"""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from binarize.errors import TrainingError
+
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+# Mean and standard deviation of the training images' pixels in [0, 1].
+FASHION_MNIST_MEAN = 0.2860
+FASHION_MNIST_STD = 0.3530
+_SPLITS = {"train": ("train", 60000), "test": ("t10k", 10000)}
+_INSTALL_HINT = (
+    "install it with `make data` (Debian package dataset-fashion-mnist, or unpacked into "
+    "./.data/fashion-mnist/ without root), or pass root= a folder holding "
+    "{train,t10k}-{images-idx3,labels-idx1}-ubyte.gz"
+)
+
+
+def default_roots() -> list[Path]:
+    """Folders searched for Fashion-MNIST, in order."""
+    repo = Path(__file__).resolve().parents[1]
+    roots = [
+        Path("/usr/share/datasets/fashion-mnist"),
+        Path.cwd() / ".data" / "fashion-mnist",
+        repo / ".data" / "fashion-mnist",
+    ]
+    return list(dict.fromkeys(roots))
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Read a (optionally gzipped) IDX file of uint8 elements into an array of its shape.
+
+    Raises TrainingError naming the file when the header or the length is wrong.
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise TrainingError(f"cannot read IDX file {path}: {exc}; {_INSTALL_HINT}") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise TrainingError(f"{path} is not an IDX file (its first two bytes must be zero)")
+    if raw[2] != 0x08:
+        raise TrainingError(
+            f"{path}: IDX element type 0x{raw[2]:02x} is not supported (expected 0x08, uint8)"
+        )
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:
+        raise TrainingError(f"{path}: IDX header declares {ndim} dimensions but is truncated")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = int(np.prod(shape))
+    if len(raw) - header != expected:
+        raise TrainingError(
+            f"{path}: IDX header declares shape {shape} ({expected} bytes of data) but the "
+            f"file holds {len(raw) - header}; the file is damaged, reinstall it ({_INSTALL_HINT})"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def find_fashion_mnist(root: str | Path | None = None) -> Path:
+    """The folder holding the four Fashion-MNIST files (`root` if given, else searched)."""
+    roots = [Path(root)] if root is not None else default_roots()
+    for folder in roots:
+        if all((folder / name).is_file() for name in _file_names("train") + _file_names("test")):
+            return folder
+    raise TrainingError(
+        f"Fashion-MNIST not found in {[str(r) for r in roots]}; {_INSTALL_HINT}"
+    )
+
+
+def fashion_mnist(
+    split: str = "train",
+    *,
+    root: str | Path | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Fashion-MNIST images and labels as tensors.
+
+    Returns (images float32 [N, 1, 28, 28], labels int64 [N]). Images are in [0, 1], then
+    standardised with the training set's mean and std when `normalize`. `subset` keeps that
+    many samples, drawn without replacement by a generator seeded with `seed`.
+    """
+    if split not in _SPLITS:
+        raise TrainingError(f"Fashion-MNIST split {split!r} is unknown; use 'train' or 'test'")
+    folder = find_fashion_mnist(root)
+    images_file, labels_file = (folder / name for name in _file_names(split))
+    images = read_idx(images_file)
+    labels = read_idx(labels_file)
+    expected = _SPLITS[split][1]
+    if images.shape != (expected, 28, 28) or labels.shape != (expected,):
+        raise TrainingError(
+            f"Fashion-MNIST {split} files in {folder} hold images {images.shape} and labels "
+            f"{labels.shape}, expected ({expected}, 28, 28) and ({expected},); {_INSTALL_HINT}"
+        )
+    if labels.max() >= len(FASHION_MNIST_CLASSES):
+        raise TrainingError(f"{labels_file} holds label {labels.max()}, expected 0..9")
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    if normalize:
+        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
+    if subset is not None and subset < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:subset]
+        x, y = x[keep], y[keep]
+    return x, y
+
+
+def synthetic_images(
+    n: int,
+    *,
+    channels: int = 1,
+    size: int = 8,
+    classes: int = 4,
+    noise: float = 0.5,
+    seed: int = 0,
+) -> tuple[Tensor, Tensor]:
+    """A small learnable image classification problem, made up on the spot.
+
+    Each class has a fixed random prototype image; a sample is its class's prototype plus
+    Gaussian noise of std `noise`. Returns (x float32 [n, channels, size, size], y int64 [n]).
+    """
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.randn(classes, channels, size, size, generator=g)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = prototypes[y] + noise * torch.randn(n, channels, size, size, generator=g)
+    return x, y
+
+
+def _file_names(split: str) -> list[str]:
+    prefix = _SPLITS[split][0]
+    return [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
