@@ -1,0 +1,97 @@
+"""Binary operators: sign functions, activation binarizers, binary layers, RPReLU / DyPReLU.
+
+The exact math of every operator is in PAPERS.md and in each module's docstring:
+
+* :mod:`binarize.nn.functional`: ``sign_ste``, ``approx_sign``, ``progressive_sign``,
+  ``weight_sign``, ``binarize_activation`` (exact sign forward, ``sign(0) = +1``; surrogate
+  gradients).
+* :mod:`binarize.nn.binarizers`: ``SignSTE``, ``ApproxSign``, ``ProgressiveSign``, ``RSign``,
+  ``DySign`` (all :class:`Binarizer`).
+* :mod:`binarize.nn.activations`: ``RPReLU``, ``DyPReLU`` (PReLU is ``torch.nn.PReLU``).
+* :mod:`binarize.nn.layers`: ``BinaryConv2d``, ``BinaryLinear``.
+
+Example::
+
+    >>> model = nn.Sequential(BinaryConv2d(8, 8, 3, padding=1, input_binarizer="rsign"))
+    >>> set_binarization(model, activations=True, weights=False)   # stage 1
+    >>> [type(b).__name__ for b in binarizers(model)]
+    ['RSign']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from torch import nn
+
+from binarize.nn.activations import DyPReLU, RPReLU
+from binarize.nn.binarizers import (
+    BINARIZERS,
+    ApproxSign,
+    Binarizer,
+    DySign,
+    ProgressiveSign,
+    RSign,
+    SignSTE,
+    make_binarizer,
+)
+from binarize.nn.functional import (
+    approx_sign,
+    binarize_activation,
+    progressive_sign,
+    sign_ste,
+    weight_sign,
+)
+from binarize.nn.layers import WEIGHT_SCALES, BinaryConv2d, BinaryLinear
+
+__all__ = [
+    "BINARIZERS",
+    "WEIGHT_SCALES",
+    "ApproxSign",
+    "Binarizer",
+    "BinaryConv2d",
+    "BinaryLinear",
+    "DyPReLU",
+    "DySign",
+    "ProgressiveSign",
+    "RPReLU",
+    "RSign",
+    "SignSTE",
+    "approx_sign",
+    "binarize_activation",
+    "binarizers",
+    "binary_layers",
+    "make_binarizer",
+    "progressive_sign",
+    "set_binarization",
+    "sign_ste",
+    "weight_sign",
+]
+
+
+def binarizers(model: nn.Module) -> Iterator[Binarizer]:
+    """Every activation binarizer in ``model`` (itself included), in ``modules()`` order."""
+    return (m for m in model.modules() if isinstance(m, Binarizer))
+
+
+def binary_layers(model: nn.Module) -> Iterator[BinaryConv2d | BinaryLinear]:
+    """Every ``BinaryConv2d`` / ``BinaryLinear`` in ``model``, in ``modules()`` order."""
+    return (m for m in model.modules() if isinstance(m, BinaryConv2d | BinaryLinear))
+
+
+def set_binarization(
+    model: nn.Module, *, activations: bool | None = None, weights: bool | None = None
+) -> None:
+    """Switch binarization on or off across ``model``.
+
+    ``activations`` sets ``enabled`` on every binarizer (``False``: they pass their input
+    through); ``weights`` sets ``binarize_weights`` on every binary layer. ``None`` leaves that
+    part unchanged. Two-step training (Bulat et al. 2019, ReActNet) runs stage 1 with
+    ``activations=True, weights=False`` and stage 2 with both ``True``.
+    """
+    if activations is not None:
+        for binarizer in binarizers(model):
+            binarizer.enabled = bool(activations)
+    if weights is not None:
+        for layer in binary_layers(model):
+            layer.binarize_weights = bool(weights)
