@@ -1,0 +1,69 @@
+"""Compute kernels of the packed-model runtime (numpy + numba only; never torch).
+
+Data layout (docs/IR.md): float activations are float32 NHWC (rank 4) or [N, F] (rank 2);
+binary activations are bits, uint64 with channels packed along the last axis
+([N, H, W, ceil(C/64)]; bit j of word w = channel 64*w + j; bit 1 = +1; padding bits 0).
+
+Every layer kernel works in two steps: ``prepare_*`` once at load time (validates the
+parameters, raising ``runtime.errors.InvalidModelError``, and re-lays out the weights for
+speed), then the call per inference (validates the activations, raising
+``runtime.errors.InputError``). Each call takes an optional ``Epilogue`` fused into the
+kernel's store, and ``residual=`` / ``out=`` keywords:
+
+    y = acc * scale[o] + bias[o]          (make_epilogue(O, scale=, bias=))
+    y = y + residual[..., o]              (call keyword residual=, float32 of the output shape)
+    y = prelu / rprelu(y)                 (make_epilogue(O, prelu=w) or rprelu=(gamma, zeta, beta))
+    bits = sign*y >= sign*threshold       (make_epilogue(O, quantize=(threshold, sign)))
+
+With a quantizing epilogue the kernel returns packed bits (uint64[..., ceil(O/64)]) ready for
+the next binary layer; otherwise float32[..., O]. Fused results are bit-identical to running
+the unfused IR ops (affine, add, prelu/rprelu, quantize) one after another in float32.
+
+API
+---
+``pack_bits(x f32[M, C], threshold f32[C], sign int8[C] | None) -> uint64[M, ceil(C/64)]``
+``pack_bits_per_sample(x f32[N, P, C], threshold f32[N, C], sign | None) -> uint64[N, P, Cw]``
+``make_epilogue(O, *, scale, bias, prelu, rprelu, quantize) -> Epilogue``
+``prepare_bconv(weight_bits u64[O, kh, kw, Cw], in_channels, in_hw, kernel, stride, padding,
+pad_value) -> BConvPlan``; ``bconv2d(plan, a_bits u64[N, H, W, Cw], epilogue, *, residual,
+out)``: exact zero (pad_value 0) or +-1 padding, any kernel/stride, dilation 1, groups 1.
+``prepare_bdense(weight_bits u64[O, Fw], in_features) -> BConvPlan``;
+``bdense(plan, a_bits u64[N, Fw], epilogue, *, residual, out)``.
+``prepare_conv2d(weight f32[O, C/g, kh, kw], in_channels, in_hw, stride, padding, dilation,
+groups) -> ConvPlan``; ``conv2d(plan, x f32[N, H, W, C], epilogue, *, residual, out)``
+(conv bias: put it in the epilogue's bias).
+``prepare_dense(weight f32[O, F]) -> DensePlan``; ``dense(plan, x f32[N, F], epilogue, *,
+residual, out)`` (linear bias: the epilogue's bias).
+``popcount64(word)``: the ``llvm.ctpop.i64`` intrinsic, for other nopython kernels.
+
+Threads: the parallel kernels use numba ``prange``; set the count with
+``numba.set_num_threads``. Every kernel is compiled with ``cache=True`` (set
+``NUMBA_CACHE_DIR`` to a writable directory); all layers share one specialization per kernel.
+"""
+
+from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
+from runtime.kernels.conv import ConvPlan, conv2d, prepare_conv2d
+from runtime.kernels.dense import DensePlan, bdense, dense, prepare_bdense, prepare_dense
+from runtime.kernels.epilogue import Epilogue, make_epilogue
+from runtime.kernels.pack import pack_bits, pack_bits_per_sample, words_for
+from runtime.kernels.popcount import popcount64
+
+__all__ = [
+    "BConvPlan",
+    "ConvPlan",
+    "DensePlan",
+    "Epilogue",
+    "bconv2d",
+    "bdense",
+    "conv2d",
+    "dense",
+    "make_epilogue",
+    "pack_bits",
+    "pack_bits_per_sample",
+    "popcount64",
+    "prepare_bconv",
+    "prepare_bdense",
+    "prepare_conv2d",
+    "prepare_dense",
+    "words_for",
+]

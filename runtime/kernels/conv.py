@@ -1,0 +1,219 @@
+"""Float 2-D convolution for the layers a BNN keeps real-valued (stem, downsample, depthwise).
+
+NHWC float32 in and out, ``F.conv2d`` semantics (zero padding, stride, dilation, groups), and
+the same fused epilogue as the binary kernels (affine, residual, activation, quantize).
+
+- groups == 1: im2col (numba, parallel over output rows) into [N*OH*OW, kh*kw*C] followed by
+  one float32 GEMM through numpy's BLAS; a 1x1 / stride 1 / no padding conv skips the im2col.
+  (numba's ``np.dot`` needs scipy, so the GEMM runs from Python.)
+- depthwise (groups == C, O = m*C): a direct numba kernel, channels innermost.
+- other groups: one im2col, then one GEMM per group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.errors import InputError, InvalidModelError
+from runtime.kernels.bconv import conv_output_size
+from runtime.kernels.epilogue import (
+    Epilogue,
+    apply_epilogue,
+    check_residual,
+    finish_pixel,
+    make_epilogue,
+    output_buffers,
+)
+
+
+@dataclass(frozen=True)
+class ConvPlan:
+    """A float convolution prepared for one input size (see ``prepare_conv2d``).
+
+    ``weights``: f32[groups, kh*kw*C/groups, O/groups] (GEMM layout, rows in (ky, kx, c)
+    order) or, for depthwise convs, f32[kh, kw, O].
+    """
+
+    in_channels: int
+    out_channels: int
+    in_hw: tuple[int, int]
+    out_hw: tuple[int, int]
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+    depthwise: bool
+    weights: np.ndarray
+
+
+def _pair(value, name: str, minimum: int) -> tuple[int, int]:
+    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+    if len(pair) != 2 or any(int(v) != v or v < minimum for v in pair):
+        raise InvalidModelError(
+            f"conv2d {name} must be an int or a pair of ints >= {minimum}, got {value!r}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def prepare_conv2d(
+    weight: np.ndarray,
+    in_channels: int,
+    in_hw: tuple[int, int],
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+    dilation: int | tuple[int, int] = 1,
+    groups: int = 1,
+) -> ConvPlan:
+    """Re-lay out a PyTorch conv weight f32[O, C/groups, kh, kw] for ``conv2d`` on [H, W].
+
+    The conv bias is not part of the plan: pass it as the epilogue's ``bias``.
+    Raises InvalidModelError when the weight does not match the attributes.
+    """
+    weight = np.asarray(weight)
+    if weight.dtype != np.float32 or weight.ndim != 4:
+        raise InvalidModelError(
+            f"conv2d weight must be float32[O, C/groups, kh, kw], got {weight.dtype}"
+            f"{list(weight.shape)}."
+        )
+    out_channels, group_in, kh, kw = weight.shape
+    if groups < 1 or in_channels % groups or out_channels % groups \
+            or group_in * groups != in_channels:
+        raise InvalidModelError(
+            f"conv2d weight {list(weight.shape)} does not fit {in_channels} input channels in "
+            f"{groups} groups: need C and O divisible by groups and weight.shape[1] == C/groups."
+        )
+    sh, sw = _pair(stride, "stride", 1)
+    ph, pw = _pair(padding, "padding", 0)
+    dh, dw = _pair(dilation, "dilation", 1)
+    height, width = _pair(in_hw, "input size", 1)
+    out_hw = (conv_output_size(height, dh * (kh - 1) + 1, sh, ph),
+              conv_output_size(width, dw * (kw - 1) + 1, sw, pw))
+    if min(out_hw) < 1:
+        raise InvalidModelError(
+            f"conv2d with kernel {kh}x{kw} has an empty output on a {height}x{width} input."
+        )
+    depthwise = groups == in_channels and group_in == 1 and groups > 1
+    if depthwise:
+        layout = weight[:, 0].transpose(1, 2, 0)
+    else:
+        per_group = weight.reshape(groups, out_channels // groups, group_in, kh, kw)
+        layout = per_group.transpose(0, 3, 4, 2, 1).reshape(groups, kh * kw * group_in, -1)
+    return ConvPlan(in_channels, out_channels, (height, width), out_hw, (kh, kw), (sh, sw),
+                    (ph, pw), (dh, dw), groups, depthwise, np.ascontiguousarray(layout))
+
+
+@njit(cache=True, parallel=True)
+def _im2col(x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cols):
+    """x f32[N, H, W, C] -> cols f32[N, OH, OW, kh*kw*C] (taps in the padding are 0)."""
+    n_batch, height, width, channels = x.shape
+    out_h, out_w = cols.shape[1], cols.shape[2]
+    for r in prange(n_batch * out_h):
+        n = r // out_h
+        oy = r - n * out_h
+        for ox in range(out_w):
+            patch = cols[n, oy, ox]
+            for ky in range(kh):
+                iy = oy * stride_h - pad_h + ky * dil_h
+                for kx in range(kw):
+                    ix = ox * stride_w - pad_w + kx * dil_w
+                    base = (ky * kw + kx) * channels
+                    if 0 <= iy < height and 0 <= ix < width:
+                        patch[base:base + channels] = x[n, iy, ix]
+                    else:
+                        patch[base:base + channels] = 0.0
+
+
+@njit(cache=True, parallel=True)
+def _depthwise_kernel(x, weights, multiplier, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                      residual, table, activation, quantize, out_float, out_bits):
+    """Depthwise conv: out[n, y, x, o] = sum_taps x[n, iy, ix, o // m] * w[ky, kx, o]."""
+    n_batch, height, width, _ = x.shape
+    kh, kw, out_channels = weights.shape
+    out_h = max(out_float.shape[1], out_bits.shape[1])
+    out_w = max(out_float.shape[2], out_bits.shape[2])
+    has_residual = residual.shape[0] > 0
+    no_float = np.empty(0, np.float32)
+    no_bits = np.empty(0, np.uint64)
+    for r in prange(n_batch * out_h):
+        n = r // out_h
+        oy = r - n * out_h
+        y = np.empty(out_channels, np.float32)
+        for ox in range(out_w):
+            y[:] = 0.0
+            for ky in range(kh):
+                iy = oy * stride_h - pad_h + ky * dil_h
+                if iy < 0 or iy >= height:
+                    continue
+                for kx in range(kw):
+                    ix = ox * stride_w - pad_w + kx * dil_w
+                    if ix < 0 or ix >= width:
+                        continue
+                    pixel = x[n, iy, ix]
+                    tap = weights[ky, kx]
+                    for o in range(out_channels):
+                        y[o] += pixel[o // multiplier] * tap[o]
+            finish_pixel(y, residual[n, oy, ox] if has_residual else no_float, table, activation,
+                         quantize, no_float if quantize else out_float[n, oy, ox],
+                         out_bits[n, oy, ox] if quantize else no_bits)
+
+
+def conv2d(
+    plan: ConvPlan,
+    x: np.ndarray,
+    epilogue: Epilogue | None = None,
+    *,
+    residual: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Float convolution of x f32[N, H, W, C] (NHWC) with the fused epilogue.
+
+    Returns float32[N, OH, OW, O], or packed bits uint64[N, OH, OW, ceil(O/64)] when the
+    epilogue quantizes. BLAS threads follow numpy's BLAS settings, numba's
+    ``numba.set_num_threads``.
+    """
+    epilogue = epilogue or make_epilogue(plan.out_channels)
+    height, width = plan.in_hw
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 \
+            or x.shape[1:] != (height, width, plan.in_channels):
+        raise InputError(
+            f"conv2d input must be float32[N, {height}, {width}, {plan.in_channels}] (NHWC), "
+            f"got {getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', []))}."
+        )
+    if epilogue.channels != plan.out_channels:
+        raise InputError(
+            f"epilogue is for {epilogue.channels} channels, the conv has {plan.out_channels}."
+        )
+    x = np.ascontiguousarray(x)
+    shape = (x.shape[0], *plan.out_hw, plan.out_channels)
+    if plan.depthwise:
+        residual = check_residual(residual, shape)
+        result, out_float, out_bits = output_buffers(shape, epilogue, out)
+        _depthwise_kernel(x, plan.weights, plan.out_channels // plan.in_channels, *plan.stride,
+                          *plan.padding, *plan.dilation, residual, epilogue.table,
+                          epilogue.activation, epilogue.quantize, out_float, out_bits)
+        return result
+    return apply_epilogue(_gemm(plan, x, shape), epilogue, shape, residual, out)
+
+
+def _gemm(plan: ConvPlan, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Raw convolution result f32[N*OH*OW, O] by (im2col +) BLAS GEMM."""
+    kh, kw = plan.kernel
+    rows = shape[0] * shape[1] * shape[2]
+    pointwise = (plan.kernel == (1, 1) and plan.stride == (1, 1) and plan.padding == (0, 0))
+    if pointwise:
+        cols = x.reshape(rows, -1)
+    else:
+        cols = np.empty((*shape[:3], kh * kw * plan.in_channels), np.float32)
+        _im2col(x, kh, kw, *plan.stride, *plan.padding, *plan.dilation, cols)
+        cols = cols.reshape(rows, -1)
+    if plan.groups == 1:
+        return cols @ plan.weights[0]
+    group_in = plan.in_channels // plan.groups
+    taps = cols.reshape(rows, kh * kw, plan.groups, group_in)
+    return np.concatenate(
+        [taps[:, :, g].reshape(rows, -1) @ plan.weights[g] for g in range(plan.groups)], axis=1
+    )

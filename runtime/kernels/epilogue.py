@@ -1,0 +1,194 @@
+"""The fused output transform every conv/dense kernel applies before it writes a pixel.
+
+For output channel o of one pixel, with ``acc`` the layer's raw result (exact integer for
+binary layers):
+
+    y = acc * scale[o] + bias[o]                        affine: folded BN, alpha_o, conv bias
+    y = y + residual[o]                                 optional shortcut (float, same shape)
+    y = y - gamma[o] + zeta[o]          if y >= gamma[o]    RPReLU (ReActNet); PReLU is the
+    y = beta[o] * (y - gamma[o]) + zeta[o]  otherwise        case gamma = zeta = 0, beta = slope
+    bit = sign[o] * y >= sign[o] * threshold[o]         optional quantize -> packed bits
+
+Every step is evaluated in float32 in exactly the order of the unfused ops of docs/IR.md
+(``affine``, ``add``, ``rprelu``/``prelu``, ``quantize``; no FMA contraction), so fusing
+changes no bit of the result. The per-channel parameters live in one float32 table [7, O] so
+all layers share one compiled kernel specialization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.errors import InputError, InvalidModelError
+from runtime.kernels.pack import pack_row, signed_threshold_table, words_for
+
+SCALE, BIAS, GAMMA, ZETA, BETA, SIGN, SIGNED_THRESHOLD = range(7)
+ACT_NONE, ACT_RPRELU = 0, 1
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """Per-channel parameters of the fused output transform (build it with ``make_epilogue``).
+
+    ``table`` f32[7, O] rows: scale, bias, gamma, zeta, beta, sign, sign*threshold.
+    ``activation``: ACT_NONE or ACT_RPRELU. ``quantize``: output packed bits instead of float.
+    """
+
+    channels: int
+    table: np.ndarray
+    activation: int
+    quantize: bool
+
+    def output_last_dim(self) -> int:
+        """Size of the output's last axis: O floats, or ceil(O/64) words when quantizing."""
+        return words_for(self.channels) if self.quantize else self.channels
+
+
+def _channel_vector(value, channels: int, role: str, allow_scalar: bool = False) -> np.ndarray:
+    array = np.asarray(value)
+    if allow_scalar and array.shape == (1,):
+        array = np.broadcast_to(array, (channels,))
+    if array.shape != (channels,) or array.dtype != np.float32:
+        raise InvalidModelError(
+            f"epilogue {role} must be float32[{channels}]"
+            f"{' (or float32[1])' if allow_scalar else ''}, got {array.dtype}{list(array.shape)}. "
+            "Re-export the model with binarize.pack."
+        )
+    return array
+
+
+def make_epilogue(
+    channels: int,
+    *,
+    scale: np.ndarray | None = None,
+    bias: np.ndarray | None = None,
+    prelu: np.ndarray | None = None,
+    rprelu: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+    quantize: tuple[np.ndarray, np.ndarray | None] | None = None,
+) -> Epilogue:
+    """Build the fused output transform of a layer with ``channels`` outputs.
+
+    scale, bias: f32[O] (default 1 and 0). prelu: slope f32[O] or f32[1]. rprelu: (gamma, zeta,
+    beta), each f32[O]. quantize: (threshold f32[O], sign int8[O] of +-1 or None for +1); when
+    given the kernel writes packed bits uint64[..., ceil(O/64)] instead of float32[..., O].
+    Raises InvalidModelError on a parameter of the wrong dtype or shape.
+    """
+    if prelu is not None and rprelu is not None:
+        raise InvalidModelError("an epilogue takes one activation: prelu or rprelu, not both.")
+    table = np.zeros((7, channels), np.float32)
+    table[SCALE] = 1.0 if scale is None else _channel_vector(scale, channels, "scale")
+    if bias is not None:
+        table[BIAS] = _channel_vector(bias, channels, "bias")
+    activation = ACT_NONE
+    if prelu is not None:
+        table[BETA] = _channel_vector(prelu, channels, "prelu weight", allow_scalar=True)
+        activation = ACT_RPRELU
+    if rprelu is not None:
+        for row, role, value in zip((GAMMA, ZETA, BETA), ("gamma", "zeta", "beta"), rprelu):
+            table[row] = _channel_vector(value, channels, f"rprelu {role}")
+        activation = ACT_RPRELU
+    table[SIGN] = 1.0
+    if quantize is not None:
+        table[SIGN], table[SIGNED_THRESHOLD] = signed_threshold_table(*quantize, channels)
+    return Epilogue(channels, table, activation, quantize is not None)
+
+
+@njit(cache=True)
+def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
+    """Apply the epilogue to one pixel's float32 row ``y`` [O] (modified in place) and store it.
+
+    ``residual`` is f32[O] or empty (no shortcut). Writes ``out_bits`` (uint64[ceil(O/64)])
+    when ``quantize``, else ``out_float`` (f32[O]); the other one is ignored.
+    """
+    channels = y.shape[0]
+    for o in range(channels):
+        y[o] = y[o] * table[SCALE, o] + table[BIAS, o]
+    if residual.shape[0] > 0:
+        for o in range(channels):
+            y[o] = y[o] + residual[o]
+    if activation == ACT_RPRELU:
+        for o in range(channels):
+            v = y[o]
+            gamma = table[GAMMA, o]
+            if v >= gamma:
+                y[o] = v - gamma + table[ZETA, o]
+            else:
+                y[o] = table[BETA, o] * (v - gamma) + table[ZETA, o]
+    if quantize:
+        pack_row(y, table[SIGN], table[SIGNED_THRESHOLD], out_bits)
+    else:
+        out_float[:] = y
+
+
+@njit(cache=True, parallel=True)
+def _finish_rows(y, residual, table, activation, quantize, out_float, out_bits):
+    """finish_pixel over every row of y f32[M, O] (rows in parallel)."""
+    has_residual = residual.shape[0] > 0
+    no_float = np.empty(0, np.float32)
+    no_bits = np.empty(0, np.uint64)
+    for r in prange(y.shape[0]):
+        finish_pixel(y[r], residual[r] if has_residual else no_float, table, activation,
+                     quantize, no_float if quantize else out_float[r],
+                     out_bits[r] if quantize else no_bits)
+
+
+def check_residual(residual: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+    """Validate a float32 shortcut of exactly ``shape``; None -> an empty array (no shortcut)."""
+    if residual is None:
+        return np.empty((0,) * len(shape), np.float32)
+    if not isinstance(residual, np.ndarray) or residual.dtype != np.float32 \
+            or residual.shape != shape:
+        raise InputError(
+            f"residual must be float32{list(shape)} (the layer's output shape), got "
+            f"{getattr(residual, 'dtype', type(residual).__name__)}"
+            f"{list(getattr(residual, 'shape', []))}."
+        )
+    return np.ascontiguousarray(residual)
+
+
+def output_buffers(
+    shape: tuple[int, ...], epilogue: Epilogue, out: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(result, float target, bits target) for an output of ``shape[:-1] + [O]``.
+
+    The unused target is an empty array of the same rank, so every call has one signature.
+    """
+    dtype = np.uint64 if epilogue.quantize else np.float32
+    full = (*shape[:-1], epilogue.output_last_dim())
+    if out is None:
+        out = np.empty(full, dtype)
+    elif out.dtype != dtype or out.shape != full or not out.flags.c_contiguous:
+        raise InputError(
+            f"out must be a C-contiguous {np.dtype(dtype).name}{list(full)} array, got "
+            f"{out.dtype}{list(out.shape)}."
+        )
+    empty = np.empty((0,) * len(shape), np.float32 if epilogue.quantize else np.uint64)
+    return (out, empty, out) if epilogue.quantize else (out, out, empty)
+
+
+def apply_epilogue(
+    y: np.ndarray,
+    epilogue: Epilogue,
+    shape: tuple[int, ...],
+    residual: np.ndarray | None = None,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Run the epilogue over a float layer's raw result ``y`` f32[M, O] (used as scratch).
+
+    ``shape`` is the layer's output shape with M = prod(shape[:-1]) (e.g. [N, OH, OW, O]);
+    returns float32 ``shape`` or packed uint64 ``shape[:-1] + [ceil(O/64)]``.
+    """
+    residual = check_residual(residual, shape)
+    result, out_float, out_bits = output_buffers(shape, epilogue, out)
+    rows = y.shape[0]
+    _finish_rows(y, _as_rows(residual, rows), epilogue.table, epilogue.activation,
+                 epilogue.quantize, _as_rows(out_float, rows), _as_rows(out_bits, rows))
+    return result
+
+
+def _as_rows(array: np.ndarray, rows: int) -> np.ndarray:
+    """[..., K] -> [rows, K]; an empty placeholder becomes an empty 2-D array."""
+    return array.reshape(rows, -1) if array.size else np.empty((0, 0), array.dtype)

@@ -1,0 +1,128 @@
+"""Threshold-and-pack: float activations -> bits, 64 channels per uint64 word.
+
+bit(c) = 1 (the value +1) where ``s[c] * x[c] >= s[c] * t[c]``, else 0 (the value -1): for
+s = +1 that is ``x >= t`` (sign(0) = +1, PAPERS.md), for s = -1 it is ``x <= t`` (a folded
+BatchNorm with a negative scale flips the comparison). Bit j of word w holds channel 64*w + j;
+bits past the last channel are 0 (docs/IR.md), so they XOR to 0 against weights packed the
+same way.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.errors import InputError, InvalidModelError
+
+WORD_BITS = 64
+
+
+def words_for(channels: int) -> int:
+    """Number of uint64 words holding ``channels`` bits: ceil(channels / 64)."""
+    return (channels + WORD_BITS - 1) // WORD_BITS
+
+
+@njit(cache=True)
+def pack_row(values, sign, signed_threshold, out_words):
+    """Pack one row: bit c = ``values[c] * sign[c] >= signed_threshold[c]`` into ``out_words``.
+
+    ``signed_threshold`` is ``sign * threshold`` (exact: sign is +-1). Shared by the
+    standalone packers below and by the fused conv/dense epilogue.
+    """
+    channels = values.shape[0]
+    for w in range(out_words.shape[0]):
+        base = w * WORD_BITS
+        word = np.uint64(0)
+        for j in range(min(WORD_BITS, channels - base)):
+            c = base + j
+            if values[c] * sign[c] >= signed_threshold[c]:
+                word |= np.uint64(1) << np.uint64(j)
+        out_words[w] = word
+
+
+@njit(cache=True, parallel=True)
+def _pack_rows(x, sign, signed_threshold, out):
+    """x f32[N, P, C], signed_threshold f32[N or 1, C] -> out uint64[N, P, ceil(C/64)]."""
+    n_samples, n_rows = x.shape[0], x.shape[1]
+    per_sample = signed_threshold.shape[0] > 1
+    for r in prange(n_samples * n_rows):
+        n = r // n_rows
+        p = r - n * n_rows
+        pack_row(x[n, p], sign, signed_threshold[n if per_sample else 0], out[n, p])
+
+
+def _sign_vector(sign: np.ndarray | None, channels: int) -> np.ndarray:
+    """Validate an int8 +-1 sign vector (None = all +1) and return it as float32 [C]."""
+    if sign is None:
+        return np.ones(channels, np.float32)
+    sign = np.asarray(sign)
+    if sign.shape != (channels,) or not np.all((sign == 1) | (sign == -1)):
+        raise InvalidModelError(
+            f"quantize sign must hold {channels} values, each +1 or -1; got shape {sign.shape} "
+            f"with values {np.unique(sign)[:5]}. Re-export the model with binarize.pack."
+        )
+    return sign.astype(np.float32)
+
+
+def signed_threshold_table(
+    threshold: np.ndarray, sign: np.ndarray | None, channels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a static per-channel threshold/sign pair; return (sign f32[C], sign*t f32[C])."""
+    threshold = np.asarray(threshold)
+    if threshold.shape != (channels,) or threshold.dtype != np.float32:
+        raise InvalidModelError(
+            f"quantize threshold must be float32[{channels}], got {threshold.dtype}"
+            f"{list(threshold.shape)}. Re-export the model with binarize.pack."
+        )
+    s = _sign_vector(sign, channels)
+    return s, s * threshold
+
+
+def _float_input(x: np.ndarray, rank: int, what: str) -> np.ndarray:
+    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != rank:
+        raise InputError(
+            f"{what} must be a float32 array of rank {rank}, got "
+            f"{getattr(x, 'dtype', type(x).__name__)} of rank {getattr(x, 'ndim', '?')}."
+        )
+    return np.ascontiguousarray(x)
+
+
+def pack_bits(
+    x: np.ndarray, threshold: np.ndarray, sign: np.ndarray | None = None
+) -> np.ndarray:
+    """Binarize and pack ``x`` f32[M, C] with a static per-channel threshold.
+
+    bit[m, c] = ``s[c] * x[m, c] >= s[c] * threshold[c]`` (``sign`` int8[C] of +-1, default +1).
+    For NHWC activations pass ``x.reshape(-1, C)`` and reshape the result to [N, H, W, -1].
+
+    Returns uint64[M, ceil(C/64)], padding bits 0.
+    """
+    x = _float_input(x, 2, "pack_bits input")
+    channels = x.shape[1]
+    s, st = signed_threshold_table(threshold, sign, channels)
+    out = np.empty((x.shape[0], words_for(channels)), np.uint64)
+    _pack_rows(x.reshape(1, x.shape[0], channels), s, st.reshape(1, channels),
+               out.reshape(1, x.shape[0], -1))
+    return out
+
+
+def pack_bits_per_sample(
+    x: np.ndarray, threshold: np.ndarray, sign: np.ndarray | None = None
+) -> np.ndarray:
+    """Binarize and pack ``x`` f32[N, P, C] with per-sample thresholds f32[N, C] (DySign).
+
+    bit[n, p, c] = ``s[c] * x[n, p, c] >= s[c] * threshold[n, c]``; P is the flattened spatial
+    size (H*W of an NHWC tensor, 1 for a rank-2 input). Returns uint64[N, P, ceil(C/64)].
+    """
+    x = _float_input(x, 3, "pack_bits_per_sample input")
+    n_samples, _, channels = x.shape
+    threshold = np.asarray(threshold)
+    if threshold.shape != (n_samples, channels) or threshold.dtype != np.float32:
+        raise InputError(
+            f"per-sample thresholds must be float32[{n_samples}, {channels}] to match the input "
+            f"{list(x.shape)}, got {threshold.dtype}{list(threshold.shape)}."
+        )
+    s = _sign_vector(sign, channels)
+    out = np.empty((*x.shape[:2], words_for(channels)), np.uint64)
+    _pack_rows(x, s, np.ascontiguousarray(s * threshold), out)
+    return out
