@@ -2,10 +2,16 @@
 
     model = runtime.load("model.bnn")          # validates the whole file first
     y = model.predict(x)                        # float32 NCHW (or [N, F]) in, float32 out
+    print(model.summary())
+
+``runtime.format.write_model`` writes the file (``binarize.pack`` calls it); docs/IR.md is the
+contract between the two.
 """
 
 from __future__ import annotations
 
 from runtime.errors import InputError, InvalidModelError, RuntimeModelError
+from runtime.model import Model, load
+from runtime.schema import TensorSpec
 
-__all__ = ["InputError", "InvalidModelError", "RuntimeModelError"]
+__all__ = ["InputError", "InvalidModelError", "Model", "RuntimeModelError", "TensorSpec", "load"]

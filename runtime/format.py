@@ -58,7 +58,7 @@ def read_model(source: Source) -> PackedModel:
     ``FileNotFoundError``/``OSError`` when a path cannot be read at all.
     """
     data = _read_bytes(source)
-    where = f"{os.fspath(source)!r}" if isinstance(source, str | os.PathLike) else "the bytes"
+    where = repr(os.fspath(source)) if isinstance(source, str | os.PathLike) else "model bytes"
     try:
         header = _parse_header(data)
         graph = check_graph(_graph_json(header), _tensor_header(header))
@@ -68,7 +68,7 @@ def read_model(source: Source) -> PackedModel:
             raise InvalidModelError(f"safetensors could not read the tensors: {error}") from error
         check_tensor_values(graph, arrays)
     except InvalidModelError as error:
-        raise InvalidModelError(f"{where} is not a valid binarize model: {error}") from error
+        raise InvalidModelError(f"{where}: not a valid binarize model: {error}") from error
     return PackedModel(graph, arrays)
 
 

@@ -1,0 +1,280 @@
+"""Execution plan of a checked graph: fusion, kernel preparation, buffer liveness.
+
+``plan_graph(graph, arrays)`` turns the file's op list (docs/IR.md: the unfused computation)
+into a list of ``Step``s, each one kernel or numpy call:
+
+- **Fusion into kernel epilogues.** A producer (``bconv2d``, ``bdense``, ``conv2d``, ``dense``)
+  absorbs the chain that follows it, in this order, each stage optional:
+  ``affine -> add -> (prelu | rprelu | relu | leaky_relu) -> quantize``, as long as every
+  intermediate value has exactly one consumer and is not a graph output (so nobody else needs
+  it). A float conv/dense with a bias keeps the bias as the epilogue's affine and absorbs no
+  further ``affine``. ``relu`` and ``leaky_relu`` run as PReLU with slope 0 or the given slope.
+  The runtime/kernels epilogue evaluates the stages in the unfused order in float32, so fusion
+  changes no bit of a binary layer's output. A fused step runs at the position of its chain's
+  last node, where every outside input of the chain (the residual of ``add``) already exists.
+- **Layout.** Values are NHWC (float32) or packed bits (uint64); the graph inputs are converted
+  from NCHW once, rank-4 outputs back to NCHW at the end (``Model.predict``).
+- **Liveness.** Each step lists the values it reads for the last time; the executor drops them
+  right after, so peak memory is the widest cut of the graph, not its sum.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime import kernels, ops
+from runtime.schema import Graph, Node, ValueInfo
+
+PRODUCERS = ("bconv2d", "bdense", "conv2d", "dense")
+ACTIVATIONS = ("prelu", "rprelu", "relu", "leaky_relu")
+Run = Callable[[Sequence[np.ndarray]], np.ndarray]
+
+
+@dataclass
+class Step:
+    """One call of the plan: reads ``inputs`` (value names), writes ``output``.
+
+    ``nodes`` are the file's nodes it computes (one, or a fused chain); ``release`` the values
+    no later step reads; ``param_count``/``param_bytes`` what its parameters hold in the file.
+    """
+
+    nodes: list[Node]
+    inputs: list[str]
+    output: str
+    run: Run
+    param_count: int = 0
+    param_bytes: int = 0
+    release: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return "+".join(node.op for node in self.nodes)
+
+
+def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
+    """Fuse, prepare kernels (weight re-layout, padding corrections) and compute liveness."""
+    uses = Counter(name for node in graph.nodes for name in node.inputs)
+    uses.update(spec.name for spec in graph.outputs)
+    by_input: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        for name in node.inputs:
+            by_input.setdefault(name, []).append(node)
+
+    chains: dict[int, list[Node]] = {}  # index of a chain's last node -> its nodes
+    fused: set[int] = set()
+    for node in graph.nodes:
+        if node.op in PRODUCERS and node.index not in fused:
+            chain = _grow_chain(node, uses, by_input)
+            fused.update(n.index for n in chain)
+            chains[chain[-1].index] = chain
+
+    steps = []
+    for node in graph.nodes:
+        if node.index in chains:
+            steps.append(_fused_step(chains[node.index], graph.values, arrays))
+        elif node.index not in fused:
+            steps.append(_single_step(node, graph.values, arrays))
+    _assign_releases(steps, {spec.name for spec in graph.outputs})
+    return steps
+
+
+def _grow_chain(
+    producer: Node, uses: Mapping[str, int], by_input: Mapping[str, list[Node]]
+) -> list[Node]:
+    chain = [producer]
+    stages = ["affine", "add", "activation", "quantize"]
+    if producer.op in ("conv2d", "dense") and "bias" in producer.params:
+        stages.remove("affine")
+    while True:
+        value = chain[-1].outputs[0]
+        consumers = by_input.get(value, [])
+        if uses[value] != 1 or len(consumers) != 1:  # also stops at a graph output
+            return chain
+        consumer = consumers[0]
+        stage = "activation" if consumer.op in ACTIVATIONS else consumer.op
+        if stage not in stages or (stage == "add" and consumer.inputs[0] == consumer.inputs[1]):
+            return chain
+        del stages[: stages.index(stage) + 1]
+        chain.append(consumer)
+
+
+def _param(arrays: Mapping[str, np.ndarray], node: Node, role: str) -> np.ndarray | None:
+    key = node.params.get(role)
+    return None if key is None else arrays[key]
+
+
+def _epilogue(chain: list[Node], channels: int, arrays: Mapping[str, np.ndarray]):
+    options: dict[str, object] = {}
+    producer = chain[0]
+    if producer.op in ("conv2d", "dense") and "bias" in producer.params:
+        options["bias"] = _param(arrays, producer, "bias")
+    for node in chain[1:]:
+        if node.op == "affine":
+            options["scale"] = _param(arrays, node, "scale")
+            options["bias"] = _param(arrays, node, "bias")
+        elif node.op == "prelu":
+            options["prelu"] = _param(arrays, node, "weight")
+        elif node.op in ("relu", "leaky_relu"):
+            slope = node.attrs.get("negative_slope", 0.0)
+            options["prelu"] = np.full(1, slope, np.float32)
+        elif node.op == "rprelu":
+            options["rprelu"] = tuple(_param(arrays, node, r) for r in ("gamma", "zeta", "beta"))
+        elif node.op == "quantize":
+            options["quantize"] = (_param(arrays, node, "threshold"), _param(arrays, node, "sign"))
+    return kernels.make_epilogue(channels, **options)
+
+
+def _fused_step(
+    chain: list[Node], values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray]
+) -> Step:
+    producer = chain[0]
+    source = producer.inputs[0]
+    in_info = values[source]
+    out_channels = values[producer.outputs[0]].channels
+    epilogue = _epilogue(chain, out_channels, arrays)
+    adds = [node for node in chain if node.op == "add"]
+    residual = None
+    if adds:
+        inner = chain[chain.index(adds[0]) - 1].outputs[0]
+        residual = next(name for name in adds[0].inputs if name != inner)
+    attrs = producer.attrs
+    weight = _param(arrays, producer, "weight")
+    if producer.op == "bconv2d":
+        plan = kernels.prepare_bconv(
+            weight,
+            attrs["in_channels"],
+            in_info.shape[1:],
+            attrs["kernel"],
+            attrs["stride"],
+            attrs["padding"],
+            attrs["pad_value"],
+        )
+
+        def call(a, res):
+            return kernels.bconv2d(plan, a, epilogue, residual=res)
+    elif producer.op == "bdense":
+        plan = kernels.prepare_bdense(weight, attrs["in_features"])
+
+        def call(a, res):
+            return kernels.bdense(plan, a, epilogue, residual=res)
+    elif producer.op == "conv2d":
+        plan = kernels.prepare_conv2d(
+            weight,
+            attrs["in_channels"],
+            in_info.shape[1:],
+            attrs["stride"],
+            attrs["padding"],
+            attrs["dilation"],
+            attrs["groups"],
+        )
+
+        def call(a, res):
+            return kernels.conv2d(plan, a, epilogue, residual=res)
+    else:
+        plan = kernels.prepare_dense(weight)
+
+        def call(a, res):
+            return kernels.dense(plan, a, epilogue, residual=res)
+
+    if residual is None:
+
+        def run(xs):
+            return call(xs[0], None)
+
+        inputs = [source]
+    else:
+
+        def run(xs):
+            return call(xs[0], xs[1])
+
+        inputs = [source, residual]
+    return Step(chain, inputs, chain[-1].outputs[0], run, *_param_size(chain, arrays))
+
+
+def _param_size(nodes: Sequence[Node], arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """(parameter count, bytes in the file); a packed weight counts its real binary weights,
+    rows x in_channels (or in_features), not its padding bits."""
+    count, nbytes = 0, 0
+    for node in nodes:
+        for key in node.params.values():
+            array = arrays[key]
+            nbytes += array.nbytes
+            if array.dtype == np.uint64:
+                fan_in = node.attrs.get("in_channels", node.attrs.get("in_features"))
+                count += array.size // array.shape[-1] * fan_in
+            else:
+                count += array.size
+    return count, nbytes
+
+
+def _single_step(
+    node: Node, values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray]
+) -> Step:
+    p = {role: arrays[key] for role, key in node.params.items()}
+    a = node.attrs
+    op = node.op
+    if op == "quantize":
+        threshold, sign = p["threshold"], p.get("sign")
+
+        def run(xs):
+            x = xs[0]
+            bits = kernels.pack_bits(x.reshape(-1, x.shape[-1]), threshold, sign)
+            return bits.reshape(*x.shape[:-1], -1)
+    elif op == "dyquantize":
+
+        def run(xs):
+            x = xs[0]
+            alpha = ops.hyper_function(
+                x, p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"], a["activation"]
+            )
+            flat = x.reshape(x.shape[0], -1, x.shape[-1])
+            return kernels.pack_bits_per_sample(flat, alpha).reshape(*x.shape[:-1], -1)
+    else:
+        run = _float_op(node, p, a)
+    return Step([node], list(node.inputs), node.outputs[0], run, *_param_size([node], arrays))
+
+
+def _float_op(node: Node, p: Mapping[str, np.ndarray], a: Mapping[str, object]) -> Run:
+    table: dict[str, Run] = {
+        "affine": lambda xs: ops.affine(xs[0], p["scale"], p["bias"]),
+        "prelu": lambda xs: ops.prelu(xs[0], p["weight"]),
+        "rprelu": lambda xs: ops.rprelu(xs[0], p["gamma"], p["zeta"], p["beta"]),
+        "dyprelu": lambda xs: ops.dyprelu(
+            xs[0],
+            p["fc1_weight"],
+            p["fc1_bias"],
+            p["fc2_weight"],
+            p["fc2_bias"],
+            p["beta"],
+            a["activation"],
+        ),
+        "relu": lambda xs: ops.relu(xs[0]),
+        "clamp": lambda xs: ops.clamp(xs[0], a["min"], a["max"]),
+        "leaky_relu": lambda xs: ops.leaky_relu(xs[0], a["negative_slope"]),
+        "add": lambda xs: ops.add(xs[0], xs[1]),
+        "concat": lambda xs: ops.concat(xs, a["axis"]),
+        "maxpool2d": lambda xs: ops.maxpool2d(
+            xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
+        ),
+        "avgpool2d": lambda xs: ops.avgpool2d(
+            xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]
+        ),
+        "global_avgpool": lambda xs: ops.global_avgpool(xs[0]),
+        "flatten": lambda xs: ops.flatten(xs[0]),
+        "upsample_nearest": lambda xs: ops.upsample_nearest(xs[0], a["scale"]),
+    }
+    return table[node.op]
+
+
+def _assign_releases(steps: list[Step], outputs: set[str]) -> None:
+    last_read: dict[str, int] = {}
+    for i, step in enumerate(steps):
+        for name in step.inputs:
+            last_read[name] = i
+    for name, i in last_read.items():
+        if name not in outputs:
+            steps[i].release.append(name)

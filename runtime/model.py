@@ -1,0 +1,206 @@
+"""``runtime.load`` and ``Model``: a validated, planned packed model that predicts on numpy.
+
+model = runtime.load("model.bnn", threads=2)
+model.inputs            # (TensorSpec(name="input", shape=(None, 3, 224, 224)),)
+y = model.predict(x)    # x float32 [N, 3, 224, 224], C-contiguous, finite
+print(model.summary())
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import numba
+import numpy as np
+
+from runtime.errors import InputError
+from runtime.format import PackedModel, Source, read_model
+from runtime.graph import Step, plan_graph
+from runtime.schema import TensorSpec
+
+Inputs = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
+Outputs = np.ndarray | tuple[np.ndarray, ...]
+
+
+def load(source: Source, threads: int | None = None) -> Model:
+    """Read, validate and plan a packed model from a path or bytes.
+
+    ``threads``: numba threads used by this model's ``predict`` calls (1 to
+    ``numba.config.NUMBA_NUM_THREADS``; None = numba's current setting). The previous thread
+    count is restored after each call. Raises ``InvalidModelError`` for a bad file, before any
+    kernel runs or activation buffer is allocated.
+    """
+    return Model(read_model(source), threads)
+
+
+class Model:
+    """A packed binary network ready to run (build it with ``runtime.load``)."""
+
+    def __init__(self, packed: PackedModel, threads: int | None = None) -> None:
+        if threads is not None:
+            limit = numba.config.NUMBA_NUM_THREADS
+            if (
+                isinstance(threads, bool)
+                or not isinstance(threads, int)
+                or not 1 <= threads <= limit
+            ):
+                raise ValueError(
+                    f"threads must be an integer from 1 to {limit} (numba's thread pool), "
+                    f"got {threads!r}"
+                )
+        self.threads = threads
+        self._graph = packed.graph
+        self._steps: list[Step] = plan_graph(packed.graph, packed.arrays)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """Name, NCHW (or [N, F]) shape with ``None`` batch, and dtype of each input."""
+        return tuple(self._graph.inputs)
+
+    @property
+    def outputs(self) -> tuple[TensorSpec, ...]:
+        """Name and shape of each output, in the order ``predict`` returns them."""
+        return tuple(self._graph.outputs)
+
+    def predict(self, x: Inputs) -> Outputs:
+        """Run the network on float32 inputs; any batch size N >= 1.
+
+        ``x``: one array for a single-input model, else a sequence in ``inputs`` order or a
+        mapping by input name. Each must be a C-contiguous float32 numpy array of shape
+        [N, C, H, W] (or [N, F]) matching the input spec, with finite values; anything else
+        raises ``InputError`` (nothing is silently converted). Returns float32 arrays, rank-4
+        ones in NCHW: one array for a single-output model, else a tuple in ``outputs`` order.
+        """
+        arrays = self._check_inputs(x)
+        env: dict[str, np.ndarray] = {}
+        for spec, array in zip(self._graph.inputs, arrays):
+            env[spec.name] = (
+                np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
+            )
+        with self._thread_count():
+            for step in self._steps:
+                env[step.output] = step.run([env[name] for name in step.inputs])
+                for name in step.release:
+                    del env[name]
+        results = tuple(
+            np.ascontiguousarray(env[s.name].transpose(0, 3, 1, 2))
+            if env[s.name].ndim == 4
+            else env[s.name]
+            for s in self._graph.outputs
+        )
+        return results[0] if len(results) == 1 else results
+
+    @contextlib.contextmanager
+    def _thread_count(self) -> Iterator[None]:
+        if self.threads is None:
+            yield
+            return
+        previous = numba.get_num_threads()
+        numba.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(previous)
+
+    def _check_inputs(self, x: Inputs) -> list[np.ndarray]:
+        specs = self._graph.inputs
+        names = [s.name for s in specs]
+        if isinstance(x, Mapping):
+            missing = [n for n in names if n not in x]
+            extra = [n for n in x if n not in names]
+            if missing or extra:
+                raise InputError(
+                    f"predict got inputs {list(x)} but the model takes {names} "
+                    f"(missing {missing}, unknown {extra})"
+                )
+            given = [x[n] for n in names]
+        elif isinstance(x, np.ndarray):
+            given = [x]
+        elif isinstance(x, list | tuple):
+            given = list(x)
+        else:
+            raise InputError(
+                f"predict takes a numpy float32 array (or a list/dict of them for several "
+                f"inputs), got {type(x).__name__}; convert with np.asarray(x, np.float32)"
+            )
+        if len(given) != len(specs):
+            raise InputError(f"predict got {len(given)} inputs but the model takes {names}")
+        batch = None
+        for spec, array in zip(specs, given):
+            _check_array(spec, array)
+            if batch is not None and array.shape[0] != batch:
+                raise InputError(
+                    f"input {spec.name!r} has batch size {array.shape[0]} but an earlier input "
+                    f"has {batch}; all inputs must share the batch dimension"
+                )
+            batch = array.shape[0]
+        return given
+
+    def summary(self) -> str:
+        """A plain-text table of the executed steps (fused chains on one row): op(s), node name,
+        output shape (NCHW terms), parameter count (each binary weight counts one) and the
+        parameters' bytes in the file; totals at the bottom."""
+        rows = [("#", "op", "name", "output", "params", "bytes")]
+        for i, step in enumerate(self._steps):
+            shape = self._graph.values[step.output].shape
+            first, last = step.nodes[0].name, step.nodes[-1].name
+            rows.append(
+                (
+                    str(i),
+                    step.label,
+                    first if first == last else f"{first} .. {last}",
+                    "[N, " + ", ".join(map(str, shape)) + "]",
+                    f"{step.param_count:,}",
+                    f"{step.param_bytes:,}",
+                )
+            )
+        total_params = sum(s.param_count for s in self._steps)
+        total_bytes = sum(s.param_bytes for s in self._steps)
+        rows.append(("", "total", "", "", f"{total_params:,}", f"{total_bytes:,}"))
+        widths = [max(len(row[k]) for row in rows) for k in range(len(rows[0]))]
+        numeric = {0, 4, 5}
+
+        def line(row: Sequence[str]) -> str:
+            cells = [
+                cell.rjust(w) if k in numeric else cell.ljust(w)
+                for k, (cell, w) in enumerate(zip(row, widths))
+            ]
+            return "  ".join(cells).rstrip()
+
+        rule = "  ".join("-" * w for w in widths)
+        body = [line(row) for row in rows[1:-1]]
+        return "\n".join([line(rows[0]), rule, *body, rule, line(rows[-1])])
+
+
+def _check_array(spec: TensorSpec, array: object) -> None:
+    expected = "[" + ", ".join("N" if d is None else str(d) for d in spec.shape) + "]"
+    where = f"input {spec.name!r}"
+    if not isinstance(array, np.ndarray):
+        raise InputError(
+            f"{where} must be a numpy float32 array {expected}, got {type(array).__name__}"
+        )
+    if array.dtype != np.float32:
+        raise InputError(
+            f"{where} has dtype {array.dtype} but the model expects float32; convert with "
+            "x.astype(np.float32)"
+        )
+    if array.ndim != len(spec.shape):
+        raise InputError(
+            f"{where} has rank {array.ndim} (shape {list(array.shape)}) but the model expects "
+            f"rank {len(spec.shape)}: {expected}"
+        )
+    if array.shape[1:] != spec.shape[1:]:
+        raise InputError(
+            f"{where} has shape {list(array.shape)} but the model expects {expected} "
+            "(the spatial size is fixed when the model is packed)"
+        )
+    if array.shape[0] == 0:
+        raise InputError(f"{where} has an empty batch (N = 0); pass at least one sample")
+    if not array.flags.c_contiguous:
+        raise InputError(
+            f"{where} is not C-contiguous (a transposed or strided view); pass "
+            "np.ascontiguousarray(x)"
+        )
+    if not np.isfinite(array).all():
+        raise InputError(f"{where} contains NaN or Inf values; the model expects finite inputs")
