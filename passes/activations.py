@@ -1,0 +1,123 @@
+"""Swap ReLU-family activations for PReLU / RPReLU / DyPReLU (or drop them), per call site.
+
+Why: a ReLU right before a binarizer destroys the information, since ``sign(relu(x)) = +1``
+for every ``x`` (PAPERS.md); a ReLU right after a binary layer clips half of an already coarse
+signal. Bulat et al. 2019 use PReLU, ReActNet RPReLU, DyBNN DyPReLU; XNOR-Net and Bi-Real Net
+drop the activation.
+
+Which activations (after :mod:`passes.canonicalize`, every spelling is an ``nn.ReLU``,
+``nn.ReLU6``, ``nn.LeakyReLU`` or ``nn.Hardtanh`` call site), by ``scope``:
+
+* ``"inputs"``: those that feed a binary layer (through pooling, adds, reshapes..., with no
+  other weight layer in between);
+* ``"binary"`` (default): those that feed a binary layer, or are fed by one likewise: the
+  activations of the binary part of the network. ResNet's stem ReLU (it feeds layer1's binary
+  convs) is swapped; MobileNet's first ReLU (float stem -> float depthwise) is kept;
+* ``"all"``: every one of them.
+
+The replacement for an activation on ``C`` channels (from the recorded shapes, dim 1) is
+``nn.PReLU(C, init)``, ``RPReLU(C, init)`` or ``DyPReLU(C, init=init)``, its own module per
+call site. With ``init = 0`` each of them equals ReLU at the start (DyPReLU's last FC starts at
+zero), which is what the conversion's exactness test relies on. ReLU6 and Hardtanh clip at the
+top too, so no PReLU-family init reproduces them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import fx, nn
+
+from binarize.errors import ConversionError
+from binarize.nn import BinaryConv2d, BinaryLinear, DyPReLU, RPReLU
+from passes.base import PassResult, consumers, module_of, producers, tensor_shape, walk
+from passes.canonicalize import ACTIVATION_TYPES
+from passes.select import is_weight_node
+
+ACTIVATIONS: dict[str, Callable[..., nn.Module] | None] = {
+    "prelu": lambda channels, init, **options: nn.PReLU(channels, init, **options),
+    "rprelu": lambda channels, init, **options: RPReLU(channels, init, **options),
+    "dyprelu": lambda channels, init, **options: DyPReLU(channels, init=init, **options),
+    "identity": None,
+}
+"""Replacement activations by name; ``"identity"`` removes the activation."""
+
+SCOPES = ("inputs", "binary", "all")
+
+
+@dataclass
+class SwapActivations:
+    """Pass: replace the in-scope activations with ``activation`` (see the module docstring).
+
+    Args:
+        activation: ``"prelu"``, ``"rprelu"``, ``"dyprelu"`` or ``"identity"``.
+        init: initial negative slope of the replacement (``beta`` / PReLU weight).
+        scope: ``"inputs"``, ``"binary"`` or ``"all"``.
+        options: extra constructor arguments (e.g. ``{"reduction": 8}`` for DyPReLU).
+    """
+
+    activation: str = "prelu"
+    init: float = 0.25
+    scope: str = "binary"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "activations"
+
+    def __post_init__(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ConversionError(
+                f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)} "
+                "(or activation=None to keep the model's own)."
+            )
+        if self.scope not in SCOPES:
+            raise ConversionError(
+                f"unknown activation_scope {self.scope!r}; choose one of {SCOPES}."
+            )
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        modified = False
+        for node in list(gm.graph.nodes):
+            module = module_of(gm, node)
+            if module is None or type(module) not in ACTIVATION_TYPES:
+                continue
+            if not self.in_scope(gm, node):
+                continue
+            self._replace(gm, node, module)
+            modified = True
+        return PassResult(gm, modified)
+
+    def in_scope(self, gm: fx.GraphModule, node: fx.Node) -> bool:
+        """Whether the activation at ``node`` is one this pass swaps."""
+        if self.scope == "all":
+            return True
+        stop = lambda other: is_weight_node(gm, other)  # noqa: E731
+        binary = lambda found: any(_is_binary(gm, other) for other in found)  # noqa: E731
+        if binary(walk(node, consumers, stop)):
+            return True
+        return self.scope == "binary" and binary(walk(node, producers, stop))
+
+    def _replace(self, gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
+        factory = ACTIVATIONS[self.activation]
+        if factory is None:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+            return
+        shape = tensor_shape(node)
+        if shape is None or len(shape) not in (2, 4):
+            raise ConversionError(
+                f"activation {node.target!r} has output shape {shape}; {self.activation} needs "
+                "a recorded [N, C] or [N, C, H, W] shape to size its per-channel parameters. "
+                "What to do: run the 'canonicalize' pass (it records shapes) before this one; "
+                "for other ranks keep the model's activations with activation=None."
+            )
+        weight = next(iter(gm.parameters()), None)
+        factory_options = dict(self.options)
+        if weight is not None:
+            factory_options.update(device=weight.device, dtype=weight.dtype)
+        replacement = factory(shape[1], self.init, **factory_options)
+        gm.add_submodule(str(node.target), replacement.train(module.training))
+
+
+def _is_binary(gm: fx.GraphModule, node: fx.Node) -> bool:
+    return isinstance(module_of(gm, node), (BinaryConv2d, BinaryLinear))

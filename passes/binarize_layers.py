@@ -1,0 +1,82 @@
+"""Replace the selected ``nn.Conv2d`` / ``nn.Linear`` with ``BinaryConv2d`` / ``BinaryLinear``.
+
+Acts on the decisions :class:`passes.select.SelectLayers` left in ``node.meta``. Each binary
+layer is built with ``from_float`` (same hyper-parameters, weight and bias) and carries its own
+activation binarizer (built for its input channels) and weight-scale mode, so every layer
+computes ``conv(B(x), alpha_o * sign(W)) + bias`` (XNOR-Net; PAPERS.md "Weight binarization").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import fx, nn
+
+from binarize.errors import ConversionError
+from binarize.nn import BINARIZERS, WEIGHT_SCALES, BinaryConv2d, BinaryLinear, make_binarizer
+from passes.base import PassResult, module_of
+from passes.select import META_KEY, Decision
+
+_BINARY_OF: dict[type[nn.Module], type[BinaryConv2d] | type[BinaryLinear]] = {
+    nn.Conv2d: BinaryConv2d,
+    nn.Linear: BinaryLinear,
+}
+
+
+@dataclass
+class BinarizeLayers:
+    """Pass: swap every layer selected as binary for its binary counterpart.
+
+    Args:
+        activation_binarizer: binarizer name (``"ste"``, ``"approx"``, ``"progressive"``,
+            ``"rsign"``, ``"dysign"``), built per layer for its input channels.
+        weight_scale: ``"detached"``, ``"attached"``, ``"learnable"`` or ``"none"``.
+        binarizer_options: extra constructor arguments of the binarizer (e.g.
+            ``{"reduction": 8}`` for DySign).
+    """
+
+    activation_binarizer: str = "ste"
+    weight_scale: str = "detached"
+    binarizer_options: Mapping[str, Any] = field(default_factory=dict)
+    name: str = "binarize_layers"
+
+    def __post_init__(self) -> None:
+        if self.activation_binarizer not in BINARIZERS:
+            raise ConversionError(
+                f"unknown activation_binarizer {self.activation_binarizer!r}; choose one of "
+                f"{sorted(BINARIZERS)}."
+            )
+        if self.weight_scale not in WEIGHT_SCALES:
+            raise ConversionError(
+                f"unknown weight_scale {self.weight_scale!r}; choose one of {WEIGHT_SCALES}."
+            )
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        modified = False
+        for node in gm.graph.nodes:
+            module = module_of(gm, node)
+            if module is None or type(module) not in _BINARY_OF:
+                continue
+            decision: Decision | None = node.meta.get(META_KEY)
+            if decision is None:
+                raise ConversionError(
+                    f"layer {node.target!r} has no selection decision: the 'select' pass must "
+                    "run before 'binarize_layers' (check the recipe's passes)."
+                )
+            if decision.binary:
+                gm.add_submodule(str(node.target), self.binary_layer(module))
+                modified = True
+        return PassResult(gm, modified)
+
+    def binary_layer(self, layer: nn.Module) -> BinaryConv2d | BinaryLinear:
+        """The binary counterpart of ``layer`` with this pass's binarizer and weight scale."""
+        channels = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+        binarizer = make_binarizer(self.activation_binarizer, channels, **self.binarizer_options)
+        binary = _BINARY_OF[type(layer)].from_float(
+            layer,
+            input_binarizer=binarizer.to(device=layer.weight.device, dtype=layer.weight.dtype),
+            weight_scale=self.weight_scale,
+        )
+        return binary.train(layer.training)

@@ -1,0 +1,255 @@
+"""Selection: decide which convolutions and linear layers become binary.
+
+Every ``nn.Conv2d`` / ``nn.Linear`` call site gets a :class:`Decision` in
+``node.meta["binarize.select"]``; :mod:`passes.binarize_layers` acts on it. The decision is
+layered like torch.ao's ``QConfigMapping``, each level overriding the one before:
+
+1. global: binarize (``LayerSelection.default``);
+2. structure: keep float the first layers (reading a graph input with no weight layer in
+   between), the last layers (writing a graph output likewise), depthwise/grouped or dilated
+   convs, and 1x1 projection shortcuts (a 1x1 conv reading a fork point, through pooling, whose
+   output, through BatchNorm, is an operand of an add) - all three papers keep these real;
+3. type: entries of ``keep_float`` / ``binarize`` that are module types;
+4. name regex: string entries that are not exact module names, matched with ``re.fullmatch``;
+5. exact name: string entries equal to a module's qualified name.
+
+At one level ``keep_float`` wins over ``binarize``; the same exact name in both is an error.
+Asking for a layer that cannot be binarized (another layer kind, groups > 1, dilation > 1,
+non-zero padding mode) by type or by exact name raises :class:`binarize.ConversionError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from torch import fx, nn
+
+from binarize.errors import ConversionError
+from passes.base import PassResult, consumers, is_add, module_of, producers, walk
+
+META_KEY = "binarize.select"
+
+#: Module types whose binary counterparts exist (matched by exact type).
+BINARIZABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
+#: Layer types that hold weights and so delimit "the first/last layers" and the binary region.
+WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+    nn.Linear,
+    nn.Bilinear,
+    nn.Embedding,
+)
+_POOL_TYPES = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
+_NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity)
+
+Selector = type | str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Whether one layer becomes binary, and the rule that decided it."""
+
+    binary: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Which layers to binarize (see the module docstring for the levels).
+
+    Attributes:
+        default: the global level: binarize every supported layer not kept by a later level.
+        keep_first: keep the layers that read the graph inputs float.
+        keep_last: keep the layers that write the graph outputs float.
+        keep_grouped: keep depthwise/grouped and dilated convolutions float.
+        keep_projections: keep 1x1 projection shortcuts (downsample convs) float.
+        keep_float: types, name regexes or exact names to keep float.
+        binarize: types, name regexes or exact names to binarize.
+    """
+
+    default: bool = True
+    keep_first: bool = True
+    keep_last: bool = True
+    keep_grouped: bool = True
+    keep_projections: bool = True
+    keep_float: tuple[Selector, ...] = ()
+    binarize: tuple[Selector, ...] = ()
+
+
+def is_weight_node(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` calls a weight layer (conv, linear, ... or any binary layer)."""
+    module = module_of(gm, node)
+    return module is not None and isinstance(module, WEIGHT_TYPES)
+
+
+def unsupported_reason(module: nn.Module) -> str | None:
+    """Why ``module`` has no binary counterpart, or None when it can be binarized.
+
+    The packed runtime's ``bconv2d`` handles groups 1, dilation 1 and zero padding only.
+    """
+    if type(module) not in BINARIZABLE_TYPES:
+        names = ", ".join(kind.__name__ for kind in BINARIZABLE_TYPES)
+        return f"{type(module).__name__} has no binary version (only {names} do)"
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            return f"groups={module.groups} (binary convolutions support groups=1 only)"
+        if tuple(module.dilation) != (1, 1):
+            return f"dilation={module.dilation} (binary convolutions support dilation 1 only)"
+        if module.padding_mode != "zeros":
+            return f"padding_mode={module.padding_mode!r} (binary convolutions pad with zeros)"
+    return None
+
+
+@dataclass
+class SelectLayers:
+    """Pass: annotate each conv/linear call site with a :class:`Decision`."""
+
+    selection: LayerSelection = LayerSelection()
+    name: str = "select"
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        names = {str(node.target) for node in gm.graph.nodes if node.op == "call_module"}
+        self._check_exact_names(gm, names)
+        first, last = self._boundary_layers(gm)
+        used_patterns: set[str] = set()
+        for node in gm.graph.nodes:
+            module = module_of(gm, node)
+            if module is None or not isinstance(module, WEIGHT_TYPES):
+                continue
+            decision = self._decide(gm, node, module, first, last, names, used_patterns)
+            node.meta[META_KEY] = decision
+        unused = [
+            entry
+            for entry in (*self.selection.keep_float, *self.selection.binarize)
+            if isinstance(entry, str) and entry not in names and entry not in used_patterns
+        ]
+        if unused:
+            layers = _weight_layer_names(gm)
+            hints = "".join(suggest(entry, layers) for entry in unused)
+            raise ConversionError(
+                f"keep_float/binarize entries {unused!r} match no conv or linear layer (read as "
+                "regular expressions, matched against whole qualified names)."
+                f"{hints} What to do: check the spelling; the conv/linear layers are {layers}."
+            )
+        return PassResult(gm, modified=True)
+
+    def _decide(
+        self,
+        gm: fx.GraphModule,
+        node: fx.Node,
+        module: nn.Module,
+        first: set[fx.Node],
+        last: set[fx.Node],
+        names: set[str],
+        used_patterns: set[str],
+    ) -> Decision:
+        sel, target = self.selection, str(node.target)
+        unsupported = unsupported_reason(module)
+        for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
+            if target in entries:
+                if binary and unsupported:
+                    raise _cannot_binarize(target, unsupported, "its exact name")
+                if binary and target in sel.keep_float:
+                    raise ConversionError(
+                        f"layer {target!r} is listed in both keep_float and binarize. What to "
+                        "do: list it in one of them."
+                    )
+                return Decision(binary, f"exact name in {'binarize' if binary else 'keep_float'}")
+        for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
+            for entry in entries:
+                if isinstance(entry, str) and entry not in names and re.fullmatch(entry, target):
+                    used_patterns.add(entry)
+                    if binary and unsupported:
+                        continue
+                    kind = "binarize" if binary else "keep_float"
+                    return Decision(binary, f"name matches {entry!r} in {kind}")
+        for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
+            for entry in entries:
+                if isinstance(entry, type) and type(module) is entry:
+                    if binary and unsupported:
+                        raise _cannot_binarize(target, unsupported, f"type {entry.__name__}")
+                    kind = "binarize" if binary else "keep_float"
+                    return Decision(binary, f"type {entry.__name__} in {kind}")
+        if unsupported:
+            return Decision(False, unsupported)
+        if sel.keep_first and node in first:
+            return Decision(False, "first layer (reads a graph input)")
+        if sel.keep_last and node in last:
+            return Decision(False, "last layer (writes a graph output)")
+        if sel.keep_grouped and isinstance(module, nn.Conv2d) and module.groups != 1:
+            return Decision(False, "grouped/depthwise convolution")
+        if sel.keep_projections and _is_projection_shortcut(gm, node, module):
+            return Decision(False, "1x1 projection shortcut")
+        return Decision(sel.default, "global default")
+
+    def _boundary_layers(self, gm: fx.GraphModule) -> tuple[set[fx.Node], set[fx.Node]]:
+        """Weight layers reachable from an input / reaching an output with none in between."""
+        stop = lambda node: is_weight_node(gm, node)  # noqa: E731
+        first: set[fx.Node] = set()
+        last: set[fx.Node] = set()
+        for node in gm.graph.nodes:
+            if node.op == "placeholder":
+                first.update(walk(node, consumers, stop))
+            elif node.op == "output":
+                last.update(walk(node, producers, stop))
+        return first, last
+
+    def _check_exact_names(self, gm: fx.GraphModule, names: set[str]) -> None:
+        """Exact names of modules that are not weight layers cannot be selected."""
+        for entry in self.selection.binarize:
+            if isinstance(entry, str) and entry in names:
+                module = gm.get_submodule(entry)
+                reason = unsupported_reason(module)
+                if reason and not isinstance(module, WEIGHT_TYPES):
+                    raise _cannot_binarize(entry, reason, "its exact name")
+
+
+def _cannot_binarize(target: str, reason: str, how: str) -> ConversionError:
+    return ConversionError(
+        f"cannot binarize layer {target!r} (selected by {how}): {reason}. What to do: remove it "
+        "from binarize=[...] (it then stays float), or replace it in the model with a supported "
+        "layer."
+    )
+
+
+def _weight_layer_names(gm: fx.GraphModule) -> list[str]:
+    return [str(node.target) for node in gm.graph.nodes if is_weight_node(gm, node)]
+
+
+def _is_projection_shortcut(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> bool:
+    """A 1x1 conv reading a fork point (through pooling) whose output feeds an add (through BN).
+
+    The fork test tells ResNet's downsample (reads the block input, which the main branch also
+    reads) from the bottleneck's last 1x1 conv (reads the branch, feeds the same add).
+    """
+    if not isinstance(module, nn.Conv2d) or tuple(module.kernel_size) != (1, 1):
+        return False
+    source = node.args[0]
+    while isinstance(source, fx.Node) and isinstance(module_of(gm, source), _POOL_TYPES):
+        if len(source.users) > 1:
+            break
+        source = source.args[0]
+    if not isinstance(source, fx.Node) or len(source.users) < 2:
+        return False
+    out = node
+    while len(out.users) == 1:
+        (user,) = out.users
+        if is_add(user):
+            return True
+        if not isinstance(module_of(gm, user), _NORM_TYPES):
+            return False
+        out = user
+    return False
+
+
+def suggest(name: str, names: Iterable[str]) -> str:
+    """A "did you mean" hint for a misspelt layer name ("" when nothing is close)."""
+    close = difflib.get_close_matches(name, list(names), n=3)
+    return f" Did you mean {', '.join(map(repr, close))}?" if close else ""

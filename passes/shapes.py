@@ -1,0 +1,54 @@
+"""Shape propagation: record every node's output shape in ``node.meta["tensor_meta"]``."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import fx
+from torch.fx.passes.shape_prop import ShapeProp
+
+from binarize.errors import ConversionError
+from passes.base import PassResult
+
+
+def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
+    """Run ``gm`` once on ``example_inputs`` (eval mode, no grad) and record node shapes.
+
+    Eval mode keeps BatchNorm running statistics untouched; the module's training flag is
+    restored afterwards.
+
+    Raises:
+        ConversionError: the forward failed; the message names the node that failed.
+    """
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            # A plain interpreter first: ShapeProp prints a traceback to stderr on failure,
+            # the interpreter instead names the failing node in the exception itself.
+            try:
+                fx.Interpreter(gm).run(*example_inputs)
+            except Exception as error:
+                raise ConversionError(
+                    f"the traced model does not run on example_inputs: {type(error).__name__}: "
+                    f"{error}\nWhat to do: pass example_inputs that the model's forward accepts "
+                    "(a tuple of tensors with a batch dimension)."
+                ) from error
+            ShapeProp(gm).propagate(*example_inputs)
+    finally:
+        gm.train(was_training)
+
+
+@dataclass
+class RecordShapes:
+    """Pass: record node shapes for ``example_inputs`` (see :func:`propagate_shapes`)."""
+
+    example_inputs: tuple[Any, ...]
+    name: str = "record_shapes"
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        propagate_shapes(gm, self.example_inputs)
+        return PassResult(gm, modified=False)

@@ -1,0 +1,82 @@
+"""Bi-Real shortcuts: one real-valued shortcut around each binary convolution.
+
+Bi-Real Net (Liu et al. 2018) and ReActNet's block (PAPERS.md: ``RSign -> BinaryConv -> BN ->
+(+ shortcut) -> RPReLU``) carry the real-valued input of every binary conv past it, so the
+information the sign throws away survives. For a binary conv with input ``x``:
+
+* the add goes right after the BatchNorm2d that is the conv's only reader (right after the conv
+  when no BatchNorm follows), and every former reader of that output reads the sum instead, so
+  the activation that followed the BN now follows the add;
+* the shortcut is ``x`` itself when the shapes match, or ``AvgPool2d(2)(x)`` when the conv
+  halves the resolution (stride 2) and keeps the channel count; any other shape change (more
+  channels) gets no shortcut;
+* a conv whose output already goes into an add with ``x`` (or ``AvgPool2d(x)``) is skipped, so
+  the pass is idempotent. Residual adds already in the model are kept: in a ResNet BasicBlock
+  the second conv's new shortcut carries the first activation's output, and the block's own
+  identity still adds the block input.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+
+from torch import fx, nn
+
+from binarize.nn import BinaryConv2d
+from passes.base import PassResult, add_module_node, is_add, module_nodes, module_of, tensor_shape
+
+_NORM_TYPES = (nn.BatchNorm2d,)
+
+
+@dataclass
+class AddShortcuts:
+    """Pass: add a Bi-Real shortcut around every binary conv whose shapes allow one."""
+
+    name: str = "shortcuts"
+
+    def __call__(self, gm: fx.GraphModule) -> PassResult:
+        modified = False
+        for node in list(module_nodes(gm, BinaryConv2d)):
+            modified = self._add(gm, node) or modified
+        return PassResult(gm, modified)
+
+    def _add(self, gm: fx.GraphModule, conv: fx.Node) -> bool:
+        source = conv.args[0]
+        out = conv
+        if len(conv.users) == 1 and isinstance(module_of(gm, next(iter(conv.users))), _NORM_TYPES):
+            out = next(iter(conv.users))
+        in_shape, out_shape = tensor_shape(source), tensor_shape(out)
+        if in_shape is None or out_shape is None or len(in_shape) != 4:
+            return False
+        if _has_shortcut(gm, out, source):
+            return False
+        pooled = (*in_shape[:2], in_shape[2] // 2, in_shape[3] // 2)
+        if in_shape == out_shape:
+            shortcut, anchor = source, out
+        elif pooled == out_shape:
+            owner, _, leaf = str(conv.target).rpartition(".")
+            base = f"{owner}.{leaf}_shortcut_pool" if owner else f"{leaf}_shortcut_pool"
+            shortcut = add_module_node(gm, base, nn.AvgPool2d(2), (source,), after=out)
+            anchor = shortcut
+        else:
+            return False
+        with gm.graph.inserting_after(anchor):
+            total = gm.graph.call_function(operator.add, (out, shortcut))
+        total.meta = dict(out.meta)
+        out.replace_all_uses_with(total, delete_user_cb=lambda user: user is not total)
+        return True
+
+
+def _has_shortcut(gm: fx.GraphModule, out: fx.Node, source: fx.Node) -> bool:
+    """Whether ``out`` already feeds an add whose other operand is ``source`` (maybe pooled)."""
+    for user in out.users:
+        if not is_add(user):
+            continue
+        for operand in user.args:
+            if operand is source:
+                return True
+            pool = module_of(gm, operand) if isinstance(operand, fx.Node) else None
+            if isinstance(pool, nn.AvgPool2d) and operand.args[0] is source:
+                return True
+    return False
