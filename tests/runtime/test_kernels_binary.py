@@ -1,0 +1,178 @@
+"""Binary kernels (popcount, pack_bits, bconv2d, bdense) against slow numpy references.
+
+The references never touch the packed kernels: they pack with ``np.packbits`` and convolve
+the +-1 tensors with einsum over sliding windows, padding with 0, +1 or -1.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from numba import njit
+from numpy.lib.stride_tricks import sliding_window_view
+
+from runtime.errors import InputError, InvalidModelError
+from runtime.kernels import (
+    bconv2d,
+    bdense,
+    pack_bits,
+    pack_bits_per_sample,
+    popcount64,
+    prepare_bconv,
+    prepare_bdense,
+)
+
+CHANNELS = st.sampled_from([1, 2, 63, 64, 65, 130])
+
+
+def naive_pack(plus_minus: np.ndarray) -> np.ndarray:
+    """+-1 array [..., C] -> uint64 [..., ceil(C/64)], bit j of word w = channel 64w + j."""
+    channels = plus_minus.shape[-1]
+    padded = np.zeros((*plus_minus.shape[:-1], -(-channels // 64) * 64), bool)
+    padded[..., :channels] = plus_minus > 0
+    return np.packbits(padded, axis=-1, bitorder="little").view("<u8").astype(np.uint64)
+
+
+def naive_unpack(bits: np.ndarray, channels: int) -> np.ndarray:
+    """uint64 [..., Cw] -> +-1 int64 [..., channels] (padding bits dropped)."""
+    flat = np.unpackbits(bits.astype("<u8").view(np.uint8), axis=-1, bitorder="little")
+    return flat[..., :channels].astype(np.int64) * 2 - 1
+
+
+def naive_conv(a, w, stride, padding, pad_value):
+    """+-1 a [N, H, W, C], w [O, kh, kw, C] -> int64 [N, OH, OW, O], padding filled."""
+    (sh, sw), (ph, pw) = stride, padding
+    padded = np.pad(a, ((0, 0), (ph, ph), (pw, pw), (0, 0)), constant_values=pad_value)
+    windows = sliding_window_view(padded, w.shape[1:3], axis=(1, 2))[:, ::sh, ::sw]
+    return np.einsum("nyxcij,oijc->nyxo", windows, w)
+
+
+def random_pm(rng, shape) -> np.ndarray:
+    return rng.choice(np.array([-1, 1], np.int64), size=shape)
+
+
+@njit
+def _popcount_all(words, out):
+    for i in range(words.shape[0]):
+        out[i] = popcount64(words[i])
+
+
+def test_popcount_counts_set_bits():
+    words = np.array([0, 1, 2**63, 2**64 - 1, 0x5555555555555555, 12345678901234567],
+                     np.uint64)
+    out = np.empty(words.shape, np.uint64)
+    _popcount_all(words, out)
+    assert out.tolist() == [bin(int(v)).count("1") for v in words]
+
+
+@settings(max_examples=25, deadline=None)
+@given(rows=st.integers(1, 5), channels=CHANNELS, seed=st.integers(0, 2**31))
+def test_pack_bits_matches_comparison_with_ties(rows, channels, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (rows, channels)).astype(np.float32)  # many exact ties
+    threshold = rng.integers(-2, 3, channels).astype(np.float32)
+    sign = rng.choice(np.array([-1, 1], np.int8), channels)
+    expected = np.where(sign * x >= sign * threshold, 1, -1)
+    got = pack_bits(x, threshold, sign)
+    assert got.shape == (rows, -(-channels // 64))
+    np.testing.assert_array_equal(got, naive_pack(expected))
+
+
+def test_pack_bits_tie_goes_to_plus_one_for_both_signs():
+    x = np.array([[0.5, 0.5, -0.0, 0.0]], np.float32)
+    threshold = np.array([0.5, 0.5, 0.0, -0.0], np.float32)
+    sign = np.array([1, -1, 1, -1], np.int8)
+    np.testing.assert_array_equal(naive_unpack(pack_bits(x, threshold, sign), 4), [[1, 1, 1, 1]])
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(1, 3), positions=st.integers(1, 4), channels=CHANNELS,
+       seed=st.integers(0, 2**31))
+def test_pack_bits_per_sample_uses_each_samples_threshold(n, positions, channels, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(-2, 3, (n, positions, channels)).astype(np.float32)
+    threshold = rng.integers(-2, 3, (n, channels)).astype(np.float32)
+    expected = np.where(x >= threshold[:, None, :], 1, -1)
+    np.testing.assert_array_equal(pack_bits_per_sample(x, threshold), naive_pack(expected))
+
+
+def test_pack_bits_rejects_bad_arguments():
+    x = np.zeros((2, 3), np.float32)
+    with pytest.raises(InputError, match="float32"):
+        pack_bits(x.astype(np.float64), np.zeros(3, np.float32))
+    with pytest.raises(InvalidModelError, match=r"float32\[3\]"):
+        pack_bits(x, np.zeros(4, np.float32))
+    with pytest.raises(InvalidModelError, match="sign"):
+        pack_bits(x, np.zeros(3, np.float32), np.array([1, 0, -1], np.int8))
+    with pytest.raises(InputError, match=r"float32\[2, 3\]"):
+        pack_bits_per_sample(x[None], np.zeros((2, 3), np.float32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    batch=st.integers(1, 3),
+    in_channels=CHANNELS,
+    out_channels=st.sampled_from([1, 3, 64, 70]),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)) | st.just((5, 5)),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
+    hw=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    pad_value=st.sampled_from([0, 1, -1]),
+    seed=st.integers(0, 2**31),
+)
+def test_bconv2d_is_exact(batch, in_channels, out_channels, kernel, stride, padding, hw,
+                          pad_value, seed):
+    assume(all(s + 2 * p >= k for s, p, k in zip(hw, padding, kernel)))
+    rng = np.random.default_rng(seed)
+    a = random_pm(rng, (batch, *hw, in_channels))
+    w = random_pm(rng, (out_channels, *kernel, in_channels))
+    plan = prepare_bconv(naive_pack(w), in_channels, hw, kernel, stride, padding, pad_value)
+    got = bconv2d(plan, naive_pack(a))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, naive_conv(a, w, stride, padding, pad_value))
+
+
+def test_bconv2d_zero_padding_counts_only_taps_inside_the_image():
+    a = np.ones((1, 1, 1, 5), np.int64)  # a single pixel: every tap but the centre is padding
+    w = np.ones((1, 3, 3, 5), np.int64)
+    for pad_value, expected in ((0, 5), (1, 45), (-1, -35)):
+        plan = prepare_bconv(naive_pack(w), 5, (1, 1), 3, 1, 1, pad_value)
+        assert bconv2d(plan, naive_pack(a)).item() == expected
+
+
+@settings(max_examples=15, deadline=None)
+@given(batch=st.integers(1, 3), features=CHANNELS, out_features=st.sampled_from([1, 5, 65]),
+       seed=st.integers(0, 2**31))
+def test_bdense_is_exact(batch, features, out_features, seed):
+    rng = np.random.default_rng(seed)
+    a = random_pm(rng, (batch, features))
+    w = random_pm(rng, (out_features, features))
+    got = bdense(prepare_bdense(naive_pack(w), features), naive_pack(a))
+    np.testing.assert_array_equal(got, a @ w.T)
+
+
+def test_prepare_bconv_rejects_inconsistent_weights():
+    good = np.zeros((4, 3, 3, 2), np.uint64)
+    with pytest.raises(InvalidModelError, match=r"uint64\[O, 3, 3, 1\]"):
+        prepare_bconv(good, 64, (5, 5), 3)
+    with pytest.raises(InvalidModelError, match="padding bits"):
+        prepare_bconv(good + np.uint64(2**63), 65, (5, 5), 3)
+    with pytest.raises(InvalidModelError, match="pad_value"):
+        prepare_bconv(good, 65, (5, 5), 3, pad_value=2)
+    with pytest.raises(InvalidModelError, match="empty output"):
+        prepare_bconv(good, 65, (2, 2), 3)
+    with pytest.raises(InvalidModelError, match="stride"):
+        prepare_bconv(good, 65, (5, 5), 3, stride=0)
+
+
+def test_bconv2d_rejects_wrong_activations():
+    plan = prepare_bconv(np.zeros((4, 3, 3, 2), np.uint64), 65, (5, 5), 3, 1, 1)
+    with pytest.raises(InputError, match=r"uint64\[N, 5, 5, 2\]"):
+        bconv2d(plan, np.zeros((1, 5, 5, 1), np.uint64))
+    with pytest.raises(InputError, match="residual"):
+        bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64),
+                residual=np.zeros((1, 5, 5, 3), np.float32))
+    with pytest.raises(InputError, match="out must be"):
+        bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64), out=np.zeros((1, 5, 5, 4), np.float64))
