@@ -1,0 +1,200 @@
+"""A naive reference interpreter of docs/IR.md, written independently of the runtime.
+
+It works in NCHW like the PyTorch graph, keeps binary values as +-1 float arrays (never packed
+bits), unpacks the weights bit by bit, and computes convolutions tap by tap and pools window by
+window with explicit index arithmetic. Elementwise steps after a binary layer run in float32 in
+the IR's order, so a correct fused runtime matches them exactly; float convolutions and the
+per-sample hyper functions are compared with a tolerance.
+
+``run_reference`` also reports the smallest distance between a value and its quantize
+threshold: tests skip inputs with near-ties, where float rounding (not a bug) could flip a bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def unpack_pm1(words: np.ndarray, channels: int) -> np.ndarray:
+    """uint64[..., W] -> +-1 float64[..., channels] (bit j of word w is channel 64w + j)."""
+    bits = (words[..., :, None] >> np.arange(64, dtype=np.uint64)) & np.uint64(1)
+    bits = bits.reshape(*words.shape[:-1], -1)[..., :channels]
+    return np.where(bits == 1, 1.0, -1.0)
+
+
+def _channel(v: np.ndarray, rank: int) -> np.ndarray:
+    """Broadcast a per-channel vector over NCHW (rank 4) or [N, F] (rank 2)."""
+    return v.reshape(-1, 1, 1) if rank == 4 else v
+
+
+def _act(h: np.ndarray, name: str) -> np.ndarray:
+    return {"relu": lambda a: np.maximum(a, 0), "identity": lambda a: a,
+            "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "tanh": np.tanh}[name](h)
+
+
+def _hyper(x: np.ndarray, p: dict[str, np.ndarray], activation: str) -> np.ndarray:
+    pooled = x.astype(np.float64).mean(axis=(2, 3)) if x.ndim == 4 else x.astype(np.float64)
+    h = _act(pooled @ p["fc1_weight"].T.astype(np.float64) + p["fc1_bias"], activation)
+    return (h @ p["fc2_weight"].T.astype(np.float64) + p["fc2_bias"]).astype(np.float32)
+
+
+def _conv_taps(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, fill: float):
+    """Direct convolution, one kernel tap at a time: out[n,o,y,x] = sum over (ky, kx, c) of
+    xpad[n, c, y*s + ky*d, x*s + kx*d] * weight[o, c, ky, kx]."""
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
+    xp = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, np.float64)
+    xp[:, :, ph:ph + h, pw:pw + w] = x
+    oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.zeros((n, o, oh, ow))
+    for ky in range(kh):
+        for kx in range(kw):
+            patch = xp[:, :, ky * dh: ky * dh + (oh - 1) * sh + 1: sh,
+                       kx * dw: kx * dw + (ow - 1) * sw + 1: sw]
+            out += np.einsum("nchw,oc->nohw", patch, weight[:, :, ky, kx])
+    return out
+
+
+def _pool_out(size, k, s, p, d, ceil_mode):
+    """Output length by PyTorch's documented formula (floor or ceil) and its ceil_mode rule."""
+    num = size + 2 * p - d * (k - 1) - 1
+    out = (-(-num // s) if ceil_mode else num // s) + 1
+    if ceil_mode and (out - 1) * s >= size + p:
+        out -= 1
+    return out
+
+
+def _maxpool(x, kernel, stride, padding, dilation, ceil_mode):
+    n, c, h, w = x.shape
+    oh = _pool_out(h, kernel[0], stride[0], padding[0], dilation[0], ceil_mode)
+    ow = _pool_out(w, kernel[1], stride[1], padding[1], dilation[1], ceil_mode)
+    out = np.empty((n, c, oh, ow), np.float32)
+    for oy in range(oh):
+        for ox in range(ow):
+            rows = [oy * stride[0] - padding[0] + i * dilation[0] for i in range(kernel[0])]
+            cols = [ox * stride[1] - padding[1] + j * dilation[1] for j in range(kernel[1])]
+            rows = [r for r in rows if 0 <= r < h]
+            cols = [q for q in cols if 0 <= q < w]
+            window = x[:, :, rows][:, :, :, cols]
+            # torch yields -inf for a (dilated) window that holds no input pixel at all
+            out[:, :, oy, ox] = window.max(axis=(2, 3)) if window.size else -np.inf
+    return out
+
+
+def _avgpool(x, kernel, stride, padding, ceil_mode, count_include_pad):
+    n, c, h, w = x.shape
+    oh = _pool_out(h, kernel[0], stride[0], padding[0], 1, ceil_mode)
+    ow = _pool_out(w, kernel[1], stride[1], padding[1], 1, ceil_mode)
+    out = np.empty((n, c, oh, ow), np.float32)
+    for oy in range(oh):
+        for ox in range(ow):
+            y0, x0 = oy * stride[0] - padding[0], ox * stride[1] - padding[1]
+            y1, x1 = min(y0 + kernel[0], h + padding[0]), min(x0 + kernel[1], w + padding[1])
+            padded_count = (y1 - y0) * (x1 - x0)
+            y0, x0, y1, x1 = max(y0, 0), max(x0, 0), min(y1, h), min(x1, w)
+            window = x[:, :, y0:y1, x0:x1].astype(np.float64)
+            divisor = padded_count if count_include_pad else (y1 - y0) * (x1 - x0)
+            out[:, :, oy, ox] = window.sum(axis=(2, 3)) / divisor
+    return out
+
+
+def run_reference(
+    graph: dict[str, Any], tensors: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
+) -> tuple[list[np.ndarray], float]:
+    """Evaluate the graph on NCHW float32 inputs; returns (outputs in order, smallest
+    |value - threshold| seen by any quantize/dyquantize)."""
+    env = dict(inputs)
+    margin = np.inf
+    for node in graph["nodes"]:
+        a = node.get("attrs", {})
+        p = {role: tensors[key] for role, key in node.get("params", {}).items()}
+        xs = [env[name] for name in node["inputs"]]
+        x = xs[0]
+        op = node["op"]
+        rank = x.ndim
+        if op in ("quantize", "dyquantize"):
+            if op == "quantize":
+                t = _channel(p["threshold"], rank)[None]
+                s = _channel(p.get("sign", np.ones(x.shape[1], np.int8)), rank)[None]
+            else:
+                alpha = _hyper(x, p, a.get("activation", "relu"))
+                t = alpha.reshape(*alpha.shape, *(1,) * (rank - 2))
+                s = np.ones_like(t)
+            margin = min(margin, float(np.abs(x.astype(np.float64) - t).min()))
+            y = np.where(s * x >= s * t, 1.0, -1.0).astype(np.float32)
+        elif op == "bconv2d":
+            weight = unpack_pm1(p["weight"], a["in_channels"]).transpose(0, 3, 1, 2)
+            y = _conv_taps(x, weight, a.get("stride", [1, 1]), a.get("padding", [0, 0]),
+                           (1, 1), float(a.get("pad_value", 0))).astype(np.float32)
+        elif op == "bdense":
+            y = (x.astype(np.float64) @ unpack_pm1(p["weight"], a["in_features"]).T)
+            y = y.astype(np.float32)
+        elif op == "conv2d":
+            g = a.get("groups", 1)
+            w = p["weight"].astype(np.float64)
+            cg, og = x.shape[1] // g, w.shape[0] // g
+            y = np.concatenate([
+                _conv_taps(x[:, i * cg:(i + 1) * cg], w[i * og:(i + 1) * og],
+                           a.get("stride", [1, 1]), a.get("padding", [0, 0]),
+                           a.get("dilation", [1, 1]), 0.0) for i in range(g)], axis=1)
+            if "bias" in p:
+                y = y + p["bias"].reshape(-1, 1, 1)
+            y = y.astype(np.float32)
+        elif op == "dense":
+            y = x.astype(np.float64) @ p["weight"].T.astype(np.float64)
+            y = (y + p["bias"] if "bias" in p else y).astype(np.float32)
+        elif op == "affine":
+            y = x * _channel(p["scale"], rank) + _channel(p["bias"], rank)
+        elif op == "prelu":
+            y = np.where(x >= 0, x, _channel(p["weight"], rank) * x)
+        elif op in ("rprelu", "dyprelu"):
+            if op == "rprelu":
+                gamma, zeta = _channel(p["gamma"], rank), _channel(p["zeta"], rank)
+            else:
+                h = _hyper(x, p, a.get("activation", "relu"))
+                c = x.shape[1]
+                extra = (1,) * (rank - 2)
+                gamma = h[:, :c].reshape(-1, c, *extra)
+                zeta = h[:, c:].reshape(-1, c, *extra)
+            beta = _channel(p["beta"], rank)
+            y = np.where(x >= gamma, (x - gamma) + zeta, beta * (x - gamma) + zeta)
+        elif op == "relu":
+            y = np.maximum(x, np.float32(0))
+        elif op == "clamp":
+            lo, hi = a.get("min"), a.get("max")
+            y = x.copy()
+            if lo is not None:
+                y = np.maximum(y, np.float32(lo))
+            if hi is not None:
+                y = np.minimum(y, np.float32(hi))
+        elif op == "leaky_relu":
+            y = np.where(x >= 0, x, np.float32(a.get("negative_slope", 0.01)) * x)
+        elif op == "add":
+            y = xs[0] + xs[1]
+        elif op == "concat":
+            y = np.concatenate(xs, axis=a.get("axis", 1))
+        elif op == "maxpool2d":
+            k = a["kernel"]
+            y = _maxpool(x, k, a.get("stride", k), a.get("padding", [0, 0]),
+                         a.get("dilation", [1, 1]), a.get("ceil_mode", False))
+        elif op == "avgpool2d":
+            k = a["kernel"]
+            y = _avgpool(x, k, a.get("stride", k), a.get("padding", [0, 0]),
+                         a.get("ceil_mode", False), a.get("count_include_pad", True))
+        elif op == "global_avgpool":
+            y = x.astype(np.float64).mean(axis=(2, 3), keepdims=True).astype(np.float32)
+        elif op == "flatten":
+            y = x.reshape(x.shape[0], -1)
+        elif op == "upsample_nearest":
+            sh, sw = a["scale"]
+            rows = np.arange(x.shape[2] * sh) // sh
+            cols = np.arange(x.shape[3] * sw) // sw
+            y = x[:, :, rows][:, :, :, cols]
+        else:
+            raise AssertionError(f"reference does not know op {op}")
+        env[node["outputs"][0]] = y.astype(np.float32)
+    return [env[o["name"]] for o in graph["outputs"]], margin

@@ -1,0 +1,208 @@
+"""The fused runtime against the naive reference interpreter, op by op and on whole graphs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from rt_builder import IRBuilder
+from rt_reference import run_reference
+
+import runtime
+
+# Where a quantize reads a value computed with a different float rounding (a float conv, a
+# hyper function), inputs this close to a threshold are redrawn: a flipped bit there is rounding.
+MARGIN = 1e-3
+
+
+def run_both(b: IRBuilder, batch: int = 2, margin: float = 0.0):
+    """Load the builder's model, predict on a random batch whose quantize decisions all keep
+    ``margin`` from their thresholds; returns (runtime outputs as a list, reference outputs,
+    the model)."""
+    graph, tensors = b.build()
+    model = runtime.load(b.to_bytes())
+    for seed in range(50):
+        rng = np.random.default_rng(seed)
+        inputs = {
+            spec["name"]: rng.standard_normal((batch, *spec["shape"][1:])).astype(np.float32)
+            for spec in graph["inputs"]
+        }
+        expected, smallest = run_reference(graph, tensors, inputs)
+        if smallest >= margin:
+            break
+    else:
+        raise AssertionError("no random input kept the quantize margin; shrink the graph")
+    got = model.predict(inputs)
+    got = list(got) if isinstance(got, tuple) else [got]
+    return got, expected, model
+
+
+def labels(model: runtime.Model) -> list[str]:
+    return [line.split()[1] for line in model.summary().splitlines()[2:-2]]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    channels=st.sampled_from([1, 5, 64, 70]),
+    out_channels=st.sampled_from([1, 3, 65]),
+    size=st.integers(3, 7),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    pad_value=st.sampled_from([0, 1, -1]),
+    signed=st.booleans(),
+    batch=st.integers(1, 3),
+)
+def test_bconv2d_matches_reference_exactly(
+    channels, out_channels, size, kernel, stride, padding, pad_value, signed, batch
+):
+    b = IRBuilder(seed=channels * 7 + size)
+    x = b.input([channels, size, size])
+    h = b.bconv2d(b.quantize(x, signed=signed), out_channels, kernel, stride, padding, pad_value)
+    b.output(b.affine(h))
+    (got,), (expected,), model = run_both(b, batch)
+    assert got.shape == expected.shape == (batch, out_channels, *expected.shape[2:])
+    np.testing.assert_array_equal(got, expected)
+    assert labels(model) == ["quantize", "bconv2d+affine"]
+
+
+def residual_block(b: IRBuilder, x: str, channels: int) -> str:
+    """ReActNet/Bi-Real block: quantize -> bconv -> affine -> + x -> rprelu."""
+    h = b.affine(b.bconv2d(b.quantize(x), channels, 3, 1, 1))
+    return b.rprelu(b.add(h, x))
+
+
+@settings(max_examples=10, deadline=None)
+@given(channels=st.sampled_from([3, 64, 66]), size=st.integers(3, 6), batch=st.integers(1, 2))
+def test_residual_blocks_fuse_into_one_kernel_and_match_exactly(channels, size, batch):
+    b = IRBuilder(seed=channels + size)
+    x = b.input([channels, size, size])
+    h = residual_block(b, residual_block(b, x, channels), channels)
+    b.output(b.affine(b.bconv2d(b.quantize(h), 4, 3, 2, 1)))
+    (got,), (expected,), model = run_both(b, batch)
+    np.testing.assert_array_equal(got, expected)
+    # block 1's output also feeds block 2's shortcut, so its quantize stays a separate step;
+    # block 2's output feeds only the last quantize, which folds into the kernel's epilogue
+    assert labels(model) == [
+        "quantize",
+        "bconv2d+affine+add+rprelu",
+        "quantize",
+        "bconv2d+affine+add+rprelu+quantize",
+        "bconv2d+affine",
+    ]
+
+
+def test_no_fusion_through_a_value_used_twice_or_an_output():
+    b = IRBuilder(seed=3)
+    x = b.input([8, 5, 5])
+    conv = b.bconv2d(b.quantize(x), 8)
+    scaled = b.affine(conv)
+    b.output(b.add(scaled, b.prelu(scaled)))  # `scaled` has two consumers
+    b.output(conv)  # and `conv` is a graph output
+    got, expected, model = run_both(b)
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g, e)
+    assert labels(model) == ["quantize", "bconv2d", "affine", "prelu", "add"]
+
+
+def test_float_conv_path_with_groups_dilation_pools():
+    b = IRBuilder(seed=4)
+    x = b.input([4, 11, 9])
+    h = b.conv2d(x, 6, kernel=3, stride=2, padding=2, dilation=2, groups=2)
+    h = b.unary("relu", b.affine(h))
+    h = b.pool("maxpool2d", h, kernel=3, stride=2, padding=1, ceil_mode=True)
+    h = b.conv2d(h, 5, kernel=1, padding=0, bias=False)
+    b.output(b.pool("avgpool2d", b.affine(h), kernel=2, stride=2, ceil_mode=True,
+                    count_include_pad=False))
+    (got,), (expected,), model = run_both(b, batch=3)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert labels(model)[0] == "conv2d"  # a conv with a bias keeps the affine apart
+    assert "conv2d+affine" in labels(model)  # one without absorbs it
+
+
+def test_dense_path_flatten_order_and_shared_prelu():
+    b = IRBuilder(seed=5)
+    x = b.input([3, 4, 5])
+    h = b.unary("flatten", b.conv2d(x, 7, kernel=3, padding=1))
+    h = b.prelu(b.affine(b.bdense(b.quantize(h), 70)), shared=True)
+    b.output(b.dense(h, 10))
+    (got,), (expected,), model = run_both(b, batch=2, margin=MARGIN)
+    assert got.shape == (2, 10)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert "bdense+affine+prelu" in labels(model)
+
+
+@pytest.mark.parametrize("activation", ["relu", "identity", "sigmoid", "tanh"])
+def test_dysign_and_dyprelu(activation):
+    b = IRBuilder(seed=6)
+    x = b.input([20, 5, 5])
+    h = b.bconv2d(b.dyquantize(x, activation=activation), 20)
+    h = b.dyprelu(b.affine(h), activation=activation)
+    h = b.unary("flatten", b.unary("global_avgpool", h))
+    h = b.bdense(b.dyquantize(h, hidden=3, activation=activation), 6)
+    b.output(b.dyprelu(h, hidden=2, activation=activation))
+    (got,), (expected,), _ = run_both(b, batch=2, margin=MARGIN)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    op=st.sampled_from(["maxpool2d", "avgpool2d"]),
+    size=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    kernel=st.integers(1, 4),
+    stride=st.integers(1, 3),
+    pad_fraction=st.integers(0, 2),
+    ceil_mode=st.booleans(),
+    flag=st.booleans(),
+)
+def test_pools_follow_torch_semantics(op, size, kernel, stride, pad_fraction, ceil_mode, flag):
+    padding = min(pad_fraction, kernel // 2)
+    assume(min(size) + 2 * padding >= kernel)
+    b = IRBuilder(seed=7)
+    x = b.input([3, *size])
+    extra = {"dilation": 2 if flag and kernel > 1 else 1} if op == "maxpool2d" else {
+        "count_include_pad": flag}
+    if op == "maxpool2d":
+        span = extra["dilation"] * (kernel - 1) + 1
+        assume(min(size) + 2 * padding >= span and 2 * padding <= span)
+    b.output(b.pool(op, x, kernel, stride, padding, ceil_mode, **extra))
+    (got,), (expected,), _ = run_both(b, batch=2)
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_concat_upsample_elementwise_and_several_outputs():
+    b = IRBuilder(seed=8)
+    x = b.input([3, 4, 4])
+    y = b.input([2, 4, 4], name="second")
+    up = b.upsample(b.unary("clamp", x, min=-0.5, max=None), 2, 3)
+    cat_c = b.concat([x, b.unary("leaky_relu", y, negative_slope=0.2), x], axis=1)
+    cat_h = b.concat([x, b.unary("relu", x)], axis=2)
+    cat_w = b.concat([b.unary("clamp", x, min=None, max=0.1), x], axis=3)
+    b.output(up)
+    b.output(cat_c)
+    b.output(b.add(cat_h, cat_h))
+    b.output(cat_w)
+    got, expected, model = run_both(b, batch=2)
+    assert [o.name for o in model.outputs] == [up, cat_c, b.outputs[2]["name"], cat_w]
+    assert [i.name for i in model.inputs] == ["input", "second"]
+    for g, e in zip(got, expected, strict=True):
+        assert g.shape == e.shape and g.flags.c_contiguous and g.dtype == np.float32
+        np.testing.assert_array_equal(g, e)
+
+
+def test_outputs_are_nchw_and_batch_sizes_vary():
+    b = IRBuilder(seed=9)
+    x = b.input([70, 3, 2])
+    b.output(b.affine(b.bconv2d(b.quantize(x), 9, kernel=1, padding=0)))
+    model = runtime.load(b.to_bytes())
+    rng = np.random.default_rng(0)
+    xs = rng.standard_normal((5, 70, 3, 2)).astype(np.float32)
+    whole = model.predict(xs)
+    assert whole.shape == (5, 9, 3, 2)
+    for i in range(5):
+        np.testing.assert_array_equal(model.predict(np.ascontiguousarray(xs[i : i + 1])),
+                                      whole[i : i + 1])
+    graph, tensors = b.build()
+    np.testing.assert_array_equal(whole, run_reference(graph, tensors, {"input": xs})[0][0])
