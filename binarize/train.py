@@ -1,0 +1,770 @@
+"""`finetune`: the training loop for binary networks (and their float teachers).
+
+    history = binarize.finetune(bnn, (x_train, y_train), (x_val, y_val), epochs=8, lr=1e-3)
+
+What one call does, in order:
+- builds the loss: the recipe's `distill` ("distributional", "kd", "mse") against
+  `bnn.teacher` run frozen, or cross-entropy on the labels (see `binarize.distill`);
+- Adam or AdamW over two param groups (conv weights, decayed; the rest, not decayed), the
+  learning rate decayed per step to 0, linearly (ReActNet) or along a cosine;
+- drives `bnn.schedule` (stages, progressive lambda, per-stage weight decay) every step, and
+  leaves the model in its export state (`Schedule.finalize`: all binary, hard sign);
+- writes an atomic checkpoint after every epoch and resumes from it;
+- trains with DistributedDataParallel when started by `torchrun` (WORLD_SIZE > 1) or inside
+  an initialised `torch.distributed` process group.
+
+Everything that makes it stop (a bad batch, a non-finite loss, an unwritable checkpoint
+folder) raises `binarize.TrainingError` and leaves the last good checkpoint as it was.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.utils.data import (
+    BatchSampler,
+    DataLoader,
+    Dataset,
+    DistributedSampler,
+    RandomSampler,
+    TensorDataset,
+)
+from tqdm import tqdm
+
+from binarize.distill import LabelLoss, TrainingLoss, make_loss
+from binarize.errors import TrainingError
+from binarize.schedule import Schedule, param_groups
+
+__all__ = ["History", "evaluate", "finetune", "load_checkpoint", "save_checkpoint"]
+
+CHECKPOINT_NAME = "last.pt"
+CHECKPOINT_FORMAT = "binarize.checkpoint"
+CHECKPOINT_VERSION = 1
+_OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
+_LR_SCHEDULES: dict[str, Callable[[float], float]] = {
+    "linear": lambda t: 1.0 - t,
+    "cosine": lambda t: 0.5 * (1.0 + math.cos(math.pi * t)),
+    "constant": lambda t: 1.0,
+}
+Metric = Callable[[Tensor, Tensor], Tensor]
+Data = DataLoader | Dataset | tuple[Tensor, Tensor]
+
+
+@dataclass
+class History:
+    """Per-epoch records of a `finetune` run.
+
+    Each record has: epoch (1-based), stage, lam (None without a progressive ramp), lr (of the
+    epoch's last step), train_loss, train_<metric>, val_loss, val_<metric> (None without
+    validation data), seconds. `history["val_accuracy"]` is that column as a list.
+    """
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: str) -> list[Any]:
+        if self.records and key not in self.records[0]:
+            raise KeyError(f"History has no column {key!r}; columns: {list(self.records[0])}")
+        return [record[key] for record in self.records]
+
+    @property
+    def last(self) -> dict[str, Any]:
+        """The record of the last epoch."""
+        if not self.records:
+            raise TrainingError("History is empty: no epoch was trained")
+        return self.records[-1]
+
+
+def finetune(
+    bnn: nn.Module,
+    train_data: Data,
+    val_data: Data | None = None,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    optimizer: str = "adam",
+    lr_schedule: str = "linear",
+    weight_decay: float | None = None,
+    schedule: Schedule | Mapping[str, Any] | None = None,
+    distill: str | None = "recipe",
+    temperature: float = 4.0,
+    label_weight: float = 0.0,
+    loss: TrainingLoss | None = None,
+    metric: str | Metric | None = "accuracy",
+    checkpoint_dir: str | Path | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> History:
+    """Fine-tune `bnn` (a `binarize.BinaryModel`, or any `nn.Module`) and return its History.
+
+    Args:
+        bnn: the model. Its `schedule`, `teacher` and `recipe.distill` are used when present,
+            so a plain float `nn.Module` trains with cross-entropy and no schedule.
+        train_data, val_data: a `DataLoader` yielding (inputs, targets) batches, a `Dataset`
+            of (input, target) pairs, or a pair of tensors (inputs [N, ...], targets [N]).
+            Datasets and tensors are batched here (`batch_size`, shuffled with `seed` for
+            training); a DataLoader is used as given (under DDP it is rebuilt with a
+            DistributedSampler). Targets are class indices for classification.
+        epochs: number of passes over `train_data`.
+        lr: peak learning rate; decays per step to 0 along `lr_schedule` ("linear",
+            "cosine" or "constant").
+        optimizer: "adam" (ReActNet) or "adamw".
+        weight_decay: decay of the conv weights for the whole run; None follows the
+            schedule's per-stage values (ReActNet: 1e-5 in stage 1, 0 in stage 2), or 0.
+            Other parameters (BN, biases, thresholds, slopes, classifier) are never decayed.
+        schedule: overrides `bnn.schedule` (a Schedule or a config dict).
+        distill: "distributional", "kd", "mse" or None; "recipe" takes `bnn.recipe.distill`
+            (labels only when the model has no teacher). `temperature`, `label_weight`: kd.
+        loss: a callable `loss(output, inputs, targets)`; overrides `distill`.
+        metric: "accuracy" (top-1), None, or a callable `metric(output, targets)` returning
+            the batch mean; reported for training and validation.
+        checkpoint_dir: folder of `last.pt`, written atomically after every epoch; with
+            `resume`, an existing `last.pt` there is loaded and training continues from it.
+        seed: seeds torch, numpy and random at the start (shuffling, dropout): on CPU two
+            runs with the same seed give the same weights.
+        device: "cpu", "cuda" or a torch.device; under torchrun each process uses
+            cuda:LOCAL_RANK.
+        progress: show a tqdm bar with the loss and metric (rank 0 only).
+
+    Returns the History of every epoch, earlier runs' epochs included when resuming.
+    Raises TrainingError on bad batches, a NaN/Inf loss or an unwritable checkpoint folder.
+    """
+    if epochs <= 0:
+        raise TrainingError(f"epochs must be >= 1, got {epochs}")
+    run = _Run(
+        bnn=bnn,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr_schedule=lr_schedule,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        distill=distill,
+        temperature=temperature,
+        label_weight=label_weight,
+        loss=loss,
+        metric=metric,
+        checkpoint_dir=checkpoint_dir,
+        seed=seed,
+        device=device,
+        progress=progress,
+    )
+    try:
+        return run.fit(train_data, val_data, resume=resume)
+    finally:
+        run.close()
+
+
+def evaluate(
+    model: nn.Module,
+    data: Data,
+    *,
+    batch_size: int = 256,
+    loss: TrainingLoss | None = None,
+    metric: str | Metric | None = "accuracy",
+    device: str | torch.device = "cpu",
+) -> dict[str, float]:
+    """Mean loss (cross-entropy by default) and metric of `model` over `data`, in eval mode.
+
+    Returns {"loss": ..., "<metric>": ...} (no metric key when `metric` is None).
+    """
+    device = torch.device(device)
+    model = model.to(device)
+    loader = _as_loader(data, batch_size, shuffle=False, seed=0, rank=0, world=1)
+    name, metric_fn = _resolve_metric(metric)
+    totals = _evaluate(model, loader, loss or LabelLoss(), metric_fn, device)
+    return _averages(totals, name)
+
+
+class _Run:
+    """One `finetune` call: the objects it builds and the loop over epochs."""
+
+    def __init__(self, *, bnn: nn.Module, schedule: Any, metric: Any, **options: Any) -> None:
+        self.bnn = bnn
+        self.options = options
+        self.device = torch.device(options["device"])
+        self.rank, self.world, self._owns_group = _init_distributed(self.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
+            torch.cuda.set_device(self.device)
+        self.is_main = self.rank == 0
+        self.metric_name, self.metric_fn = _resolve_metric(metric)
+        self.schedule = _resolve_schedule(bnn, schedule)
+        self.loss_fn, self.val_loss_fn = self._losses()
+        self.checkpoint = _checkpoint_path(options["checkpoint_dir"], self.is_main)
+
+    def _losses(self) -> tuple[TrainingLoss, TrainingLoss]:
+        o = self.options
+        if o["loss"] is not None:
+            return o["loss"], o["loss"]
+        teacher = getattr(self.bnn, "teacher", None)
+        kind = o["distill"]
+        if kind == "recipe":
+            recipe = getattr(self.bnn, "recipe", None)
+            kind = getattr(recipe, "distill", None) if teacher is not None else None
+        if teacher is not None:
+            teacher.to(self.device)
+        train = make_loss(
+            kind, teacher, temperature=o["temperature"], label_weight=o["label_weight"]
+        )
+        return train, (train if kind == "mse" else LabelLoss())
+
+    def close(self) -> None:
+        if self._owns_group:
+            dist.destroy_process_group()
+
+    # ------------------------------------------------------------------------------ loop
+    def fit(self, train_data: Data, val_data: Data | None, *, resume: bool) -> History:
+        o = self.options
+        seed = o["seed"]
+        train_loader = _as_loader(
+            train_data, o["batch_size"], shuffle=True, seed=seed, rank=self.rank, world=self.world
+        )
+        val_loader = None
+        if val_data is not None:
+            val_loader = _as_loader(
+                val_data, o["batch_size"], shuffle=False, seed=seed, rank=self.rank,
+                world=self.world,
+            )
+        steps_per_epoch = _length(train_loader)
+        total_steps = o["epochs"] * steps_per_epoch
+        _seed_everything(seed)
+        self.bnn.to(self.device)
+        optimizer = self._optimizer()
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_factor(o["lr_schedule"], total_steps)
+        )
+        if self.schedule is not None:
+            self.schedule.on_train_begin(self.bnn, total_steps, steps_per_epoch)
+        history, start_epoch = History(), 0
+        if resume and self.checkpoint is not None and self.checkpoint.exists():
+            history, start_epoch = self._load(optimizer, lr_scheduler, steps_per_epoch)
+        model = self._wrap_ddp()
+        step = start_epoch * steps_per_epoch
+        sample_shape: tuple[int, ...] | None = None
+        for epoch in range(start_epoch, o["epochs"]):
+            started = time.perf_counter()
+            _set_epoch(train_loader, epoch)
+            model.train()
+            totals = torch.zeros(3, dtype=torch.float64)  # loss sum, metric sum, samples
+            bar = tqdm(
+                train_loader,
+                desc=f"epoch {epoch + 1}/{o['epochs']}{self._stage_label(step)}",
+                disable=not (o["progress"] and self.is_main),
+                leave=True,
+                dynamic_ncols=True,
+            )
+            for index, batch in enumerate(bar):
+                where = f"batch {index} of epoch {epoch + 1}"
+                x, y = _unpack_batch(batch, where)
+                if sample_shape is None:
+                    sample_shape = tuple(x.shape[1:])
+                _check_inputs(x, y, sample_shape, where)
+                if self.schedule is not None:
+                    self.schedule.on_step(self.bnn, step)
+                    if o["weight_decay"] is None:
+                        self.schedule.update_optimizer(optimizer)
+                x = x.to(self.device, non_blocking=True)
+                y = y.to(self.device, non_blocking=True)
+                output = _forward(model, x, where)
+                _check_targets(output, y, where)
+                batch_loss = self.loss_fn(output, x, y)
+                loss_value = float(batch_loss.detach())
+                if not math.isfinite(loss_value):
+                    raise TrainingError(
+                        f"the loss is {loss_value} at {where} (step {step}, lr "
+                        f"{optimizer.param_groups[0]['lr']:.3g}); the last good checkpoint "
+                        f"({self.checkpoint or 'none written'}) is intact. Lower lr, check "
+                        "the inputs for NaN/Inf, or resume from the checkpoint"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                batch_loss.backward()
+                last_lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                lr_scheduler.step()
+                step += 1
+                n = len(y)
+                totals += torch.tensor([loss_value * n, self._metric_sum(output, y), n])
+                if index % 20 == 0 or index == steps_per_epoch - 1:
+                    bar.set_postfix(self._postfix(totals))
+            bar.close()
+            if self.schedule is not None:
+                self.schedule.on_epoch_end(self.bnn, epoch)
+                if epoch == o["epochs"] - 1:
+                    self.schedule.finalize(self.bnn)
+            train_avg = _averages(self._all_reduce(totals), self.metric_name)
+            record = {
+                "epoch": epoch + 1,
+                "stage": self.schedule.current_stage.name if self.schedule else "-",
+                "lam": self.schedule.lam() if self.schedule else None,
+                "lr": last_lr,
+                "train_loss": train_avg["loss"],
+            }
+            if self.metric_name:
+                record[f"train_{self.metric_name}"] = train_avg[self.metric_name]
+            record.update(self._validate(val_loader))
+            record["seconds"] = time.perf_counter() - started
+            history.records.append(record)
+            self._report(record)
+            self._save(optimizer, lr_scheduler, history, epoch + 1, step)
+        if self.schedule is not None:
+            self.schedule.finalize(self.bnn)
+        return history
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        o = self.options
+        name = o["optimizer"]
+        if name not in _OPTIMIZERS:
+            raise TrainingError(f"optimizer {name!r} is unknown; use one of {list(_OPTIMIZERS)}")
+        decay = o["weight_decay"]
+        if decay is None:
+            decay = 0.0 if self.schedule is None else (self.schedule.weight_decay() or 0.0)
+        return _OPTIMIZERS[name](param_groups(self.bnn, decay), lr=o["lr"])
+
+    def _wrap_ddp(self) -> nn.Module:
+        if self.world == 1:
+            return self.bnn
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        # Parameters can sit unused in a stage (a learnable weight scale while the weights
+        # are float), which DDP must be told about.
+        return nn.parallel.DistributedDataParallel(
+            self.bnn, device_ids=device_ids, find_unused_parameters=True
+        )
+
+    def _metric_sum(self, output: Tensor, y: Tensor) -> float:
+        if self.metric_fn is None:
+            return 0.0
+        with torch.no_grad():
+            return float(self.metric_fn(output, y)) * len(y)
+
+    def _validate(self, loader: DataLoader | None) -> dict[str, float | None]:
+        keys = ["val_loss"] + ([f"val_{self.metric_name}"] if self.metric_name else [])
+        if loader is None:
+            return dict.fromkeys(keys)
+        totals = _evaluate(self.bnn, loader, self.val_loss_fn, self.metric_fn, self.device)
+        averages = _averages(self._all_reduce(totals), self.metric_name)
+        return {f"val_{k}": v for k, v in averages.items()}
+
+    def _all_reduce(self, totals: Tensor) -> Tensor:
+        if self.world == 1:
+            return totals
+        reduced = totals.to(self.device)
+        dist.all_reduce(reduced)
+        return reduced.cpu()
+
+    def _stage_label(self, step: int) -> str:
+        if self.schedule is None or self.schedule.total_steps is None:
+            return ""
+        index, _ = self.schedule.locate(step)
+        return f" [{self.schedule.stages[index].name}]"
+
+    def _postfix(self, totals: Tensor) -> dict[str, str]:
+        averages = _averages(totals, self.metric_name)
+        return {k: f"{v:.4f}" for k, v in averages.items()}
+
+    def _report(self, record: dict[str, Any]) -> None:
+        if not (self.options["progress"] and self.is_main):
+            return
+        parts = [
+            f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+            for k, v in record.items()
+            if v is not None
+        ]
+        tqdm.write("  ".join(parts))
+
+    # ------------------------------------------------------------------------ checkpoints
+    def _save(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        history: History,
+        epoch: int,
+        step: int,
+    ) -> None:
+        if self.checkpoint is None or not self.is_main:
+            return
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "epoch": epoch,
+            "step": step,
+            "epochs": self.options["epochs"],
+            "model": self.bnn.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "schedule": self.schedule.state_dict() if self.schedule else None,
+            "rng": _rng_state(),
+            "history": history.records,
+        }
+        save_checkpoint(state, self.checkpoint)
+
+    def _load(
+        self,
+        optimizer: torch.optim.Optimizer,
+        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
+        steps_per_epoch: int,
+    ) -> tuple[History, int]:
+        state = load_checkpoint(self.checkpoint)
+        epochs = self.options["epochs"]
+        if state["epochs"] != epochs or state["step"] != state["epoch"] * steps_per_epoch:
+            raise TrainingError(
+                f"checkpoint {self.checkpoint} belongs to a different run (epochs="
+                f"{state['epochs']}, {state['step']} steps after {state['epoch']} epochs; this "
+                f"run: epochs={epochs}, {steps_per_epoch} steps per epoch); pass resume=False "
+                "or another checkpoint_dir"
+            )
+        try:
+            self.bnn.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise TrainingError(
+                f"checkpoint {self.checkpoint} does not fit this model: {exc}; pass "
+                "resume=False or another checkpoint_dir"
+            ) from exc
+        optimizer.load_state_dict(state["optimizer"])
+        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        if self.schedule is not None and state["schedule"] is not None:
+            self.schedule.load_state_dict(state["schedule"])
+            self.schedule.on_step(self.bnn, state["step"])
+        _set_rng_state(state["rng"])
+        return History(list(state["history"])), int(state["epoch"])
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
+    """Write `state` with torch.save atomically: temp file, fsync, os.replace, fsync folder.
+
+    A crash at any point leaves either the previous file or the new one, never a torn one.
+    Raises TrainingError (the temp file removed) when the write fails.
+    """
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(temp, "wb") as f:
+            torch.save(dict(state), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except Exception as exc:
+        temp.unlink(missing_ok=True)
+        raise TrainingError(
+            f"cannot write checkpoint {path}: {exc}; the previous checkpoint is left as it "
+            "was. Free disk space or choose a writable checkpoint_dir"
+        ) from exc
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by `finetune` (tensors and plain data only, no pickle code)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise TrainingError(
+            f"cannot read checkpoint {path}: {exc}; delete it or pass resume=False"
+        ) from exc
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise TrainingError(f"{path} is not a binarize checkpoint; pass resume=False")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise TrainingError(
+            f"checkpoint {path} has version {state.get('version')}, this library reads "
+            f"version {CHECKPOINT_VERSION}; pass resume=False"
+        )
+    return state
+
+
+# ---------------------------------------------------------------------------------- helpers
+def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
+    """(rank, world size, whether this call created the process group)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), False
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, False
+    if not dist.is_available():
+        raise TrainingError(
+            f"WORLD_SIZE={world} asks for distributed training but this torch build has no "
+            "torch.distributed; run a single process"
+        )
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), True
+
+
+def _resolve_schedule(bnn: nn.Module, schedule: Schedule | Mapping | None) -> Schedule | None:
+    if schedule is None:
+        return getattr(bnn, "schedule", None)
+    return Schedule.from_config(schedule)
+
+
+def _resolve_metric(metric: str | Metric | None) -> tuple[str | None, Metric | None]:
+    if metric is None:
+        return None, None
+    if metric == "accuracy":
+        return "accuracy", _accuracy
+    if callable(metric):
+        return getattr(metric, "__name__", "metric"), metric
+    raise TrainingError(f"metric {metric!r} is unknown; use 'accuracy', None or a callable")
+
+
+def _accuracy(output: Tensor, targets: Tensor) -> Tensor:
+    """Top-1 accuracy: mean of argmax_c output[i, c] == targets[i]."""
+    return (output.argmax(dim=1) == targets).float().mean()
+
+
+def _lr_factor(name: str, total_steps: int) -> Callable[[int], float]:
+    if name not in _LR_SCHEDULES:
+        raise TrainingError(
+            f"lr_schedule {name!r} is unknown; use one of {list(_LR_SCHEDULES)}"
+        )
+    shape = _LR_SCHEDULES[name]
+    return lambda step: shape(min(step / total_steps, 1.0))
+
+
+def _checkpoint_path(folder: str | Path | None, is_main: bool) -> Path | None:
+    """`folder/last.pt`, after checking (rank 0) that the folder can be written."""
+    if folder is None:
+        return None
+    folder = Path(folder)
+    if is_main:
+        probe = folder / f".write-test-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            raise TrainingError(
+                f"checkpoint_dir {folder} is not writable ({exc}); choose another folder or "
+                "pass checkpoint_dir=None"
+            ) from exc
+    return folder / CHECKPOINT_NAME
+
+
+def _as_loader(
+    data: Data, batch_size: int, *, shuffle: bool, seed: int, rank: int, world: int
+) -> DataLoader:
+    """A DataLoader over `data`, sharded across `world` processes.
+
+    Tensors and Datasets are batched with a DistributedSampler (one replica when not
+    distributed), whose order depends only on (seed, epoch): resuming replays it exactly.
+    A TensorDataset is indexed a whole batch at a time (no per-sample collation).
+    """
+    if isinstance(data, DataLoader):
+        if world == 1:
+            return data
+        return _shard_loader(data, rank, world, seed)
+    if isinstance(data, tuple | list):
+        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
+            raise TrainingError(
+                "training data given as a sequence must be a pair of tensors (inputs, "
+                f"targets); got {len(data)} items of types {[type(t).__name__ for t in data]}"
+            )
+        x, y = data
+        if len(x) != len(y):
+            raise TrainingError(
+                f"inputs and targets differ in length: {len(x)} inputs, {len(y)} targets"
+            )
+        data = TensorDataset(x, y)
+    if not isinstance(data, Dataset):
+        raise TrainingError(
+            f"cannot train on a {type(data).__name__}; pass a DataLoader, a Dataset or a "
+            "pair of tensors (inputs, targets)"
+        )
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
+    if isinstance(data, TensorDataset):
+        return DataLoader(data, sampler=BatchSampler(sampler, batch_size, False), batch_size=None)
+    return DataLoader(data, batch_size=batch_size, sampler=sampler)
+
+
+def _shard_loader(loader: DataLoader, rank: int, world: int, seed: int) -> DataLoader:
+    """The same DataLoader with a DistributedSampler (shuffled if the original was)."""
+    shuffle = isinstance(loader.sampler, RandomSampler)
+    sampler = DistributedSampler(
+        loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
+    )
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=sampler,
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        pin_memory=loader.pin_memory,
+        drop_last=loader.drop_last,
+    )
+
+
+def _set_epoch(loader: DataLoader, epoch: int) -> None:
+    sampler = loader.sampler
+    if isinstance(sampler, BatchSampler):
+        sampler = sampler.sampler
+    if isinstance(sampler, DistributedSampler):
+        sampler.set_epoch(epoch)
+
+
+def _length(loader: DataLoader) -> int:
+    try:
+        n = len(loader)
+    except TypeError as exc:
+        raise TrainingError(
+            "the training DataLoader has no length (an IterableDataset?); finetune needs "
+            "the number of steps per epoch to place the schedule and the lr decay"
+        ) from exc
+    if n == 0:
+        raise TrainingError("the training data yields no batch; give it at least one sample")
+    return n
+
+
+def _unpack_batch(batch: Any, where: str) -> tuple[Tensor, Tensor]:
+    if not isinstance(batch, tuple | list) or len(batch) != 2:
+        raise TrainingError(
+            f"{where}: the loader must yield (inputs, targets) pairs, got a "
+            f"{type(batch).__name__}; wrap the data so each batch is a pair"
+        )
+    x, y = batch
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise TrainingError(
+            f"{where}: inputs and targets must be tensors, got {type(x).__name__} and "
+            f"{type(y).__name__}"
+        )
+    return x, y
+
+
+def _check_inputs(x: Tensor, y: Tensor, sample_shape: tuple[int, ...], where: str) -> None:
+    if not x.is_floating_point():
+        raise TrainingError(f"{where}: inputs must be floating point, got {x.dtype}")
+    if tuple(x.shape[1:]) != sample_shape:
+        raise TrainingError(
+            f"{where}: inputs have shape {tuple(x.shape)}, but earlier batches had samples of "
+            f"shape {sample_shape}; every sample must have the same shape"
+        )
+    if len(x) != len(y):
+        raise TrainingError(f"{where}: {len(x)} inputs but {len(y)} targets")
+
+
+def _check_targets(output: Tensor, y: Tensor, where: str) -> None:
+    """Class-index targets must be [N] integers in [0, C) for a [N, C] output."""
+    if y.is_floating_point():
+        if y.shape != output.shape:
+            raise TrainingError(
+                f"{where}: float targets of shape {tuple(y.shape)} do not match the output "
+                f"{tuple(output.shape)}; use integer class indices or targets shaped like it"
+            )
+        return
+    if output.dim() != 2 or y.dim() != 1:
+        raise TrainingError(
+            f"{where}: class-index targets must be [N] for an [N, C] output, got targets "
+            f"{tuple(y.shape)} and output {tuple(output.shape)}"
+        )
+    classes = output.shape[1]
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= classes:
+        raise TrainingError(
+            f"{where}: labels must lie in [0, {classes - 1}] (the model has {classes} "
+            f"outputs), got labels from {low} to {high}"
+        )
+
+
+def _forward(model: nn.Module, x: Tensor, where: str) -> Tensor:
+    try:
+        return model(x)
+    except (RuntimeError, ValueError) as exc:
+        raise TrainingError(
+            f"{where}: the model failed on inputs of shape {tuple(x.shape)}: {exc}"
+        ) from exc
+
+
+def _evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    loss_fn: TrainingLoss,
+    metric_fn: Metric | None,
+    device: torch.device,
+) -> Tensor:
+    """Sums over `loader` of [loss * n, metric * n, n], in eval mode without gradients."""
+    was_training = model.training
+    model.eval()
+    totals = torch.zeros(3, dtype=torch.float64)
+    with torch.no_grad():
+        for index, batch in enumerate(loader):
+            x, y = _unpack_batch(batch, f"validation batch {index}")
+            x, y = x.to(device), y.to(device)
+            output = _forward(model, x, f"validation batch {index}")
+            _check_targets(output, y, f"validation batch {index}")
+            n = len(y)
+            metric = float(metric_fn(output, y)) if metric_fn is not None else 0.0
+            totals += torch.tensor([float(loss_fn(output, x, y)) * n, metric * n, n])
+    model.train(was_training)
+    return totals
+
+
+def _averages(totals: Tensor, metric_name: str | None) -> dict[str, float]:
+    count = max(float(totals[2]), 1.0)
+    averages = {"loss": float(totals[0]) / count}
+    if metric_name:
+        averages[metric_name] = float(totals[1]) / count
+    return averages
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain data."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            "pos": int(numpy_state["state"]["pos"]),
+            "has_gauss": int(numpy_state["has_gauss"]),
+            "gauss": float(numpy_state["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    numpy_state = state["numpy"]
+    np.random.set_state(
+        {
+            "bit_generator": "MT19937",
+            "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
+                      "pos": numpy_state["pos"]},
+            "has_gauss": numpy_state["has_gauss"],
+            "gauss": numpy_state["gauss"],
+        }
+    )
+    torch.set_rng_state(state["torch"])
+    if torch.cuda.is_available() and state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(value: Any) -> Any:
+    """random.setstate needs tuples; a checkpoint may hand lists back."""
+    if isinstance(value, list | tuple):
+        return tuple(_as_tuples(v) for v in value)
+    return value
+
