@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from binarize.distill import LabelLoss, TrainingLoss, make_loss
 from binarize.errors import TrainingError
+from binarize.nn import binarizers, binary_layers
 from binarize.schedule import Schedule, param_groups
 
 __all__ = ["History", "evaluate", "finetune", "load_checkpoint", "save_checkpoint"]
@@ -309,6 +310,7 @@ class _Run:
                 self.schedule.on_epoch_end(self.bnn, epoch)
                 if epoch == o["epochs"] - 1:
                     self.schedule.finalize(self.bnn)
+            self._sync_buffers()
             train_avg = _averages(self._all_reduce(totals), self.metric_name)
             record = {
                 "epoch": epoch + 1,
@@ -342,11 +344,22 @@ class _Run:
         if self.world == 1:
             return self.bnn
         device_ids = [self.device.index] if self.device.type == "cuda" else None
-        # Parameters can sit unused in a stage (a learnable weight scale while the weights
-        # are float), which DDP must be told about.
         return nn.parallel.DistributedDataParallel(
-            self.bnn, device_ids=device_ids, find_unused_parameters=True
+            self.bnn,
+            device_ids=device_ids,
+            find_unused_parameters=_may_leave_parameters_unused(self.bnn, self.schedule),
         )
+
+    def _sync_buffers(self) -> None:
+        """Give every replica rank 0's buffers (BN running statistics).
+
+        DDP broadcasts them at the start of each forward only, so after an epoch each rank
+        holds its own last update; validation and checkpoints must see one model.
+        """
+        if self.world == 1:
+            return
+        for buffer in self.bnn.buffers():
+            dist.broadcast(buffer, src=0)
 
     def _metric_sum(self, output: Tensor, y: Tensor) -> float:
         if self.metric_fn is None:
@@ -507,6 +520,23 @@ def _init_distributed(device: torch.device) -> tuple[int, int, bool]:
         )
     dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), True
+
+
+def _may_leave_parameters_unused(bnn: nn.Module, schedule: Schedule | None) -> bool:
+    """Whether a stage can leave parameters out of the forward, which DDP must be told.
+
+    A disabled binarizer skips its threshold parameters (RSign, DySign); float weights skip
+    a learnable weight scale.
+    """
+    if schedule is None:
+        return False
+    if any(not stage.activations for stage in schedule.stages) and any(
+        next(b.parameters(), None) is not None for b in binarizers(bnn)
+    ):
+        return True
+    return any(not stage.weights for stage in schedule.stages) and any(
+        layer.weight_scale == "learnable" for layer in binary_layers(bnn)
+    )
 
 
 def _resolve_schedule(bnn: nn.Module, schedule: Schedule | Mapping | None) -> Schedule | None:
