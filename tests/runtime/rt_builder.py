@@ -69,15 +69,26 @@ class IRBuilder:
             keys[role] = f"{name}.{role}"
             self.tensors[keys[role]] = array
         self.nodes.append(
-            {"op": op, "name": name, "inputs": inputs, "outputs": [out],
-             "attrs": attrs or {}, "params": keys}
+            {
+                "op": op,
+                "name": name,
+                "inputs": inputs,
+                "outputs": [out],
+                "attrs": attrs or {},
+                "params": keys,
+            }
         )
         self.shapes[out] = tuple(shape)
         return out
 
     def build(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-        graph = {"format": "binarize.packed", "version": 1, "inputs": self.inputs,
-                 "outputs": self.outputs, "nodes": self.nodes}
+        graph = {
+            "format": "binarize.packed",
+            "version": 1,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "nodes": self.nodes,
+        }
         return copy.deepcopy(graph), dict(self.tensors)
 
     def to_bytes(self) -> bytes:
@@ -102,23 +113,38 @@ class IRBuilder:
         return self.node("quantize", [x], self.shapes[x], {"channels": c}, params)
 
     def _hyper(self, c: int, heads: int, hidden: int) -> dict[str, np.ndarray]:
-        return {"fc1_weight": self.f32(hidden, c, scale=0.5), "fc1_bias": self.f32(hidden),
-                "fc2_weight": self.f32(heads * c, hidden, scale=0.5),
-                "fc2_bias": self.f32(heads * c, scale=0.2)}
+        return {
+            "fc1_weight": self.f32(hidden, c, scale=0.5),
+            "fc1_bias": self.f32(hidden),
+            "fc2_weight": self.f32(heads * c, hidden, scale=0.5),
+            "fc2_bias": self.f32(heads * c, scale=0.2),
+        }
 
     def dyquantize(self, x: str, hidden: int = 4, activation: str = "relu") -> str:
         c = self.shapes[x][0]
         attrs = {"channels": c, "hidden": hidden, "activation": activation}
         return self.node("dyquantize", [x], self.shapes[x], attrs, self._hyper(c, 1, hidden))
 
-    def bconv2d(self, x: str, out_channels: int, kernel: int = 3, stride: int = 1,
-                padding: int = 1, pad_value: int = 0) -> str:
+    def bconv2d(
+        self,
+        x: str,
+        out_channels: int,
+        kernel: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        pad_value: int = 0,
+    ) -> str:
         c, h, w = self.shapes[x]
         weight = pack_pm1(self.signs(out_channels, kernel, kernel, c))
         oh, ow = ((s + 2 * padding - kernel) // stride + 1 for s in (h, w))
-        attrs = {"in_channels": c, "out_channels": out_channels, "kernel": [kernel, kernel],
-                 "stride": [stride, stride], "padding": [padding, padding],
-                 "pad_value": pad_value}
+        attrs = {
+            "in_channels": c,
+            "out_channels": out_channels,
+            "kernel": [kernel, kernel],
+            "stride": [stride, stride],
+            "padding": [padding, padding],
+            "pad_value": pad_value,
+        }
         return self.node("bconv2d", [x], (out_channels, oh, ow), attrs, {"weight": weight})
 
     def bdense(self, x: str, out_features: int) -> str:
@@ -127,17 +153,32 @@ class IRBuilder:
         attrs = {"in_features": f, "out_features": out_features}
         return self.node("bdense", [x], (out_features,), attrs, {"weight": weight})
 
-    def conv2d(self, x: str, out_channels: int, kernel: int = 3, stride: int = 1,
-               padding: int = 1, dilation: int = 1, groups: int = 1, bias: bool = True) -> str:
+    def conv2d(
+        self,
+        x: str,
+        out_channels: int,
+        kernel: int = 3,
+        stride: int = 1,
+        padding: int = 1,
+        dilation: int = 1,
+        groups: int = 1,
+        bias: bool = True,
+    ) -> str:
         c, h, w = self.shapes[x]
         params = {"weight": self.f32(out_channels, c // groups, kernel, kernel, scale=0.3)}
         if bias:
             params["bias"] = self.f32(out_channels)
         span = dilation * (kernel - 1) + 1
         oh, ow = ((s + 2 * padding - span) // stride + 1 for s in (h, w))
-        attrs = {"in_channels": c, "out_channels": out_channels, "kernel": [kernel, kernel],
-                 "stride": [stride, stride], "padding": [padding, padding],
-                 "dilation": [dilation, dilation], "groups": groups}
+        attrs = {
+            "in_channels": c,
+            "out_channels": out_channels,
+            "kernel": [kernel, kernel],
+            "stride": [stride, stride],
+            "padding": [padding, padding],
+            "dilation": [dilation, dilation],
+            "groups": groups,
+        }
         return self.node("conv2d", [x], (out_channels, oh, ow), attrs, params)
 
     def dense(self, x: str, out_features: int, bias: bool = True) -> str:
@@ -160,8 +201,11 @@ class IRBuilder:
 
     def rprelu(self, x: str) -> str:
         c = self.shapes[x][0]
-        params = {"gamma": self.f32(c, scale=0.3), "zeta": self.f32(c, scale=0.3),
-                  "beta": self.f32(c, scale=0.3)}
+        params = {
+            "gamma": self.f32(c, scale=0.3),
+            "zeta": self.f32(c, scale=0.3),
+            "beta": self.f32(c, scale=0.3),
+        }
         return self.node("rprelu", [x], self.shapes[x], {"channels": c}, params)
 
     def dyprelu(self, x: str, hidden: int = 4, activation: str = "relu") -> str:
@@ -187,16 +231,28 @@ class IRBuilder:
         shape[axis - 1] = sum(self.shapes[x][axis - 1] for x in xs)
         return self.node("concat", xs, tuple(shape), {"axis": axis})
 
-    def pool(self, op: str, x: str, kernel: int, stride: int, padding: int = 0,
-             ceil_mode: bool = False, **extra: Any) -> str:
+    def pool(
+        self,
+        op: str,
+        x: str,
+        kernel: int,
+        stride: int,
+        padding: int = 0,
+        ceil_mode: bool = False,
+        **extra: Any,
+    ) -> str:
         from runtime.schema import pool_output_size
 
         c, h, w = self.shapes[x]
         dilation = extra.get("dilation", 1)
-        oh, ow = (pool_output_size(s, kernel, stride, padding, dilation, ceil_mode)
-                  for s in (h, w))
-        attrs = {"kernel": [kernel, kernel], "stride": [stride, stride],
-                 "padding": [padding, padding], "ceil_mode": ceil_mode, **extra}
+        oh, ow = (pool_output_size(s, kernel, stride, padding, dilation, ceil_mode) for s in (h, w))
+        attrs = {
+            "kernel": [kernel, kernel],
+            "stride": [stride, stride],
+            "padding": [padding, padding],
+            "ceil_mode": ceil_mode,
+            **extra,
+        }
         if "dilation" in extra:
             attrs["dilation"] = [dilation, dilation]
         return self.node(op, [x], (c, oh, ow), attrs)

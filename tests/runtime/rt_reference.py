@@ -30,8 +30,12 @@ def _channel(v: np.ndarray, rank: int) -> np.ndarray:
 
 
 def _act(h: np.ndarray, name: str) -> np.ndarray:
-    return {"relu": lambda a: np.maximum(a, 0), "identity": lambda a: a,
-            "sigmoid": lambda a: 1 / (1 + np.exp(-a)), "tanh": np.tanh}[name](h)
+    return {
+        "relu": lambda a: np.maximum(a, 0),
+        "identity": lambda a: a,
+        "sigmoid": lambda a: 1 / (1 + np.exp(-a)),
+        "tanh": np.tanh,
+    }[name](h)
 
 
 def _hyper(x: np.ndarray, p: dict[str, np.ndarray], activation: str) -> np.ndarray:
@@ -47,14 +51,18 @@ def _conv_taps(x: np.ndarray, weight: np.ndarray, stride, padding, dilation, fil
     o, _, kh, kw = weight.shape
     (sh, sw), (ph, pw), (dh, dw) = stride, padding, dilation
     xp = np.full((n, c, h + 2 * ph, w + 2 * pw), fill, np.float64)
-    xp[:, :, ph:ph + h, pw:pw + w] = x
+    xp[:, :, ph : ph + h, pw : pw + w] = x
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     out = np.zeros((n, o, oh, ow))
     for ky in range(kh):
         for kx in range(kw):
-            patch = xp[:, :, ky * dh: ky * dh + (oh - 1) * sh + 1: sh,
-                       kx * dw: kx * dw + (ow - 1) * sw + 1: sw]
+            patch = xp[
+                :,
+                :,
+                ky * dh : ky * dh + (oh - 1) * sh + 1 : sh,
+                kx * dw : kx * dw + (ow - 1) * sw + 1 : sw,
+            ]
             out += np.einsum("nchw,oc->nohw", patch, weight[:, :, ky, kx])
     return out
 
@@ -128,19 +136,35 @@ def run_reference(
             y = np.where(s * x >= s * t, 1.0, -1.0).astype(np.float32)
         elif op == "bconv2d":
             weight = unpack_pm1(p["weight"], a["in_channels"]).transpose(0, 3, 1, 2)
-            y = _conv_taps(x, weight, a.get("stride", [1, 1]), a.get("padding", [0, 0]),
-                           (1, 1), float(a.get("pad_value", 0))).astype(np.float32)
+            y = _conv_taps(
+                x,
+                weight,
+                a.get("stride", [1, 1]),
+                a.get("padding", [0, 0]),
+                (1, 1),
+                float(a.get("pad_value", 0)),
+            ).astype(np.float32)
         elif op == "bdense":
-            y = (x.astype(np.float64) @ unpack_pm1(p["weight"], a["in_features"]).T)
+            y = x.astype(np.float64) @ unpack_pm1(p["weight"], a["in_features"]).T
             y = y.astype(np.float32)
         elif op == "conv2d":
             g = a.get("groups", 1)
             w = p["weight"].astype(np.float64)
             cg, og = x.shape[1] // g, w.shape[0] // g
-            y = np.concatenate([
-                _conv_taps(x[:, i * cg:(i + 1) * cg], w[i * og:(i + 1) * og],
-                           a.get("stride", [1, 1]), a.get("padding", [0, 0]),
-                           a.get("dilation", [1, 1]), 0.0) for i in range(g)], axis=1)
+            y = np.concatenate(
+                [
+                    _conv_taps(
+                        x[:, i * cg : (i + 1) * cg],
+                        w[i * og : (i + 1) * og],
+                        a.get("stride", [1, 1]),
+                        a.get("padding", [0, 0]),
+                        a.get("dilation", [1, 1]),
+                        0.0,
+                    )
+                    for i in range(g)
+                ],
+                axis=1,
+            )
             if "bias" in p:
                 y = y + p["bias"].reshape(-1, 1, 1)
             y = y.astype(np.float32)
@@ -179,12 +203,24 @@ def run_reference(
             y = np.concatenate(xs, axis=a.get("axis", 1))
         elif op == "maxpool2d":
             k = a["kernel"]
-            y = _maxpool(x, k, a.get("stride", k), a.get("padding", [0, 0]),
-                         a.get("dilation", [1, 1]), a.get("ceil_mode", False))
+            y = _maxpool(
+                x,
+                k,
+                a.get("stride", k),
+                a.get("padding", [0, 0]),
+                a.get("dilation", [1, 1]),
+                a.get("ceil_mode", False),
+            )
         elif op == "avgpool2d":
             k = a["kernel"]
-            y = _avgpool(x, k, a.get("stride", k), a.get("padding", [0, 0]),
-                         a.get("ceil_mode", False), a.get("count_include_pad", True))
+            y = _avgpool(
+                x,
+                k,
+                a.get("stride", k),
+                a.get("padding", [0, 0]),
+                a.get("ceil_mode", False),
+                a.get("count_include_pad", True),
+            )
         elif op == "global_avgpool":
             y = x.astype(np.float64).mean(axis=(2, 3), keepdims=True).astype(np.float32)
         elif op == "flatten":

@@ -113,8 +113,11 @@ def test_float_conv_path_with_groups_dilation_pools():
     h = b.unary("relu", b.affine(h))
     h = b.pool("maxpool2d", h, kernel=3, stride=2, padding=1, ceil_mode=True)
     h = b.conv2d(h, 5, kernel=1, padding=0, bias=False)
-    b.output(b.pool("avgpool2d", b.affine(h), kernel=2, stride=2, ceil_mode=True,
-                    count_include_pad=False))
+    b.output(
+        b.pool(
+            "avgpool2d", b.affine(h), kernel=2, stride=2, ceil_mode=True, count_include_pad=False
+        )
+    )
     (got,), (expected,), model = run_both(b, batch=3)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert labels(model)[0] == "conv2d"  # a conv with a bias keeps the affine apart
@@ -161,8 +164,11 @@ def test_pools_follow_torch_semantics(op, size, kernel, stride, pad_fraction, ce
     assume(min(size) + 2 * padding >= kernel)
     b = IRBuilder(seed=7)
     x = b.input([3, *size])
-    extra = {"dilation": 2 if flag and kernel > 1 else 1} if op == "maxpool2d" else {
-        "count_include_pad": flag}
+    extra = (
+        {"dilation": 2 if flag and kernel > 1 else 1}
+        if op == "maxpool2d"
+        else {"count_include_pad": flag}
+    )
     if op == "maxpool2d":
         span = extra["dilation"] * (kernel - 1) + 1
         assume(min(size) + 2 * padding >= span and 2 * padding <= span)
@@ -202,7 +208,8 @@ def test_outputs_are_nchw_and_batch_sizes_vary():
     whole = model.predict(xs)
     assert whole.shape == (5, 9, 3, 2)
     for i in range(5):
-        np.testing.assert_array_equal(model.predict(np.ascontiguousarray(xs[i : i + 1])),
-                                      whole[i : i + 1])
+        np.testing.assert_array_equal(
+            model.predict(np.ascontiguousarray(xs[i : i + 1])), whole[i : i + 1]
+        )
     graph, tensors = b.build()
     np.testing.assert_array_equal(whole, run_reference(graph, tensors, {"input": xs})[0][0])
