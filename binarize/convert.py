@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import fx, nn
 
-from binarize import recipes
 from binarize.errors import ConversionError
 from binarize.schedule import Schedule
-from passes.base import run_passes
-from passes.trace import LeafSpec, trace
+
+if TYPE_CHECKING:
+    from binarize.recipes import Recipe
+    from passes.trace import LeafSpec
 
 
 class BinaryModel(nn.Module):
@@ -44,7 +45,7 @@ class BinaryModel(nn.Module):
         self,
         student: fx.GraphModule,
         teacher: nn.Module | None,
-        recipe: recipes.Recipe,
+        recipe: Recipe,
         schedule: Schedule,
     ) -> None:
         super().__init__()
@@ -71,7 +72,7 @@ class BinaryModel(nn.Module):
 
 def convert(
     model: nn.Module,
-    recipe: str | recipes.Recipe = "dybnn",
+    recipe: str | Recipe = "dybnn",
     example_inputs: Any = None,
     *,
     teacher: bool = True,
@@ -102,6 +103,12 @@ def convert(
         ConversionError: unknown recipe or option, untraceable model (the message names the
             module and the line), or a layer the recipe cannot binarize.
     """
+    # Imported here, not at the top: `import binarize` loads this module, and the passes
+    # import binarize.errors, so a top-level import would make `import passes.x` circular.
+    from binarize import recipes
+    from passes.base import run_passes
+    from passes.trace import trace
+
     chosen = recipe if isinstance(recipe, recipes.Recipe) else recipes.get(recipe)
     if overrides:
         chosen = chosen.replace(**overrides)

@@ -1,0 +1,239 @@
+"""``binarize.summary``: per-layer bits, parameters, packed memory and MACs, with totals.
+
+Like Larq's ``summary``: one row per layer call (every leaf module call of the traced graph),
+then totals. Counting rules (per sample, i.e. divided by the example batch size):
+
+* MACs of a convolution: ``out_elements * (C_in / groups) * kh * kw``; of a linear layer:
+  ``out_elements * in_features``. They are *binary* MACs for ``BinaryConv2d`` /
+  ``BinaryLinear`` (xnor + popcount at run time) and *float* MACs otherwise. The small fully
+  connected hyper heads of DySign / DyPReLU add ``in * out`` float MACs each (they act on the
+  pooled ``[N, C]`` vector once per sample).
+* OPs as ReActNet and Bi-Real count them: ``OPs = BOPs / 64 + FLOPs`` (a 64-bit popcount does
+  64 binary MACs).
+* Packed memory (what ``binarize.pack`` keeps): 1 bit per binary weight; 32 bits per float
+  parameter that survives packing; a BatchNorm folds into a per-channel affine (``2 C``
+  floats); a binary layer's ``alpha_o`` and bias fold into the BatchNorm that reads it, or
+  become their own ``2 O``-float affine when none does.
+* Float-equivalent size: every parameter and floating-point buffer at 32 bits (the float
+  checkpoint of the same network); the compression ratio is that over the packed size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from tabulate import tabulate
+from torch import fx, nn
+
+from binarize.nn import BinaryConv2d, BinaryLinear
+
+_BINARY = (BinaryConv2d, BinaryLinear)
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer call. ``input_bits`` / ``weight_bits`` are None for layers without weights;
+    ``parameters`` and ``memory_bytes`` are counted at a module's first call only."""
+
+    name: str
+    kind: str
+    input_bits: int | None
+    weight_bits: int | None
+    parameters: int
+    memory_bytes: float
+    float_macs: int
+    binary_macs: int
+    output_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Totals:
+    """Whole-model numbers (MACs and OPs per sample, sizes in bytes)."""
+
+    parameters: int
+    float_size_bytes: float
+    packed_size_bytes: float
+    compression: float
+    float_macs: int
+    binary_macs: int
+    binary_mac_share: float
+    ops: float
+
+
+@dataclass(frozen=True)
+class ModelSummary:
+    """What :func:`summary` prints, as data: the rows and the totals."""
+
+    rows: list[LayerRow]
+    totals: Totals
+
+    def table(self) -> str:
+        """The per-layer table followed by the totals, as text."""
+        headers = ["Layer", "Kind", "In bits", "W bits", "Params", "Memory", "Float MACs",
+                   "Binary MACs", "Output"]  # fmt: skip
+        body = [
+            [row.name, row.kind, _dash(row.input_bits), _dash(row.weight_bits), row.parameters,
+             _bytes(row.memory_bytes), row.float_macs, row.binary_macs,
+             "x".join(map(str, row.output_shape))]
+            for row in self.rows
+        ]  # fmt: skip
+        t = self.totals
+        totals = [
+            ["Parameters", f"{t.parameters:,}"],
+            ["Float-equivalent size", _bytes(t.float_size_bytes)],
+            ["Packed size", _bytes(t.packed_size_bytes)],
+            ["Compression", f"{t.compression:.1f}x"],
+            ["Float MACs", f"{t.float_macs:,}"],
+            ["Binary MACs", f"{t.binary_macs:,}"],
+            ["Binary share of MACs", f"{100 * t.binary_mac_share:.1f}%"],
+            ["OPs (BOPs/64 + FLOPs)", f"{t.ops:,.0f}"],
+        ]
+        return "\n\n".join(
+            [tabulate(body, headers, intfmt=","), tabulate(totals, tablefmt="plain")]
+        )
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def summary(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    print_fn: Callable[[str], Any] | None = print,
+) -> ModelSummary:
+    """Summarize a ``BinaryModel``, a GraphModule, or a plain float model.
+
+    Args:
+        model: a converted ``BinaryModel`` (its student is summarized), an
+            ``fx.GraphModule``, or any traceable ``nn.Module``.
+        example_inputs: a tensor or tuple of tensors; shapes and MACs are for these inputs,
+            reported per sample.
+        print_fn: called with the table text; None prints nothing.
+
+    Returns:
+        A :class:`ModelSummary` with the rows and totals (see the module docstring for how
+        each number is counted).
+    """
+    # Imported here: `import binarize` loads this module and the passes import binarize.
+    from passes.shapes import propagate_shapes
+    from passes.trace import trace
+
+    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    student = getattr(model, "student", model)
+    gm = student if isinstance(student, fx.GraphModule) else trace(student)
+    propagate_shapes(gm, inputs)
+    batch = int(inputs[0].shape[0]) if getattr(inputs[0], "dim", lambda: 0)() else 1
+    rows = _rows(gm, batch)
+    result = ModelSummary(rows, _totals(gm, rows))
+    if print_fn is not None:
+        print_fn(result.table())
+    return result
+
+
+def _rows(gm: fx.GraphModule, batch: int) -> list[LayerRow]:
+    rows: list[LayerRow] = []
+    seen: set[int] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(str(node.target))
+        first_call = id(module) not in seen
+        seen.add(id(module))
+        shape = tuple(getattr(node.meta.get("tensor_meta"), "shape", ()))
+        macs = _weight_macs(module, shape, batch)
+        binary = isinstance(module, _BINARY)
+        has_weights = isinstance(module, (nn.Conv2d, nn.Linear))
+        rows.append(
+            LayerRow(
+                name=str(node.target),
+                kind=type(module).__name__,
+                input_bits=(1 if binary and _binarizes_input(module) else 32) if has_weights
+                else None,
+                weight_bits=(1 if binary else 32) if has_weights else None,
+                parameters=_count(module.parameters()) if first_call else 0,
+                memory_bytes=_packed_bits(gm, node, module) / 8 if first_call else 0.0,
+                float_macs=(0 if binary else macs) + _hyper_head_macs(module),
+                binary_macs=macs if binary else 0,
+                output_shape=shape[1:],
+            )
+        )  # fmt: skip
+    return rows
+
+
+def _totals(gm: fx.GraphModule, rows: Sequence[LayerRow]) -> Totals:
+    float_bytes = 4 * _count(t for t in (*gm.parameters(), *gm.buffers()) if t.is_floating_point())
+    packed = sum(row.memory_bytes for row in rows)
+    float_macs = sum(row.float_macs for row in rows)
+    binary_macs = sum(row.binary_macs for row in rows)
+    all_macs = float_macs + binary_macs
+    return Totals(
+        parameters=_count(gm.parameters()),
+        float_size_bytes=float(float_bytes),
+        packed_size_bytes=float(packed),
+        compression=float_bytes / packed if packed else 1.0,
+        float_macs=float_macs,
+        binary_macs=binary_macs,
+        binary_mac_share=binary_macs / all_macs if all_macs else 0.0,
+        ops=binary_macs / 64 + float_macs,
+    )
+
+
+def _weight_macs(module: nn.Module, shape: tuple[int, ...], batch: int) -> int:
+    """MACs per sample of a conv or linear layer with output ``shape`` (0 for others)."""
+    outputs = 1
+    for size in shape:
+        outputs *= size
+    outputs //= max(batch, 1)
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return outputs * (module.in_channels // module.groups) * kh * kw
+    if isinstance(module, nn.Linear):
+        return outputs * module.in_features
+    return 0
+
+
+def _hyper_head_macs(module: nn.Module) -> int:
+    """Float MACs of the linear layers nested in ``module`` (DySign / DyPReLU heads)."""
+    return sum(
+        inner.in_features * inner.out_features
+        for inner in module.modules()
+        if isinstance(inner, nn.Linear) and inner is not module
+    )
+
+
+def _binarizes_input(module: nn.Module) -> bool:
+    return not isinstance(getattr(module, "input_binarizer", nn.Identity()), nn.Identity)
+
+
+def _packed_bits(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> int:
+    """Bits ``module`` keeps after packing (see the module docstring)."""
+    if isinstance(module, _NORMS):
+        return 32 * 2 * module.num_features
+    if not isinstance(module, _BINARY):
+        return 32 * _count(module.parameters())
+    outputs = module.weight.shape[0]
+    binarizer = _count(module.input_binarizer.parameters())
+    readers = [gm.get_submodule(str(u.target)) for u in node.users if u.op == "call_module"]
+    read_by_norm = len(node.users) == 1 and len(readers) == 1 and isinstance(readers[0], _NORMS)
+    affine = 0 if read_by_norm else 2 * outputs
+    return module.weight.numel() + 32 * (binarizer + affine)
+
+
+def _count(tensors: Any) -> int:
+    return sum(tensor.numel() for tensor in tensors)
+
+
+def _dash(value: int | None) -> str | int:
+    return "-" if value is None else value
+
+
+def _bytes(size: float) -> str:
+    if size < 1024:
+        return f"{size:,.0f} B"
+    if size < 1024**2:
+        return f"{size / 1024:,.1f} KiB"
+    return f"{size / 1024**2:,.1f} MiB"
