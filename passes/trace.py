@@ -9,6 +9,7 @@ being traced, the user-code line that broke, and the escape hatches.
 
 from __future__ import annotations
 
+import inspect
 import os
 import traceback
 from collections.abc import Iterable, Mapping
@@ -60,7 +61,9 @@ def trace(
     """Trace ``model`` (in eval mode) into a GraphModule with the same training flag as ``model``.
 
     The model is put in eval mode only while tracing and restored after; it is not otherwise
-    touched (callers that rewrite the result should trace a deep copy).
+    touched (callers that rewrite the result should trace a deep copy). ``concrete_args``
+    fixes non-tensor forward arguments (``fx.Tracer.trace``); the traced module still accepts
+    them, with the fixed value as default.
 
     Raises:
         ConversionError: tracing failed (data-dependent control flow, a Python call on a traced
@@ -78,8 +81,26 @@ def trace(
     finally:
         model.train(was_training)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    if concrete_args:
+        _default_to_concrete(model, gm, concrete_args)
     gm.train(was_training)
     return gm
+
+
+def _default_to_concrete(
+    model: nn.Module, gm: fx.GraphModule, concrete_args: Mapping[str, Any]
+) -> None:
+    """Make each concrete argument's value the default of its placeholder.
+
+    FX keeps a placeholder per concrete argument and asserts, at run time, that the caller
+    passes the traced value; with that value as default, ``gm(x)`` works without repeating it.
+    """
+    parameters = list(inspect.signature(model.forward).parameters)
+    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    for name, node in zip(parameters, placeholders):
+        if name in concrete_args:
+            node.args = (concrete_args[name],)
+    gm.recompile()
 
 
 def _tracing_error(model: nn.Module, tracer: BinarizeTracer, error: Exception) -> ConversionError:

@@ -84,6 +84,7 @@ def test_concrete_args_fix_python_arguments() -> None:
     gm = trace(Scaled(), concrete_args={"double": True})
     x = torch.randn(4)
     assert torch.equal(gm(x), x * 2.0)
+    assert torch.equal(gm(x, True), x * 2.0)
 
 
 def test_bad_leaf_spec_is_reported() -> None:
