@@ -152,16 +152,17 @@ class SelectLayers:
     ) -> Decision:
         sel, target = self.selection, str(node.target)
         unsupported = unsupported_reason(module)
-        for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
-            if target in entries:
-                if binary and unsupported:
-                    raise _cannot_binarize(target, unsupported, "its exact name")
-                if binary and target in sel.keep_float:
-                    raise ConversionError(
-                        f"layer {target!r} is listed in both keep_float and binarize. What to "
-                        "do: list it in one of them."
-                    )
-                return Decision(binary, f"exact name in {'binarize' if binary else 'keep_float'}")
+        if target in sel.keep_float and target in sel.binarize:
+            raise ConversionError(
+                f"layer {target!r} is listed in both keep_float and binarize. What to do: list "
+                "it in one of them."
+            )
+        if target in sel.keep_float:
+            return Decision(False, "exact name in keep_float")
+        if target in sel.binarize:
+            if unsupported:
+                raise _cannot_binarize(target, unsupported, "its exact name")
+            return Decision(True, "exact name in binarize")
         for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
             for entry in entries:
                 if isinstance(entry, str) and entry not in names and re.fullmatch(entry, target):
