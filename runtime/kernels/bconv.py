@@ -1,24 +1,26 @@
 """Binary 2-D convolution on packed bits: direct, NHWC, fused epilogue.
 
-For +-1 input a (channels packed 64 per uint64 word) and +-1 weights w, output channel o at
-output pixel (y, x) is
+For +-1 input a (channels packed 64 per uint64 word, C channels) and +-1 weights w, the
+convolution ``F.conv2d`` of the +-1 tensors, with padding filled by ``pad_value``, is
 
-    acc[o] = sum over taps (ky, kx) whose input pixel lies inside the image of
-             (C - 2 * popcount(a[iy, ix, :] XOR w[o, ky, kx, :]))
-           + pad_value * sum over taps in the padding of sum_c w[o, ky, kx, c]
+    out[o] = sum over taps t inside the image of (C - 2 * popcount(a_t XOR w[o, t]))
+           + pad_value * sum over taps t in the padding of sum_c w[o, t, c]
 
-which is exactly ``F.conv2d`` of the +-1 tensors with padding filled by ``pad_value``
-(0, +1 or -1). Zero padding (what PyTorch and Larq Compute Engine compute) costs nothing
-here: a direct convolution simply skips the taps that fall into the padding and counts the
-valid ones, instead of correcting an im2col that had to put a bit there. +-1 padding adds the
-tap's precomputed weight sum (2 * popcount(w) - C) per padded tap.
+The kernel reads a copy of the input padded with whole words: 0 (all -1) for pad_value 0 and
+-1, the C channel bits set (all +1) for pad_value +1. With P = popcount summed over all
+kh * kw * Cw words of the patch, +-1 padding is then exact as it stands,
+``out = kh * kw * C - 2 * P``; zero padding (PyTorch's and Larq Compute Engine's) subtracts,
+at border pixels only, the precomputed popcount of the weights of each tap in the padding
+(what a zero word XORs to) and counts only the valid taps:
+``out = n_valid_taps * C - 2 * (P - sum over padded taps of popcount(w[o, t]))``.
 
-Loop order (DESIGN.md): (batch, output row) in ``prange`` -> output column -> kernel row ->
-the contiguous run of (kernel column, input word) of that row -> output channels innermost,
-accumulating into a small int64 array. The weights are re-laid out at plan time to
-[kh, kw * Cw, O] (output channels contiguous) so the innermost loop is a broadcast word XOR a
-contiguous weight vector, popcount, add: LLVM vectorizes it (``vpopcntq`` with AVX-512
-VPOPCNTDQ, ``vpshufb``/``vpsadbw`` with AVX2).
+Loop order (DESIGN.md): (batch, output row) in ``prange`` -> pairs of output columns -> the
+patch's words -> output channels innermost. The weights are re-laid out at plan time to
+[kh * kw * Cw, O] (output channels contiguous), so the innermost loop is: broadcast word XOR
+a contiguous weight vector, popcount, add; LLVM vectorizes it (``vpopcntq`` on AVX-512
+VPOPCNTDQ, the ``vpshufb``/``vpsadbw`` sequence on AVX2). Two output pixels share each
+weight load and two patch words share each accumulator update, which halves the loads and
+stores per popcount: that register blocking is what makes small channel counts fast.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from runtime.kernels.popcount import popcount64
 class BConvPlan:
     """A binary convolution prepared for one input size (see ``prepare_bconv``).
 
-    ``weights`` uint64[kh, kw * Cw, O]: row ky, word (kx * Cw + w), output channel o.
-    ``tap_sums`` int64[kh, kw, O]: sum over channels of the +-1 weights of each tap.
+    ``weights`` uint64[kh * kw * Cw, O]: patch word ((ky * kw + kx) * Cw + w), channel o.
+    ``tap_ones`` uint64[kh, kw, O]: popcount of the weights of each tap (zero-padding fix).
+    ``pad_word`` uint64[Cw]: the word written into the padding of the input copy.
     """
 
     in_channels: int
@@ -57,7 +60,8 @@ class BConvPlan:
     padding: tuple[int, int]
     pad_value: int
     weights: np.ndarray
-    tap_sums: np.ndarray
+    tap_ones: np.ndarray
+    pad_word: np.ndarray
 
 
 def _pair(value, name: str, minimum: int) -> tuple[int, int]:
@@ -122,76 +126,142 @@ def prepare_bconv(
             f"binary conv with kernel {kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw} has an "
             f"empty output on a {height}x{width} input."
         )
-    out_channels = weight_bits.shape[0]
-    weights = np.ascontiguousarray(weight_bits.transpose(1, 2, 3, 0)).reshape(kh, kw * cw, -1)
+    weights = np.ascontiguousarray(weight_bits.transpose(1, 2, 3, 0)).reshape(kh * kw * cw, -1)
     weight_bytes = np.ascontiguousarray(weight_bits).view(np.uint8)
     ones = np.unpackbits(weight_bytes, axis=3).sum(axis=3, dtype=np.int64)
-    tap_sums = np.ascontiguousarray((2 * ones - in_channels).transpose(1, 2, 0))
-    return BConvPlan(in_channels, out_channels, (height, width), out_hw, (kh, kw), (sh, sw),
-                     (ph, pw), int(pad_value), weights, tap_sums)
-
-
-@njit(cache=True)
-def _accumulate_run(acc, a_row, start, length, w_row, w_start):
-    """acc[o] += sum_j popcount(a_row[start + j] ^ w_row[w_start + j, o]), j < length."""
-    out_channels = acc.shape[0]
-    j = 0
-    while j + 2 <= length:
-        a0 = a_row[start + j]
-        a1 = a_row[start + j + 1]
-        w0 = w_row[w_start + j]
-        w1 = w_row[w_start + j + 1]
-        for o in range(out_channels):
-            acc[o] += popcount64(a0 ^ w0[o]) + popcount64(a1 ^ w1[o])
-        j += 2
-    if j < length:
-        a0 = a_row[start + j]
-        w0 = w_row[w_start + j]
-        for o in range(out_channels):
-            acc[o] += popcount64(a0 ^ w0[o])
+    pad_word = np.zeros(cw, np.uint64)
+    if pad_value == 1:
+        pad_word[:] = np.uint64(2**64 - 1)
+        pad_word[-1] >>= np.uint64(cw * 64 - in_channels)
+    return BConvPlan(in_channels, weight_bits.shape[0], (height, width), out_hw, (kh, kw),
+                     (sh, sw), (ph, pw), int(pad_value), weights,
+                     np.ascontiguousarray(ones.transpose(1, 2, 0).astype(np.uint64)), pad_word)
 
 
 @njit(cache=True, parallel=True)
-def _bconv_kernel(a, weights, tap_sums, in_channels, stride_h, stride_w, pad_h, pad_w,
-                  pad_value, residual, table, activation, quantize, out_float, out_bits):
-    """a uint64[N, H, W * Cw] -> out_float f32[N, OH, OW, O] or out_bits uint64[N, OH, OW, Ow]."""
-    n_batch, height = a.shape[0], a.shape[1]
-    kh, kw, out_channels = tap_sums.shape
-    cw = weights.shape[1] // kw
-    width = a.shape[2] // cw
+def _pad_input(a, pad_h, pad_w, pad_word, padded):
+    """a uint64[N, H, W, Cw] -> padded uint64[N, H + 2 pad_h, W + 2 pad_w, Cw]."""
+    n_batch, height, width, _ = a.shape
+    padded_h, padded_w = padded.shape[1], padded.shape[2]
+    for r in prange(n_batch * padded_h):
+        n = r // padded_h
+        y = r - n * padded_h
+        for x in range(padded_w):
+            if pad_h <= y < pad_h + height and pad_w <= x < pad_w + width:
+                padded[n, y, x] = a[n, y - pad_h, x - pad_w]
+            else:
+                padded[n, y, x] = pad_word
+
+
+@njit(cache=True, inline="always")
+def _gather_patch(row_group, x_word, run, patch):
+    """patch[ky * run + j] = row_group[ky, x_word + j]: the kh rows of one pixel's patch."""
+    for ky in range(row_group.shape[0]):
+        row = row_group[ky]
+        for j in range(run):
+            patch[ky * run + j] = row[x_word + j]
+
+
+@njit(cache=True, inline="always")
+def _popcount_pair(patch0, patch1, weights, acc0, acc1):
+    """acc_p[o] = sum_k popcount(patch_p[k] ^ weights[k, o]) for two pixels p at once."""
+    out_channels = acc0.shape[0]
+    acc0[:] = 0
+    acc1[:] = 0
+    words = patch0.shape[0]
+    k = 0
+    while k + 2 <= words:
+        a0, a1, b0, b1 = patch0[k], patch0[k + 1], patch1[k], patch1[k + 1]
+        w0 = weights[k]
+        w1 = weights[k + 1]
+        for o in range(out_channels):
+            acc0[o] += popcount64(a0 ^ w0[o]) + popcount64(a1 ^ w1[o])
+            acc1[o] += popcount64(b0 ^ w0[o]) + popcount64(b1 ^ w1[o])
+        k += 2
+    if k < words:
+        a0, b0 = patch0[k], patch1[k]
+        w0 = weights[k]
+        for o in range(out_channels):
+            acc0[o] += popcount64(a0 ^ w0[o])
+            acc1[o] += popcount64(b0 ^ w0[o])
+
+
+@njit(cache=True, inline="always")
+def _popcount_single(patch, weights, acc):
+    """acc[o] = sum_k popcount(patch[k] ^ weights[k, o]) for one pixel."""
+    out_channels = acc.shape[0]
+    acc[:] = 0
+    for k in range(patch.shape[0]):
+        a = patch[k]
+        w = weights[k]
+        for o in range(out_channels):
+            acc[o] += popcount64(a ^ w[o])
+
+
+@njit(cache=True, inline="always")
+def _to_sums(acc, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding, y):
+    """Popcounts of a pixel -> exact conv sums (float32) in ``y``; [ky0, ky1) x [kx0, kx1)
+    are the taps inside the image (used only for zero padding)."""
+    kh, kw, out_channels = tap_ones.shape
+    if not zero_padding or (ky0 == 0 and kx0 == 0 and ky1 == kh and kx1 == kw):
+        bits = kh * kw * in_channels
+        for o in range(out_channels):
+            y[o] = np.float32(bits - 2 * np.int64(acc[o]))
+        return
+    for ky in range(kh):
+        for kx in range(kw):
+            if ky < ky0 or ky >= ky1 or kx < kx0 or kx >= kx1:
+                for o in range(out_channels):
+                    acc[o] -= tap_ones[ky, kx, o]
+    bits = max(ky1 - ky0, 0) * max(kx1 - kx0, 0) * in_channels
+    for o in range(out_channels):
+        y[o] = np.float32(bits - 2 * np.int64(acc[o]))
+
+
+@njit(cache=True, parallel=True)
+def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pad_h, pad_w,
+                  zero_padding, residual, table, activation, quantize, out_float, out_bits):
+    """padded uint64[N, Hp, Wp, Cw] -> out_float f32[N, OH, OW, O] | out_bits u64[.., Ow]."""
+    n_batch, padded_h, padded_w, cw = padded.shape
+    kh, kw, out_channels = tap_ones.shape
+    height, width = padded_h - 2 * pad_h, padded_w - 2 * pad_w
     out_h = max(out_float.shape[1], out_bits.shape[1])
     out_w = max(out_float.shape[2], out_bits.shape[2])
+    rows = padded.reshape(n_batch, padded_h, padded_w * cw)
+    run = kw * cw
     has_residual = residual.shape[0] > 0
     no_float = np.empty(0, np.float32)
     no_bits = np.empty(0, np.uint64)
     for r in prange(n_batch * out_h):
         n = r // out_h
         oy = r - n * out_h
-        acc = np.empty(out_channels, np.uint64)
+        patch0 = np.empty(kh * run, np.uint64)
+        patch1 = np.empty(kh * run, np.uint64)
+        acc0 = np.empty(out_channels, np.uint64)
+        acc1 = np.empty(out_channels, np.uint64)
         y = np.empty(out_channels, np.float32)
-        iy0 = oy * stride_h - pad_h
-        ky0 = max(0, -iy0)
-        ky1 = min(kh, height - iy0)
-        for ox in range(out_w):
-            ix0 = ox * stride_w - pad_w
-            kx0 = max(0, -ix0)
-            kx1 = min(kw, width - ix0)
-            acc[:] = 0
-            for ky in range(ky0, ky1):
-                _accumulate_run(acc, a[n, iy0 + ky], (ix0 + kx0) * cw, (kx1 - kx0) * cw,
-                                weights[ky], kx0 * cw)
-            valid = max(ky1 - ky0, 0) * max(kx1 - kx0, 0) * in_channels
-            for o in range(out_channels):
-                y[o] = np.float32(valid - 2 * np.int64(acc[o]))
-            if pad_value != 0 and valid < kh * kw * in_channels:
-                for ky in range(kh):
-                    for kx in range(kw):
-                        if ky < ky0 or ky >= ky1 or kx < kx0 or kx >= kx1:
-                            for o in range(out_channels):
-                                y[o] += np.float32(pad_value * tap_sums[ky, kx, o])
-            finish_pixel(y, residual[n, oy, ox] if has_residual else no_float, table, activation,
-                         quantize, no_float if quantize else out_float[n, oy, ox],
-                         out_bits[n, oy, ox] if quantize else no_bits)
+        row_group = rows[n, oy * stride_h:oy * stride_h + kh]
+        ky0 = max(0, pad_h - oy * stride_h)
+        ky1 = min(kh, height + pad_h - oy * stride_h)
+        ox = 0
+        while ox < out_w:
+            pair = ox + 1 < out_w
+            _gather_patch(row_group, ox * stride_w * cw, run, patch0)
+            if pair:
+                _gather_patch(row_group, (ox + 1) * stride_w * cw, run, patch1)
+                _popcount_pair(patch0, patch1, weights, acc0, acc1)
+            else:
+                _popcount_single(patch0, weights, acc0)
+            for p in range(2 if pair else 1):
+                x = ox + p
+                kx0 = max(0, pad_w - x * stride_w)
+                kx1 = min(kw, width + pad_w - x * stride_w)
+                _to_sums(acc1 if p else acc0, tap_ones, in_channels, ky0, ky1, kx0, kx1,
+                         zero_padding, y)
+                finish_pixel(y, residual[n, oy, x] if has_residual else no_float, table,
+                             activation, quantize, no_float if quantize else out_float[n, oy, x],
+                             out_bits[n, oy, x] if quantize else no_bits)
+            ox += 2
 
 
 def bconv2d(
@@ -225,8 +295,12 @@ def bconv2d(
     shape = (a_bits.shape[0], *plan.out_hw, plan.out_channels)
     residual = check_residual(residual, shape)
     result, out_float, out_bits = output_buffers(shape, epilogue, out)
-    a = np.ascontiguousarray(a_bits).reshape(a_bits.shape[0], height, width * cw)
-    _bconv_kernel(a, plan.weights, plan.tap_sums, plan.in_channels, *plan.stride, *plan.padding,
-                  plan.pad_value, residual, epilogue.table, epilogue.activation,
+    ph, pw = plan.padding
+    padded = np.ascontiguousarray(a_bits)
+    if ph or pw:
+        padded = np.empty((a_bits.shape[0], height + 2 * ph, width + 2 * pw, cw), np.uint64)
+        _pad_input(np.ascontiguousarray(a_bits), ph, pw, plan.pad_word, padded)
+    _bconv_kernel(padded, plan.weights, plan.tap_ones, plan.in_channels, *plan.stride, ph, pw,
+                  plan.pad_value == 0, residual, epilogue.table, epilogue.activation,
                   epilogue.quantize, out_float, out_bits)
     return result

@@ -96,7 +96,7 @@ def make_epilogue(
     return Epilogue(channels, table, activation, quantize is not None)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
     """Apply the epilogue to one pixel's float32 row ``y`` [O] (modified in place) and store it.
 

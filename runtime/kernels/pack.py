@@ -22,7 +22,7 @@ def words_for(channels: int) -> int:
     return (channels + WORD_BITS - 1) // WORD_BITS
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def pack_row(values, sign, signed_threshold, out_words):
     """Pack one row: bit c = ``values[c] * sign[c] >= signed_threshold[c]`` into ``out_words``.
 
