@@ -66,11 +66,14 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
 
     chains: dict[int, list[Node]] = {}  # index of a chain's last node -> its nodes
     fused: set[int] = set()
-    for node in graph.nodes:
-        if node.op in PRODUCERS and node.index not in fused:
-            chain = _grow_chain(node, uses, by_input)
-            fused.update(n.index for n in chain)
-            chains[chain[-1].index] = chain
+    # binary producers first: where a float conv's chain and a binary conv's chain meet at the
+    # same add (a downsampling shortcut), the add goes to the cheaper binary kernel epilogue
+    producers = [node for node in graph.nodes if node.op in PRODUCERS]
+    producers.sort(key=lambda node: (node.op not in ("bconv2d", "bdense"), node.index))
+    for node in producers:
+        chain = _grow_chain(node, uses, by_input, fused)
+        fused.update(n.index for n in chain)
+        chains[chain[-1].index] = chain
 
     steps = []
     for node in graph.nodes:
@@ -83,7 +86,10 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
 
 
 def _grow_chain(
-    producer: Node, uses: Mapping[str, int], by_input: Mapping[str, list[Node]]
+    producer: Node,
+    uses: Mapping[str, int],
+    by_input: Mapping[str, list[Node]],
+    taken: set[int],
 ) -> list[Node]:
     chain = [producer]
     stages = ["affine", "add", "activation", "quantize"]
@@ -96,7 +102,11 @@ def _grow_chain(
             return chain
         consumer = consumers[0]
         stage = "activation" if consumer.op in ACTIVATIONS else consumer.op
-        if stage not in stages or (stage == "add" and consumer.inputs[0] == consumer.inputs[1]):
+        if (
+            consumer.index in taken
+            or stage not in stages
+            or (stage == "add" and consumer.inputs[0] == consumer.inputs[1])
+        ):
             return chain
         del stages[: stages.index(stage) + 1]
         chain.append(consumer)

@@ -8,8 +8,7 @@ print(model.summary())
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numba
 import numpy as np
@@ -18,6 +17,7 @@ from runtime.errors import InputError
 from runtime.format import PackedModel, Source, read_model
 from runtime.graph import Step, plan_graph
 from runtime.schema import TensorSpec
+from runtime.threads import thread_limits
 
 Inputs = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
 Outputs = np.ndarray | tuple[np.ndarray, ...]
@@ -27,9 +27,10 @@ def load(source: Source, threads: int | None = None) -> Model:
     """Read, validate and plan a packed model from a path or bytes.
 
     ``threads``: numba threads used by this model's ``predict`` calls (1 to
-    ``numba.config.NUMBA_NUM_THREADS``; None = numba's current setting). The previous thread
-    count is restored after each call. Raises ``InvalidModelError`` for a bad file, before any
-    kernel runs or activation buffer is allocated.
+    ``numba.config.NUMBA_NUM_THREADS``; None = numba's current setting); numpy's OpenBLAS runs
+    single-threaded meanwhile (see runtime/threads.py). Both are restored after each call.
+    Raises ``InvalidModelError`` for a bad file, before any kernel runs or activation buffer
+    is allocated.
     """
     return Model(read_model(source), threads)
 
@@ -78,7 +79,7 @@ class Model:
             env[spec.name] = (
                 np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
             )
-        with self._thread_count():
+        with thread_limits(self.threads):
             for step in self._steps:
                 env[step.output] = step.run([env[name] for name in step.inputs])
                 for name in step.release:
@@ -90,18 +91,6 @@ class Model:
             for s in self._graph.outputs
         )
         return results[0] if len(results) == 1 else results
-
-    @contextlib.contextmanager
-    def _thread_count(self) -> Iterator[None]:
-        if self.threads is None:
-            yield
-            return
-        previous = numba.get_num_threads()
-        numba.set_num_threads(self.threads)
-        try:
-            yield
-        finally:
-            numba.set_num_threads(previous)
 
     def _check_inputs(self, x: Inputs) -> list[np.ndarray]:
         specs = self._graph.inputs

@@ -213,3 +213,18 @@ def test_outputs_are_nchw_and_batch_sizes_vary():
         )
     graph, tensors = b.build()
     np.testing.assert_array_equal(whole, run_reference(graph, tensors, {"input": xs})[0][0])
+
+
+def test_downsample_shortcut_add_goes_to_the_binary_kernel():
+    """Bi-Real downsampling: both the float 1x1 conv's chain and the binary conv's chain end
+    in the same add; the binary kernel takes it, the float conv keeps its affine."""
+    b = IRBuilder(seed=10)
+    x = b.input([64, 6, 6])
+    shortcut = b.affine(
+        b.conv2d(b.pool("avgpool2d", x, 2, 2), 128, kernel=1, padding=0, bias=False)
+    )
+    main = b.affine(b.bconv2d(b.quantize(x), 128, kernel=3, stride=2, padding=1))
+    b.output(b.rprelu(b.add(shortcut, main)))
+    (got,), (expected,), model = run_both(b, batch=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert labels(model) == ["avgpool2d", "conv2d+affine", "quantize", "bconv2d+affine+add+rprelu"]
