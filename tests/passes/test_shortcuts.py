@@ -1,0 +1,78 @@
+"""passes.shortcuts: one Bi-Real shortcut per binary conv, where the add goes, and when not."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from graph_models import BasicBlock, TinyResNet, canonical, module_counts, randomize_batchnorm
+from torch import fx, nn
+
+from binarize.nn import set_binarization
+from passes.activations import SwapActivations
+from passes.base import module_of, run_passes
+from passes.binarize_layers import BinarizeLayers
+from passes.select import LayerSelection, SelectLayers
+from passes.shortcuts import AddShortcuts
+
+x8 = torch.randn(2, 3, 8, 8)
+
+
+def with_shortcuts(model: nn.Module, x: torch.Tensor = x8, **rules: object) -> fx.GraphModule:
+    passes = [SelectLayers(LayerSelection(**rules)), BinarizeLayers(),
+              SwapActivations("rprelu"), AddShortcuts()]  # fmt: skip
+    return run_passes(canonical(model, x), passes)
+
+
+def adds(gm: fx.GraphModule) -> list[fx.Node]:
+    return [n for n in gm.graph.nodes if n.op == "call_function" and n.target is operator.add]
+
+
+def test_resnet_gets_one_shortcut_per_binary_conv_that_keeps_its_shape() -> None:
+    gm = with_shortcuts(TinyResNet())
+    # 2 residual adds of the model + layer1.conv1, layer1.conv2, layer2.conv2 (layer2.conv1
+    # goes 8 -> 16 channels: no shortcut)
+    assert len(adds(gm)) == 5
+    assert "AvgPool2d" not in module_counts(gm)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    # the add sits between the BN and the activation, and reads the conv's input
+    bn = nodes["layer1_bn1"]
+    (add,) = bn.users
+    assert add.target is operator.add and add.args == (bn, nodes["layer1_conv1"].args[0])
+    (act,) = add.users
+    assert type(module_of(gm, act)).__name__ == "RPReLU"
+
+
+def test_stride_two_with_equal_channels_pools_the_shortcut() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4),
+                          nn.Conv2d(4, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4),
+                          nn.Conv2d(4, 2, 1))  # fmt: skip
+    gm = with_shortcuts(model)
+    assert module_counts(gm)["AvgPool2d"] == 1
+    (pool,) = [n for n in gm.graph.nodes if isinstance(module_of(gm, n), nn.AvgPool2d)]
+    assert pool.target == "2_shortcut_pool" and pool.args[0].target == "1"
+    (add,) = adds(gm)
+    assert add.args[0].target == "3" and add.args[1] is pool
+    assert gm(x8).shape == (2, 2, 4, 4)
+
+
+def test_no_shortcut_without_binary_convs_and_idempotent() -> None:
+    gm = with_shortcuts(TinyResNet(), default=False)
+    assert len(adds(gm)) == 2
+    gm = with_shortcuts(TinyResNet())
+    again = run_passes(gm, [AddShortcuts()])
+    assert len(adds(again)) == 5
+
+
+def test_shortcut_adds_exactly_the_conv_input() -> None:
+    block = randomize_batchnorm(BasicBlock(4, 4)).eval()
+    x = torch.randn(2, 4, 5, 5)
+    gm = run_passes(canonical(block, x), [SelectLayers(LayerSelection(keep_first=False,
+                    keep_last=False)), BinarizeLayers()])  # fmt: skip
+    set_binarization(gm, activations=False, weights=False)
+    assert torch.equal(gm(x), block(x))
+    gm = run_passes(gm, [AddShortcuts()])
+    # conv2's input h = relu(bn1(conv1(x)) + x); block output = relu(bn2(conv2 h) + h + x)
+    h = torch.relu(block.bn1(block.conv1(x)) + x)
+    expected = torch.relu(block.bn2(block.conv2(h)) + h + x)
+    torch.testing.assert_close(gm(x), expected)
