@@ -70,7 +70,7 @@ class AttrReader:
 
     def choice(self, name: str, choices: tuple[Any, ...], default: Any = None) -> Any:
         value = self._get(name, _REQUIRED if default is None else default)
-        if isinstance(value, bool) or value not in choices:
+        if not any(type(value) is type(c) and value == c for c in choices):  # 1.0 is not 1
             raise self.fail(f"attr {name!r} must be one of {list(choices)}, got {value!r}")
         self.parsed[name] = value
         return value

@@ -159,7 +159,7 @@ def _check_node(
     name = _name(obj["name"], f"{where}.name")
     op = obj["op"]
     where = f"node {index} {name!r} ({op})"
-    if op not in OPS:
+    if not isinstance(op, str) or op not in OPS:
         raise _fail(f"{where}: unknown op {op!r}; this runtime knows {sorted(OPS)}")
     if name in node_names:
         raise _fail(f"{where}: node name {name!r} is used twice")

@@ -261,6 +261,30 @@ def test_fuzzed_files_raise_invalid_model_or_load(flips, cut):
     assert y.shape == (1, 5)
 
 
+JSON_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.floats(-4, 4), st.text(max_size=4)),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=2)
+    ),
+    max_leaves=4,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_fuzzed_graph_fields_raise_invalid_model_or_run(data):
+    graph, tensors = small_model().build()
+    target = data.draw(st.sampled_from(graph["nodes"] + graph["inputs"] + graph["outputs"]))
+    fields = target.get("attrs") or target
+    key = data.draw(st.sampled_from(sorted(fields)))
+    fields[key] = data.draw(JSON_VALUES)
+    try:
+        model = runtime.load(raw_file(graph, tensors))
+    except runtime.InvalidModelError:
+        return
+    assert model.predict(np.ones((1, 3, 6, 6), np.float32)).shape == (1, 5)
+
+
 def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     path = tmp_path / "model.bnn"
     old = small_model().to_bytes()

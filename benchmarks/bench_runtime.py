@@ -1,0 +1,246 @@
+"""Whole-network speed and size of the packed runtime against float PyTorch ResNet-18.
+
+    NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_runtime.py [--repeats 30]
+
+Measures, in one process, interleaving the two so machine load hits both alike:
+- a Bi-Real-18 (benchmarks/bench_bireal18.py: ResNet-18 layout, binary 3x3 convs with their
+  own shortcuts, float stem / downsample / fc, random weights) run by ``runtime`` against
+  ``binarize.models.resnet18`` fp32 in PyTorch (eval, no_grad), batch 1, 224x224, at 1 and 2
+  threads (``torch.set_num_threads`` / ``runtime.load(threads=)``): min and median over
+  repeats, and the speed-up ratios;
+- the packed file size against the float state_dict and against the ideal (1 bit per binary
+  weight + 32 bits per float parameter);
+- the first ``predict`` in a fresh process with a warm numba cache (a subprocess, run twice:
+  the first run fills the cache if needed, the second is reported).
+
+Writes benchmarks/RESULTS.md with the tables, the command, the machine and the date, and
+merges the per-layer table of benchmarks/RESULTS_layers.md (benchmarks/bench_layers.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(HERE))
+
+from bench_bireal18 import bireal18, ideal_bytes  # noqa: E402
+
+import runtime  # noqa: E402
+from binarize.models import resnet18  # noqa: E402
+from runtime.format import write_model  # noqa: E402
+
+FIRST_PREDICT = """
+import sys, time, json
+t0 = time.perf_counter()
+import numpy as np
+import runtime
+t1 = time.perf_counter()
+model = runtime.load(sys.argv[1], threads=1)
+t2 = time.perf_counter()
+x = np.zeros((1, 3, 224, 224), np.float32)
+model.predict(x)
+t3 = time.perf_counter()
+model.predict(x)
+t4 = time.perf_counter()
+print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_predict": t3 - t2,
+                  "second_predict": t4 - t3}))
+"""
+
+
+def time_call(fn, x) -> float:
+    start = time.perf_counter()
+    fn(x)
+    return time.perf_counter() - start
+
+
+def speed(path: Path, repeats: int) -> list[dict]:
+    net = resnet18().eval()
+    rows = []
+    x_np = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    x_torch = torch.from_numpy(x_np.copy())
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        model = runtime.load(path, threads=threads)
+        with torch.no_grad():
+            for _ in range(3):  # warm-up: caches, allocator, lazy init
+                model.predict(x_np)
+                net(x_torch)
+            ours, theirs = [], []
+            for _ in range(repeats):
+                ours.append(time_call(model.predict, x_np))
+                theirs.append(time_call(net, x_torch))
+        rows.append(
+            {
+                "threads": threads,
+                "runtime_min": min(ours),
+                "runtime_median": float(np.median(ours)),
+                "torch_min": min(theirs),
+                "torch_median": float(np.median(theirs)),
+            }
+        )
+    return rows
+
+
+def sizes(path: Path, graph: dict, tensors: dict) -> dict:
+    state = resnet18().state_dict()
+    float_bytes = sum(t.numel() * t.element_size() for t in state.values())
+    float_params = sum(p.numel() for p in resnet18().parameters())
+    return {
+        "packed": path.stat().st_size,
+        "ideal": ideal_bytes(graph, tensors),
+        "float_state_dict": float_bytes,
+        "float_params": float_params,
+    }
+
+
+def first_predict(path: Path) -> list[dict]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    runs = []
+    for _ in range(2):
+        out = subprocess.run(
+            [sys.executable, "-c", FIRST_PREDICT, str(path)],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO,
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return runs
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    return (
+        f"{model}, {os.cpu_count()} logical cores, load average {load} (1/5/15 min) at the "
+        f"end of the run; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"numpy {np.__version__}"
+    )
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f}"
+
+
+def report(speed_rows, size, startup, repeats: int) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}. Machine: {machine()}.",
+        "",
+        "Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_runtime.py "
+        f"--repeats {repeats}` (and `benchmarks/bench_layers.py` for the layer table).",
+        "",
+        "The machine is shared (2 cores, other jobs running): absolute times are pessimistic"
+        " and noisy; the ratios come from interleaved runs in one process.",
+        "",
+        "## Whole network: Bi-Real-18 in the runtime vs ResNet-18 fp32 in PyTorch",
+        "",
+        "Batch 1, 224x224. Runtime: benchmarks/bench_bireal18.py (float 7x7 stem + BN + ReLU +"
+        " maxpool; 16 binary 3x3 convs, each `quantize -> bconv2d -> affine -> + shortcut ->"
+        " RPReLU` fused into one kernel call after its quantize; downsample shortcuts"
+        " AvgPool2d(2) -> float 1x1 conv -> BN (Bi-Real/ReActNet style); float fc). PyTorch:"
+        " `binarize.models.resnet18()` (torchvision layout), eval, `torch.no_grad()`,"
+        f" `torch.set_num_threads`. {repeats} interleaved repeats after 3 warm-up calls.",
+        "",
+        "| threads | runtime min (ms) | runtime median (ms) | torch min (ms) | torch median (ms)"
+        " | speed-up (min) | speed-up (median) | target |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for row, target in zip(speed_rows, ("4x", "3.5x")):
+        lines.append(
+            f"| {row['threads']} | {ms(row['runtime_min'])} | {ms(row['runtime_median'])} | "
+            f"{ms(row['torch_min'])} | {ms(row['torch_median'])} | "
+            f"{row['torch_min'] / row['runtime_min']:.2f}x | "
+            f"{row['torch_median'] / row['runtime_median']:.2f}x | {target} |"
+        )
+    over = size["packed"] / size["ideal"] - 1
+    lines += [
+        "",
+        "## Size",
+        "",
+        "| what | bytes | MiB | vs packed |",
+        "|---|---:|---:|---:|",
+        f"| packed file (safetensors + graph JSON) | {size['packed']:,} | "
+        f"{size['packed'] / 2**20:.2f} | 1.00x |",
+        f"| ideal: 1 bit per binary weight + 32 bits per float parameter | {size['ideal']:,} | "
+        f"{size['ideal'] / 2**20:.2f} | {size['ideal'] / size['packed']:.3f}x |",
+        f"| ResNet-18 fp32 state_dict ({size['float_params']:,} parameters + BN buffers) | "
+        f"{size['float_state_dict']:,} | {size['float_state_dict'] / 2**20:.2f} | "
+        f"{size['float_state_dict'] / size['packed']:.2f}x |",
+        "",
+        f"The packed file is {over * 100:.2f}% over the ideal (target: within 5%); it is "
+        f"{size['float_state_dict'] / size['packed']:.1f}x smaller than the float weights."
+        " Most of what remains is float: the fc layer (2 MB) and the stem.",
+        "",
+        "## Start-up: first predict in a fresh process with a warm numba cache",
+        "",
+        "`import runtime`, `runtime.load(path)` and the first two `predict` calls in a new"
+        " Python process (subprocess, NUMBA_CACHE_DIR inherited); run twice, the second run is"
+        " the warm-cache one. Target: first predict under 1 s.",
+        "",
+        "| run | import (s) | load (s) | first predict (s) | second predict (s) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for label, run in zip(("first (may compile)", "second (warm cache)"), startup):
+        lines.append(
+            f"| {label} | {run['import']:.2f} | {run['load']:.2f} | "
+            f"{run['first_predict']:.2f} | {run['second_predict']:.3f} |"
+        )
+    layers = HERE / "RESULTS_layers.md"
+    lines += ["", "## Layers (from benchmarks/bench_layers.py)", ""]
+    if layers.exists():
+        body = layers.read_text().strip().splitlines()
+        lines += [("#" + line) if line.startswith("#") else line for line in body]
+    else:
+        lines.append(
+            "benchmarks/RESULTS_layers.md is not there yet: run "
+            "`benchmarks/bench_layers.py`, then this script again."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    graph, tensors = bireal18()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bireal18.bnn"
+        write_model(path, graph, tensors)
+        startup = first_predict(path)
+        print("start-up:", startup)
+        size = sizes(path, graph, tensors)
+        print("size:", size)
+        speed_rows = speed(path, args.repeats)
+        print("speed:", speed_rows)
+    args.output.write_text(report(speed_rows, size, startup, args.repeats))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
