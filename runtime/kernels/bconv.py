@@ -138,19 +138,23 @@ def prepare_bconv(
                      np.ascontiguousarray(ones.transpose(1, 2, 0).astype(np.uint64)), pad_word)
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True)
 def _pad_input(a, pad_h, pad_w, pad_word, padded):
     """a uint64[N, H, W, Cw] -> padded uint64[N, H + 2 pad_h, W + 2 pad_w, Cw]."""
-    n_batch, height, width, _ = a.shape
+    n_batch, height, width, cw = a.shape
     padded_h, padded_w = padded.shape[1], padded.shape[2]
-    for r in prange(n_batch * padded_h):
-        n = r // padded_h
-        y = r - n * padded_h
-        for x in range(padded_w):
-            if pad_h <= y < pad_h + height and pad_w <= x < pad_w + width:
-                padded[n, y, x] = a[n, y - pad_h, x - pad_w]
-            else:
-                padded[n, y, x] = pad_word
+    source = a.reshape(n_batch, height, width * cw)
+    target = padded.reshape(n_batch, padded_h, padded_w * cw)
+    inner_start, inner_stop = pad_w * cw, (pad_w + width) * cw
+    for n in range(n_batch):
+        for y in range(padded_h):
+            row = target[n, y]
+            inside = pad_h <= y < pad_h + height
+            for i in range(padded_w * cw):
+                if inside and inner_start <= i < inner_stop:
+                    row[i] = source[n, y - pad_h, i - inner_start]
+                else:
+                    row[i] = pad_word[i % cw]
 
 
 @njit(cache=True, inline="always")

@@ -98,29 +98,28 @@ def make_epilogue(
 
 @njit(cache=True, inline="always")
 def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
-    """Apply the epilogue to one pixel's float32 row ``y`` [O] (modified in place) and store it.
+    """Apply the epilogue to one pixel's float32 row ``y`` [O] (used as scratch) and store it.
 
     ``residual`` is f32[O] or empty (no shortcut). Writes ``out_bits`` (uint64[ceil(O/64)])
     when ``quantize``, else ``out_float`` (f32[O]); the other one is ignored.
     """
+    target = y if quantize else out_float
     channels = y.shape[0]
     for o in range(channels):
-        y[o] = y[o] * table[SCALE, o] + table[BIAS, o]
+        target[o] = y[o] * table[SCALE, o] + table[BIAS, o]
     if residual.shape[0] > 0:
         for o in range(channels):
-            y[o] = y[o] + residual[o]
+            target[o] = target[o] + residual[o]
     if activation == ACT_RPRELU:
         for o in range(channels):
-            v = y[o]
+            v = target[o]
             gamma = table[GAMMA, o]
             if v >= gamma:
-                y[o] = v - gamma + table[ZETA, o]
+                target[o] = v - gamma + table[ZETA, o]
             else:
-                y[o] = table[BETA, o] * (v - gamma) + table[ZETA, o]
+                target[o] = table[BETA, o] * (v - gamma) + table[ZETA, o]
     if quantize:
         pack_row(y, table[SIGN], table[SIGNED_THRESHOLD], out_bits)
-    else:
-        out_float[:] = y
 
 
 @njit(cache=True, parallel=True)
