@@ -16,7 +16,8 @@ is constantly +1); binary networks swap it for a learnable piecewise-linear func
   static parameter. ``fc2`` is zero-initialised, so DyPReLU starts exactly as
   ``PReLU(init)``.
 
-Both are computed as ``prelu(x - gamma, beta) + zeta`` (torch's fused PReLU kernels).
+Both are computed as ``prelu(x - gamma, beta) + zeta`` by
+:func:`~binarize.nn.functional.shifted_prelu` (one fused autograd node).
 
 Example::
 
@@ -28,10 +29,10 @@ Example::
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from binarize.nn.channelwise import channel_view, check_channels, global_average, hyper_head
+from binarize.nn.functional import shifted_prelu
 
 __all__ = ["DyPReLU", "RPReLU"]
 
@@ -64,8 +65,8 @@ class RPReLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         check_channels(self, x, self.beta.shape[0])
         ndim = x.dim()
-        shifted = x - channel_view(self.gamma, ndim)
-        return F.prelu(shifted, self.beta) + channel_view(self.zeta, ndim)
+        gamma, zeta = channel_view(self.gamma, ndim), channel_view(self.zeta, ndim)
+        return shifted_prelu(x, gamma, self.beta, zeta)
 
     def extra_repr(self) -> str:
         return str(self.beta.shape[0])
@@ -118,8 +119,7 @@ class DyPReLU(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         gamma, zeta = self.shifts(x)
         ndim = x.dim()
-        shifted = x - channel_view(gamma, ndim)
-        return F.prelu(shifted, self.beta) + channel_view(zeta, ndim)
+        return shifted_prelu(x, channel_view(gamma, ndim), self.beta, channel_view(zeta, ndim))
 
     def extra_repr(self) -> str:
         return f"{self.beta.shape[0]}, activation={self.activation!r}"

@@ -107,10 +107,9 @@ class Binarizer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
-        alpha = self.threshold(x)
-        if alpha is not None:
-            x = x - alpha
-        return binarize_activation(x, self.backward, self.lam, self.lam_max)
+        return binarize_activation(
+            x, self.backward, self.lam, self.lam_max, threshold=self.threshold(x)
+        )
 
     def extra_repr(self) -> str:
         parts = [] if self.channels is None else [str(self.channels)]

@@ -79,8 +79,13 @@ def hyper_head(
 
 
 def global_average(x: Tensor) -> Tensor:
-    """``[N, C, H, W] -> [N, C]`` spatial mean; ``[N, C]`` passes through unchanged."""
-    return x if x.dim() == 2 else x.mean(dim=(2, 3))
+    """``[N, C, H, W] -> [N, C]`` spatial mean; ``[N, C]`` passes through unchanged.
+
+    Written as a sum divided on the small result: the sum's backward is a broadcast view,
+    where ``mean``'s backward would divide a full-size tensor."""
+    if x.dim() == 2:
+        return x
+    return x.sum(dim=(2, 3)) / (x.shape[2] * x.shape[3])
 
 
 def channel_view(values: Tensor, ndim: int) -> Tensor:

@@ -1,4 +1,4 @@
-"""Sign functions with surrogate gradients: the arithmetic under every binarizer.
+"""The arithmetic under the operators: signs with surrogate gradients, and shifted PReLU.
 
 Every function here returns the exact sign in the forward pass with the library's convention
 ``sign(0) = +1`` (``+1`` where ``x >= 0``, ``-1`` below; ``torch.sign`` is never used because it
@@ -17,9 +17,15 @@ function               d out / d x                          paper
 ``progressive_sign`` is the one exception to the exact forward: it returns ``tanh(lam x)``
 while ``lam < lam_max`` and the hard sign once ``lam >= lam_max``.
 
-The kernels avoid bool temporaries (slow on CPU) and keep to one float temporary per pass:
-the forward writes the comparison straight into a float tensor, and each backward saves only
-its input ``x``, which already exists, instead of a mask.
+:func:`binarize_activation` also takes the binarizer's threshold: it computes
+``B(x - alpha)`` in one autograd node whose gradient to ``alpha`` is minus the summed gradient
+to ``x``. :func:`shifted_prelu` is RPReLU / DyPReLU's ``prelu(x - gamma, beta) + zeta``.
+
+Training speed matters (a binary training step should cost little more than the float one),
+so each function is one autograd node built from in-place passes over a single temporary:
+the sign is written straight into a float tensor, backwards save the one tensor they need
+(``x - alpha``, or ``tanh`` for the progressive forward) rather than masks, and reductions
+to per-channel gradients happen before any negation.
 
 Example::
 
@@ -42,6 +48,7 @@ __all__ = [
     "approx_sign",
     "binarize_activation",
     "progressive_sign",
+    "shifted_prelu",
     "sign_ste",
     "weight_sign",
 ]
@@ -60,69 +67,49 @@ def _hard_sign(x: Tensor) -> Tensor:
     return out.mul_(2).sub_(1)
 
 
-def _clipped_identity_grad(x: Tensor, grad: Tensor) -> Tensor:
-    """``grad * 1{|x| <= 1}`` (the clipped straight-through estimator)."""
-    mask = x.abs()
-    torch.le(mask, 1, out=mask)
-    return mask.mul_(grad)
+def _surrogate_grad(kind: str, saved: Tensor, grad: Tensor, lam: float) -> Tensor:
+    """``grad * dB/dz`` for the surrogate ``kind``; ``saved`` is ``z`` itself, or ``tanh(lam z)``
+    for a progressive forward that returned tanh. Each result is built in place on one
+    temporary."""
+    if kind == "ste":
+        mask = saved.abs()
+        torch.le(mask, 1, out=mask)
+        return mask.mul_(grad)
+    if kind == "approx":
+        # 2 - 2|z| is <= 0 exactly where |z| >= 1, so clamping at 0 applies the indicator.
+        return saved.abs().mul_(-2).add_(2).clamp_(min=0).mul_(grad)
+    tanh = saved if kind == "tanh" else torch.tanh(saved * lam)
+    return tanh.mul(tanh).sub_(1).mul_(-lam).mul_(grad)
 
 
-class _SignSTE(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return _hard_sign(x)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        return _clipped_identity_grad(x, grad)
-
-
-class _ApproxSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor) -> Tensor:
-        ctx.save_for_backward(x)
-        return _hard_sign(x)
+class _Sign(torch.autograd.Function):
+    """``B(x - threshold)`` with the surrogate gradient ``kind``; the threshold gradient is
+    reduced before it is negated (autograd's subtraction would negate the full tensor)."""
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (x,) = ctx.saved_tensors
-        # 2 - 2|x| is <= 0 exactly where |x| >= 1, so clamping at 0 applies the indicator.
-        return x.abs().mul_(-2).add_(2).clamp_(min=0).mul_(grad)
-
-
-class _ProgressiveSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: Tensor, lam: float, lam_max: float) -> Tensor:
+    def forward(
+        ctx: Any, x: Tensor, threshold: Tensor | None, kind: str, lam: float, lam_max: float
+    ) -> Tensor:
+        z = x if threshold is None else x - threshold
         ctx.lam = lam
-        if lam < lam_max:
-            out = torch.tanh(x * lam)
+        ctx.threshold_shape = None if threshold is None else threshold.shape
+        if kind == "progressive" and lam < lam_max:
+            out = torch.tanh(z * lam)
+            ctx.kind = "tanh"
             ctx.save_for_backward(out)
-            ctx.saved_is_tanh = True
             return out
-        ctx.save_for_backward(x)
-        ctx.saved_is_tanh = False
-        return _hard_sign(x)
+        ctx.kind = kind
+        ctx.save_for_backward(z)
+        return _hard_sign(z)
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         (saved,) = ctx.saved_tensors
-        tanh = saved if ctx.saved_is_tanh else torch.tanh(saved * ctx.lam)
-        # lam * (1 - tanh^2), in place on the one temporary tanh * tanh.
-        return tanh.mul(tanh).sub_(1).mul_(-ctx.lam).mul_(grad), None, None
-
-
-class _WeightSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, w: Tensor) -> Tensor:
-        ctx.save_for_backward(w)
-        return _hard_sign(w)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        (w,) = ctx.saved_tensors
-        return _clipped_identity_grad(w, grad)
+        grad_z = _surrogate_grad(ctx.kind, saved, grad, ctx.lam)
+        grad_threshold = None
+        if ctx.threshold_shape is not None and ctx.needs_input_grad[1]:
+            grad_threshold = -grad_z.sum_to_size(ctx.threshold_shape)
+        return grad_z, grad_threshold, None, None, None
 
 
 def sign_ste(x: Tensor) -> Tensor:
@@ -133,7 +120,7 @@ def sign_ste(x: Tensor) -> Tensor:
     >>> sign_ste(torch.tensor([-2.0, 0.0, 3.0]))
     tensor([-1.,  1.,  1.])
     """
-    return _SignSTE.apply(x)
+    return _Sign.apply(x, None, "ste", 1.0, DEFAULT_LAM_MAX)
 
 
 def approx_sign(x: Tensor) -> Tensor:
@@ -146,7 +133,7 @@ def approx_sign(x: Tensor) -> Tensor:
     >>> approx_sign(torch.tensor([-0.1, 0.0]))
     tensor([-1.,  1.])
     """
-    return _ApproxSign.apply(x)
+    return _Sign.apply(x, None, "approx", 1.0, DEFAULT_LAM_MAX)
 
 
 def progressive_sign(x: Tensor, lam: float | Tensor, lam_max: float = DEFAULT_LAM_MAX) -> Tensor:
@@ -161,7 +148,7 @@ def progressive_sign(x: Tensor, lam: float | Tensor, lam_max: float = DEFAULT_LA
     >>> progressive_sign(torch.tensor([0.5]), lam=1024.0)
     tensor([1.])
     """
-    return _ProgressiveSign.apply(x, float(lam), float(lam_max))
+    return _Sign.apply(x, None, "progressive", float(lam), float(lam_max))
 
 
 def weight_sign(w: Tensor) -> Tensor:
@@ -173,7 +160,7 @@ def weight_sign(w: Tensor) -> Tensor:
     >>> weight_sign(torch.tensor([-0.3, 0.0]))
     tensor([-1.,  1.])
     """
-    return _WeightSign.apply(w)
+    return _Sign.apply(w, None, "ste", 1.0, DEFAULT_LAM_MAX)
 
 
 def binarize_activation(
@@ -181,26 +168,81 @@ def binarize_activation(
     backward: str,
     lam: float | Tensor | None = None,
     lam_max: float = DEFAULT_LAM_MAX,
+    threshold: Tensor | None = None,
 ) -> Tensor:
-    """Binarize an activation with the surrogate gradient named by ``backward``.
+    """Binarize ``x - threshold`` with the surrogate gradient named by ``backward``.
 
     ``backward`` is ``"ste"`` (:func:`sign_ste`), ``"approx"`` (:func:`approx_sign`) or
     ``"progressive"`` (:func:`progressive_sign` with ``lam``, which is then required).
+    ``threshold`` (``alpha`` of RSign / DySign) broadcasts against ``x``, e.g. ``[1, C, 1, 1]``
+    or per sample ``[N, C, 1, 1]``; its gradient is minus the gradient of ``x`` summed over
+    the broadcast axes. ``None`` means 0.
 
     >>> binarize_activation(torch.tensor([-0.2, 0.2]), "approx")
     tensor([-1.,  1.])
+    >>> binarize_activation(torch.tensor([-0.2, 0.2]), "ste", threshold=torch.tensor([-0.3, 0.3]))
+    tensor([ 1., -1.])
     """
-    if backward == "ste":
-        return sign_ste(x)
-    if backward == "approx":
-        return approx_sign(x)
-    if backward == "progressive":
-        if lam is None:
-            raise ValueError(
-                "binarize_activation(backward='progressive') needs lam (the tanh sharpness); "
-                "pass lam=1.0 to start, or use backward='ste'/'approx'"
-            )
-        return progressive_sign(x, lam, lam_max)
-    raise ValueError(
-        f"unknown activation backward {backward!r}; choose one of {ACTIVATION_BACKWARDS}"
-    )
+    if backward not in ACTIVATION_BACKWARDS:
+        raise ValueError(
+            f"unknown activation backward {backward!r}; choose one of {ACTIVATION_BACKWARDS}"
+        )
+    if backward == "progressive" and lam is None:
+        raise ValueError(
+            "binarize_activation(backward='progressive') needs lam (the tanh sharpness); "
+            "pass lam=1.0 to start, or use backward='ste'/'approx'"
+        )
+    lam_value = float(lam) if backward == "progressive" else 1.0
+    return _Sign.apply(x, threshold, backward, lam_value, float(lam_max))
+
+
+class _ShiftedPReLU(torch.autograd.Function):
+    """``max(d, 0) + beta * min(d, 0) + zeta`` with ``d = x - gamma``; see
+    :func:`shifted_prelu`. Saves only ``min(d, 0)``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, gamma: Tensor, beta: Tensor, zeta: Tensor) -> Tensor:
+        slope = beta.view(1, -1, *([1] * (x.dim() - 2)))
+        shifted = x - gamma
+        negative = shifted.clamp(max=0)
+        # max(d, 0) + beta * min(d, 0) is exactly d (d >= 0) or exactly beta * d (d < 0).
+        out = shifted.clamp_(min=0).addcmul_(negative, slope).add_(zeta)
+        ctx.save_for_backward(negative, slope)
+        ctx.shapes = (gamma.shape, zeta.shape)
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        negative, slope = ctx.saved_tensors
+        gamma_shape, zeta_shape = ctx.shapes
+        need_x, need_gamma, need_beta, need_zeta = ctx.needs_input_grad
+        grad_x = grad_gamma = grad_beta = grad_zeta = None
+        if need_x or need_gamma:
+            # d out / d x = 1 + (1 - beta) * sign(min(d, 0)): 1 where d >= 0, beta below.
+            grad_x = torch.sign(negative).mul_(grad).mul_(1 - slope).add_(grad)
+            if need_gamma:
+                grad_gamma = -grad_x.sum_to_size(gamma_shape)
+        if need_beta:
+            grad_beta = (grad * negative).sum_to_size(slope.shape).view(-1)
+        if need_zeta:
+            grad_zeta = grad.sum_to_size(zeta_shape)
+        return grad_x, grad_gamma, grad_beta, grad_zeta
+
+
+def shifted_prelu(x: Tensor, gamma: Tensor, beta: Tensor, zeta: Tensor) -> Tensor:
+    """RPReLU's arithmetic (ReActNet, Liu et al. 2020): ``prelu(x - gamma, beta) + zeta``::
+
+        f(x) = x - gamma + zeta            if x >= gamma
+               beta (x - gamma) + zeta     otherwise
+
+    ``beta`` is ``[C]`` (channel axis dim 1); ``gamma`` and ``zeta`` broadcast against ``x``
+    (``[1, C, 1, 1]``, or ``[N, C, 1, 1]`` per sample as in DyPReLU). Gradients are the exact
+    derivatives; one fused autograd node replaces torch's PReLU backward, which is an order of
+    magnitude slower on CPU. With ``gamma = zeta = 0`` the output equals
+    ``torch.nn.functional.prelu(x, beta)`` exactly.
+
+    >>> shifted_prelu(torch.tensor([[-2.0, 2.0]]), torch.zeros(1, 2), torch.full((2,), 0.25),
+    ...               torch.ones(1, 2))
+    tensor([[0.5000, 3.0000]])
+    """
+    return _ShiftedPReLU.apply(x, gamma, beta, zeta)

@@ -128,3 +128,27 @@ def test_binarize_activation_rejects_unknown_names_and_missing_lam():
         binarize_activation(torch.zeros(1), "tanh")
     with pytest.raises(ValueError, match="needs lam"):
         binarize_activation(torch.zeros(1), "progressive")
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.sampled_from([(4, 3), (2, 3, 2, 5)]),
+    st.sampled_from(["ste", "approx", "progressive"]),
+    st.booleans(),
+    st.integers(0, 2**31 - 1),
+)
+def test_threshold_gradient_is_minus_the_summed_input_gradient(shape, backward, per_sample, seed):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    t_shape = (shape[0] if per_sample else 1, shape[1], *([1] * (len(shape) - 2)))
+    t = torch.randn(t_shape, generator=gen, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(shape, generator=gen, dtype=torch.float64)
+    y = binarize_activation(x, backward, lam=2.5, threshold=t)
+    y.backward(upstream)
+
+    z = (x.detach() - t.detach()).requires_grad_()
+    y_ref = binarize_activation(z, backward, lam=2.5)
+    y_ref.backward(upstream)
+    assert torch.equal(y, y_ref)
+    assert torch.equal(x.grad, z.grad)
+    torch.testing.assert_close(t.grad, -z.grad.sum_to_size(t_shape))
