@@ -1,0 +1,90 @@
+"""binarize.summary: per-layer counts and totals against numbers worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from binarize.convert import convert
+from binarize.summary import ModelSummary, summary
+
+x = torch.randn(2, 3, 6, 6)
+
+
+def small() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4),
+    )  # fmt: skip
+
+
+def rows(result: ModelSummary) -> dict[str, tuple[object, ...]]:
+    return {
+        r.name: (r.kind, r.input_bits, r.weight_bits, r.parameters, r.memory_bytes,
+                 r.float_macs, r.binary_macs, r.output_shape)
+        for r in result.rows
+    }  # fmt: skip
+
+
+def test_float_model(capsys: pytest.CaptureFixture[str]) -> None:
+    result = summary(small(), x)
+    table = rows(result)
+    # per sample: 6*6*8 outputs, each 3*3*3 MACs; the linear layer 4*8
+    assert table["0"] == ("Conv2d", 32, 32, 216, 864.0, 7776, 0, (8, 6, 6))
+    assert table["1"] == ("BatchNorm2d", None, None, 16, 64.0, 0, 0, (8, 6, 6))
+    assert table["3"][5] == 6 * 6 * 8 * 8 * 9
+    assert table["8"] == ("Linear", 32, 32, 36, 144.0, 32, 0, (4,))
+    t = result.totals
+    assert t.parameters == 216 + 16 + 576 + 16 + 36
+    assert t.float_size_bytes == 4 * (t.parameters + 2 * 16)  # + BN running mean and var
+    assert t.packed_size_bytes == 864 + 64 + 2304 + 64 + 144
+    assert t.binary_macs == 0 and t.binary_mac_share == 0.0
+    assert t.ops == 7776 + 20736 + 32
+    printed = capsys.readouterr().out
+    assert "Compression" in printed and "BatchNorm2d" in printed
+
+
+def test_reactnet_model() -> None:
+    bnn = convert(small(), "reactnet", x)
+    result = summary(bnn, x, print_fn=None)
+    table = rows(result)
+    # 576 one-bit weights + 8 RSign thresholds; alpha folds into the BN that follows
+    assert table["3"] == ("BinaryConv2d", 1, 1, 576 + 8, 576 / 8 + 4 * 8, 0, 20736, (8, 6, 6))
+    assert table["2"][0] == "RPReLU" and table["2"][4] == 4 * 3 * 8
+    t = result.totals
+    assert t.binary_macs == 20736 and t.float_macs == 7776 + 32
+    assert t.ops == 20736 / 64 + 7776 + 32
+    assert t.binary_mac_share == pytest.approx(20736 / (20736 + 7808))
+    assert t.packed_size_bytes == 864 + 64 + 96 + (72 + 32) + 64 + 96 + 144
+    assert t.compression == pytest.approx(t.float_size_bytes / t.packed_size_bytes)
+
+
+def test_dybnn_hyper_heads_and_unfolded_scale() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(8, 2, 1))  # fmt: skip
+    bnn = convert(model, "dybnn", x, shortcuts=False)
+    table = rows(summary(bnn, x, print_fn=None))
+    # DySign(8): hidden max(8 // 16, 8) = 8, fc1 8x8 and fc2 8x8 run once per sample
+    assert table["1"][5] == 64 + 64 and table["1"][6] == 36 * 8 * 72
+    # no BN reads the binary conv: alpha and bias become a 2*8-float affine; the DySign head
+    # (8*8 + 8 + 8*8 + 8 parameters) is kept in float
+    assert table["1"][4] == 576 / 8 + 4 * (2 * 8 + 144)
+    # DyPReLU(8): fc1 8x8, fc2 8x16
+    assert table["2"][0] == "DyPReLU" and table["2"][5] == 64 + 128
+
+
+def test_shared_module_parameters_are_counted_once() -> None:
+    class Twice(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.conv(t))
+
+    result = summary(Twice(), x, print_fn=None)
+    assert [r.parameters for r in result.rows] == [12, 0]
+    assert [r.float_macs for r in result.rows] == [3 * 36 * 3, 3 * 36 * 3]
+    assert result.totals.parameters == 12
