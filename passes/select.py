@@ -10,10 +10,12 @@ layered like torch.ao's ``QConfigMapping``, each level overriding the one before
    convs, and 1x1 projection shortcuts (a 1x1 conv reading a fork point, through pooling, whose
    output, through BatchNorm, is an operand of an add) - all three papers keep these real;
 3. type: entries of ``keep_float`` / ``binarize`` that are module types;
-4. name regex: string entries that are not exact module names, matched with ``re.fullmatch``;
-5. exact name: string entries equal to a module's qualified name.
+4. name regex: string entries that are not module names, matched with ``re.fullmatch``;
+5. module name: string entries equal to the layer's qualified name or to an enclosing
+   module's (``"layer4"`` covers every layer inside it); the longest such name wins.
 
-At one level ``keep_float`` wins over ``binarize``; the same exact name in both is an error.
+At the regex and type levels ``keep_float`` wins over ``binarize``; the same name in both lists
+is an error.
 Asking for a layer that cannot be binarized (another layer kind, groups > 1, dilation > 1,
 non-zero padding mode) by type or by exact name raises :class:`binarize.ConversionError`.
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from torch import fx, nn
@@ -115,28 +117,27 @@ class SelectLayers:
     name: str = "select"
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
-        names = {str(node.target) for node in gm.graph.nodes if node.op == "call_module"}
-        self._check_exact_names(gm, names)
+        modules = dict(gm.named_modules())
+        self._check_names(modules)
         first, last = self._boundary_layers(gm)
-        used_patterns: set[str] = set()
+        used: set[str] = set()
         for node in gm.graph.nodes:
             module = module_of(gm, node)
-            if module is None or not isinstance(module, WEIGHT_TYPES):
-                continue
-            decision = self._decide(gm, node, module, first, last, names, used_patterns)
-            node.meta[META_KEY] = decision
+            if module is not None and isinstance(module, WEIGHT_TYPES):
+                node.meta[META_KEY] = self._decide(gm, node, module, first, last, modules, used)
         unused = [
             entry
             for entry in (*self.selection.keep_float, *self.selection.binarize)
-            if isinstance(entry, str) and entry not in names and entry not in used_patterns
+            if isinstance(entry, str) and entry not in used
         ]
         if unused:
             layers = _weight_layer_names(gm)
             hints = "".join(suggest(entry, layers) for entry in unused)
             raise ConversionError(
-                f"keep_float/binarize entries {unused!r} match no conv or linear layer (read as "
-                "regular expressions, matched against whole qualified names)."
-                f"{hints} What to do: check the spelling; the conv/linear layers are {layers}."
+                f"keep_float/binarize entries {unused!r} match no conv or linear layer (an "
+                "entry is a module name, or else a regular expression matched against whole "
+                f"qualified names).{hints} What to do: check the spelling; the conv/linear "
+                f"layers are {layers}."
             )
         return PassResult(gm, modified=True)
 
@@ -147,37 +148,20 @@ class SelectLayers:
         module: nn.Module,
         first: set[fx.Node],
         last: set[fx.Node],
-        names: set[str],
-        used_patterns: set[str],
+        modules: Mapping[str, nn.Module],
+        used: set[str],
     ) -> Decision:
-        sel, target = self.selection, str(node.target)
+        """The most specific level that says something about this layer decides."""
+        target = str(node.target)
         unsupported = unsupported_reason(module)
-        if target in sel.keep_float and target in sel.binarize:
-            raise ConversionError(
-                f"layer {target!r} is listed in both keep_float and binarize. What to do: list "
-                "it in one of them."
-            )
-        if target in sel.keep_float:
-            return Decision(False, "exact name in keep_float")
-        if target in sel.binarize:
-            if unsupported:
-                raise _cannot_binarize(target, unsupported, "its exact name")
-            return Decision(True, "exact name in binarize")
-        for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
-            for entry in entries:
-                if isinstance(entry, str) and entry not in names and re.fullmatch(entry, target):
-                    used_patterns.add(entry)
-                    if binary and unsupported:
-                        continue
-                    kind = "binarize" if binary else "keep_float"
-                    return Decision(binary, f"name matches {entry!r} in {kind}")
-        for entries, binary in ((sel.keep_float, False), (sel.binarize, True)):
-            for entry in entries:
-                if isinstance(entry, type) and type(module) is entry:
-                    if binary and unsupported:
-                        raise _cannot_binarize(target, unsupported, f"type {entry.__name__}")
-                    kind = "binarize" if binary else "keep_float"
-                    return Decision(binary, f"type {entry.__name__} in {kind}")
+        decision = (
+            self._by_name(target, unsupported, modules, used)
+            or self._by_regex(target, unsupported, modules, used)
+            or self._by_type(target, module, unsupported)
+        )
+        if decision is not None:
+            return decision
+        sel = self.selection
         if unsupported:
             return Decision(False, unsupported)
         if sel.keep_first and node in first:
@@ -190,6 +174,71 @@ class SelectLayers:
             return Decision(False, "1x1 projection shortcut")
         return Decision(sel.default, "global default")
 
+    def _entries(self) -> list[tuple[Selector, bool]]:
+        return [(e, False) for e in self.selection.keep_float] + [
+            (e, True) for e in self.selection.binarize
+        ]
+
+    def _by_name(
+        self, target: str, unsupported: str | None, modules: Mapping[str, nn.Module], used: set[str]
+    ) -> Decision | None:
+        """The longest module name that is ``target`` or encloses it (``"layer4"``)."""
+        matches = [
+            (entry, binary)
+            for entry, binary in self._entries()
+            if isinstance(entry, str)
+            and entry in modules
+            and (entry == target or target.startswith(f"{entry}."))
+        ]
+        if not matches:
+            return None
+        used.update(str(entry) for entry, _ in matches)
+        longest = max(len(str(entry)) for entry, _ in matches)
+        chosen = {(str(entry), binary) for entry, binary in matches if len(str(entry)) == longest}
+        if len(chosen) > 1:
+            raise ConversionError(
+                f"{sorted(chosen)[0][0]!r} is listed in both keep_float and binarize. What to "
+                "do: list it in one of them."
+            )
+        ((entry, binary),) = chosen
+        if binary and unsupported:
+            if entry == target:
+                raise _cannot_binarize(target, unsupported, "its exact name")
+            return Decision(False, unsupported)
+        return Decision(binary, f"name {entry!r} in {'binarize' if binary else 'keep_float'}")
+
+    def _by_regex(
+        self, target: str, unsupported: str | None, modules: Mapping[str, nn.Module], used: set[str]
+    ) -> Decision | None:
+        """The first matching pattern, ``keep_float`` before ``binarize``."""
+        for entry, binary in self._entries():
+            if isinstance(entry, str) and entry not in modules and re.fullmatch(entry, target):
+                used.add(entry)
+                if not (binary and unsupported):
+                    kind = "binarize" if binary else "keep_float"
+                    return Decision(binary, f"name matches {entry!r} in {kind}")
+        return None
+
+    def _by_type(self, target: str, module: nn.Module, unsupported: str | None) -> Decision | None:
+        """An entry that is exactly this layer's type, ``keep_float`` before ``binarize``."""
+        for entry, binary in self._entries():
+            if isinstance(entry, type) and type(module) is entry:
+                if binary and unsupported:
+                    raise _cannot_binarize(target, unsupported, f"type {entry.__name__}")
+                kind = "binarize" if binary else "keep_float"
+                return Decision(binary, f"type {entry.__name__} in {kind}")
+        return None
+
+    def _check_names(self, modules: Mapping[str, nn.Module]) -> None:
+        """A module named in ``binarize`` must be, or contain, a conv or linear layer."""
+        for entry in self.selection.binarize:
+            module = modules.get(entry) if isinstance(entry, str) else None
+            if module is not None and not any(
+                isinstance(inner, WEIGHT_TYPES) for inner in module.modules()
+            ):
+                reason = unsupported_reason(module) or "it holds no conv or linear layer"
+                raise _cannot_binarize(entry, reason, "its exact name")
+
     def _boundary_layers(self, gm: fx.GraphModule) -> tuple[set[fx.Node], set[fx.Node]]:
         """Weight layers reachable from an input / reaching an output with none in between."""
         stop = lambda node: is_weight_node(gm, node)  # noqa: E731
@@ -201,15 +250,6 @@ class SelectLayers:
             elif node.op == "output":
                 last.update(walk(node, producers, stop))
         return first, last
-
-    def _check_exact_names(self, gm: fx.GraphModule, names: set[str]) -> None:
-        """Exact names of modules that are not weight layers cannot be selected."""
-        for entry in self.selection.binarize:
-            if isinstance(entry, str) and entry in names:
-                module = gm.get_submodule(entry)
-                reason = unsupported_reason(module)
-                if reason and not isinstance(module, WEIGHT_TYPES):
-                    raise _cannot_binarize(entry, reason, "its exact name")
 
 
 def _cannot_binarize(target: str, reason: str, how: str) -> ConversionError:

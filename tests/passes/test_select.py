@@ -122,3 +122,13 @@ def test_shared_block_weights_get_one_decision_per_call() -> None:
     gm = SelectLayers()(canonical(Twice(), x8)).graph_module
     calls = [n for n in gm.graph.nodes if n.target == "block.conv1"]
     assert len(calls) == 2 and all(n.meta[META_KEY].binary for n in calls)
+
+
+def test_a_module_name_covers_the_layers_inside_and_the_longest_name_wins() -> None:
+    chosen = select(TinyResNet(), keep_float=("layer2",))
+    assert not chosen["layer2.conv1"] and not chosen["layer2.conv2"] and chosen["layer1.conv1"]
+    chosen = select(TinyResNet(), binarize=("layer2",), keep_float=("layer2.conv2",))
+    assert chosen["layer2.conv1"] and chosen["layer2.downsample.0"]
+    assert not chosen["layer2.conv2"]
+    with pytest.raises(ConversionError, match="'layer2' is listed in both"):
+        select(TinyResNet(), binarize=("layer2",), keep_float=("layer2",))
