@@ -228,3 +228,21 @@ def test_downsample_shortcut_add_goes_to_the_binary_kernel():
     (got,), (expected,), model = run_both(b, batch=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert labels(model) == ["avgpool2d", "conv2d+affine", "quantize", "bconv2d+affine+add+rprelu"]
+
+
+def test_liveness_releases_every_intermediate_once_after_its_last_reader():
+    b = IRBuilder(seed=11)
+    x = b.input([8, 4, 4])
+    h = residual_block(b, residual_block(b, x, 8), 8)
+    b.output(b.concat([h, b.unary("relu", h)]))
+    model = runtime.load(b.to_bytes())
+    steps = model._steps
+    released = [name for step in steps for name in step.release]
+    assert len(released) == len(set(released))
+    outputs = {spec.name for spec in model.outputs}
+    produced = {x} | {step.output for step in steps}
+    assert set(released) == produced - outputs
+    for i, step in enumerate(steps):
+        later_reads = {name for later in steps[i + 1 :] for name in later.inputs}
+        assert not set(step.release) & later_reads
+        assert set(step.release) <= set(step.inputs)

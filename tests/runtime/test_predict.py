@@ -8,6 +8,7 @@ import pytest
 from rt_builder import IRBuilder
 
 import runtime
+from runtime.threads import _openblas
 
 
 @pytest.fixture(scope="module")
@@ -92,14 +93,21 @@ def test_summary_lists_fused_steps_params_and_totals(model):
 def test_threads_apply_during_predict_and_are_restored():
     b = IRBuilder(seed=1)
     b.output(b.affine(b.bconv2d(b.quantize(b.input([2, 3, 3])), 2)))
-    before = numba.get_num_threads()
+    blas = _openblas()
+    assert blas is not None, "numpy's OpenBLAS was not found: the BLAS thread limit is a no-op"
+    before = numba.get_num_threads(), blas[1]()
     seen = []
     model = runtime.load(b.to_bytes(), threads=1)
     original = model._steps[-1].run
-    model._steps[-1].run = lambda xs: (seen.append(numba.get_num_threads()), original(xs))[1]
+
+    def spy(xs):
+        seen.append((numba.get_num_threads(), blas[1]()))
+        return original(xs)
+
+    model._steps[-1].run = spy
     model.predict(np.zeros((1, 2, 3, 3), np.float32))
-    assert seen == [1]
-    assert numba.get_num_threads() == before
+    assert seen == [(1, 1)]
+    assert (numba.get_num_threads(), blas[1]()) == before
     with pytest.raises(ValueError, match="threads must be an integer from 1"):
         runtime.load(b.to_bytes(), threads=0)
 
