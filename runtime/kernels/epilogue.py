@@ -98,28 +98,29 @@ def make_epilogue(
 
 @njit(cache=True, inline="always")
 def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
-    """Apply the epilogue to one pixel's float32 row ``y`` [O] (used as scratch) and store it.
+    """Apply the epilogue to one pixel's float32 row ``y`` [O] (modified in place) and store it.
 
     ``residual`` is f32[O] or empty (no shortcut). Writes ``out_bits`` (uint64[ceil(O/64)])
     when ``quantize``, else ``out_float`` (f32[O]); the other one is ignored.
     """
-    target = y if quantize else out_float
     channels = y.shape[0]
     for o in range(channels):
-        target[o] = y[o] * table[SCALE, o] + table[BIAS, o]
+        y[o] = y[o] * table[SCALE, o] + table[BIAS, o]
     if residual.shape[0] > 0:
         for o in range(channels):
-            target[o] = target[o] + residual[o]
+            y[o] = y[o] + residual[o]
     if activation == ACT_RPRELU:
         for o in range(channels):
-            v = target[o]
+            v = y[o]
             gamma = table[GAMMA, o]
             if v >= gamma:
-                target[o] = v - gamma + table[ZETA, o]
+                y[o] = v - gamma + table[ZETA, o]
             else:
-                target[o] = table[BETA, o] * (v - gamma) + table[ZETA, o]
+                y[o] = table[BETA, o] * (v - gamma) + table[ZETA, o]
     if quantize:
         pack_row(y, table[SIGN], table[SIGNED_THRESHOLD], out_bits)
+    else:
+        out_float[:] = y
 
 
 @njit(cache=True, parallel=True)
