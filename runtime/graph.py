@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runtime import kernels, ops
+from runtime import kernels, ops, pooling
 from runtime.schema import Graph, Node, ValueInfo
 
 PRODUCERS = ("bconv2d", "bdense", "conv2d", "dense")
@@ -267,10 +267,10 @@ def _float_op(node: Node, p: Mapping[str, np.ndarray], a: Mapping[str, object]) 
         "leaky_relu": lambda xs: ops.leaky_relu(xs[0], a["negative_slope"]),
         "add": lambda xs: ops.add(xs[0], xs[1]),
         "concat": lambda xs: ops.concat(xs, a["axis"]),
-        "maxpool2d": lambda xs: ops.maxpool2d(
+        "maxpool2d": lambda xs: pooling.maxpool2d(
             xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
         ),
-        "avgpool2d": lambda xs: ops.avgpool2d(
+        "avgpool2d": lambda xs: pooling.avgpool2d(
             xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]
         ),
         "global_avgpool": lambda xs: ops.global_avgpool(xs[0]),

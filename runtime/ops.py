@@ -3,7 +3,8 @@
 Each function implements one row of docs/IR.md's op table with PyTorch's semantics; the
 per-channel parameters broadcast along the last axis, which is the channel axis in both
 layouts. The heavy ops (binary and float convolutions, dense layers, threshold-and-pack) live
-in runtime/kernels/; these are cheap, memory-bound numpy expressions.
+in runtime/kernels/, pooling in runtime/pooling.py; these are cheap, memory-bound numpy
+expressions.
 """
 
 from __future__ import annotations
@@ -11,8 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-
-from runtime.schema import pool_output_size
 
 # NCHW axis (as written in the file) -> NHWC axis (as stored in the runtime), for rank 4.
 NHWC_AXIS = {1: 3, 2: 1, 3: 2}
@@ -119,91 +118,6 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def concat(xs: Sequence[np.ndarray], axis: int) -> np.ndarray:
     """torch.cat along ``axis`` given in NCHW terms (1 = channels)."""
     return np.concatenate(xs, axis=NHWC_AXIS[axis] if xs[0].ndim == 4 else axis)
-
-
-def _padded_windows(
-    x: np.ndarray,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    ceil_mode: bool,
-    fill: float,
-):
-    """Pad an NHWC tensor with ``fill`` so every pooling window (ceil_mode ones too) lies inside,
-    and yield the strided view of each tap (ky, kx): [N, OH, OW, C]."""
-    _, height, width, _ = x.shape
-    out = [
-        pool_output_size(size, k, s, p, d, ceil_mode)
-        for size, k, s, p, d in zip((height, width), kernel, stride, padding, dilation)
-    ]
-    extra = [
-        max(0, (o - 1) * s + d * (k - 1) + 1 - (size + 2 * p))
-        for o, size, k, s, p, d in zip(out, (height, width), kernel, stride, padding, dilation)
-    ]
-    widths = ((0, 0), (padding[0], padding[0] + extra[0]), (padding[1], padding[1] + extra[1]))
-    padded = np.pad(x, (*widths, (0, 0)), constant_values=fill)
-    for ky in range(kernel[0]):
-        for kx in range(kernel[1]):
-            y0, x0 = ky * dilation[0], kx * dilation[1]
-            yield padded[
-                :,
-                y0 : y0 + (out[0] - 1) * stride[0] + 1 : stride[0],
-                x0 : x0 + (out[1] - 1) * stride[1] + 1 : stride[1],
-            ]
-
-
-def maxpool2d(
-    x: np.ndarray,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    ceil_mode: bool,
-) -> np.ndarray:
-    """torch.nn.functional.max_pool2d on NHWC: max over each window, padding = -inf; with
-    ceil_mode the output size rounds up (``schema.pool_output_size``)."""
-    taps = _padded_windows(x, kernel, stride, padding, dilation, ceil_mode, -np.inf)
-    out = next(taps).copy()
-    for tap in taps:
-        np.maximum(out, tap, out=out)
-    return out
-
-
-def avgpool_divisor(
-    size: int, kernel: int, stride: int, padding: int, ceil_mode: bool, count_include_pad: bool
-) -> np.ndarray:
-    """Per-output-position divisor along one axis, as PyTorch's avg_pool2d computes it: the
-    window [o*s - p, o*s - p + k) is first clipped to the padded input [-p, size + p) (its
-    length is the divisor with count_include_pad), then to the input [0, size) (its length is
-    the divisor without)."""
-    out = pool_output_size(size, kernel, stride, padding, 1, ceil_mode)
-    start = np.arange(out) * stride - padding
-    end = np.minimum(start + kernel, size + padding)
-    if count_include_pad:
-        return (end - start).astype(np.float32)
-    return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float32)
-
-
-def avgpool2d(
-    x: np.ndarray,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    ceil_mode: bool,
-    count_include_pad: bool,
-) -> np.ndarray:
-    """torch.nn.functional.avg_pool2d on NHWC: window sum (padding = 0) / divisor, where the
-    divisor is the window clipped to the padded input (count_include_pad) or to the input; the
-    two axes' divisors multiply (``avgpool_divisor``)."""
-    taps = _padded_windows(x, kernel, stride, padding, (1, 1), ceil_mode, 0.0)
-    total = next(taps).copy()
-    for tap in taps:
-        total += tap
-    _, height, width, _ = x.shape
-    rows = avgpool_divisor(height, kernel[0], stride[0], padding[0], ceil_mode, count_include_pad)
-    cols = avgpool_divisor(width, kernel[1], stride[1], padding[1], ceil_mode, count_include_pad)
-    return total / (rows[:, None] * cols[None, :])[None, :, :, None]
 
 
 def global_avgpool(x: np.ndarray) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""Max and average pooling on NHWC float32 with PyTorch's exact semantics, one numba kernel.
+
+Window of output (oy, ox) along an axis: taps at ``o*s - p + k*d`` for k < kernel; taps outside
+the input are skipped (max pooling: padding is -inf; a window with no input pixel gives -inf,
+as torch does), the output length follows ``schema.pool_output_size`` (floor or ceil_mode).
+Average pooling divides the in-image sum by ``avgpool_divisor`` along each axis (the window
+clipped to the padded input with count_include_pad, else to the input), as
+``F.avg_pool2d`` does. The kernel walks (sample, output row) pairs in parallel and keeps the
+channels innermost, where NHWC makes them contiguous.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from runtime.schema import pool_output_size
+
+
+@njit(cache=True, parallel=True)
+def _pool_kernel(x, kernel, stride, padding, dilation, is_max, divisor, out):
+    n_batch, height, width, channels = x.shape
+    _, out_h, out_w, _ = out.shape
+    for job in prange(n_batch * out_h):
+        n = job // out_h
+        oy = job % out_h
+        acc = np.empty(channels, np.float32)
+        for ox in range(out_w):
+            start = -np.inf if is_max else 0.0
+            for c in range(channels):
+                acc[c] = start
+            for ky in range(kernel[0]):
+                iy = oy * stride[0] - padding[0] + ky * dilation[0]
+                if iy < 0 or iy >= height:
+                    continue
+                for kx in range(kernel[1]):
+                    ix = ox * stride[1] - padding[1] + kx * dilation[1]
+                    if ix < 0 or ix >= width:
+                        continue
+                    if is_max:
+                        for c in range(channels):
+                            acc[c] = max(acc[c], x[n, iy, ix, c])
+                    else:
+                        for c in range(channels):
+                            acc[c] += x[n, iy, ix, c]
+            scale = 1.0 if is_max else divisor[oy, ox]
+            for c in range(channels):
+                out[n, oy, ox, c] = acc[c] / scale
+
+
+def _run(x, kernel, stride, padding, dilation, ceil_mode, is_max, divisor):
+    n, height, width, channels = x.shape
+    out_h, out_w = (
+        pool_output_size(size, k, s, p, d, ceil_mode)
+        for size, k, s, p, d in zip((height, width), kernel, stride, padding, dilation)
+    )
+    out = np.empty((n, out_h, out_w, channels), np.float32)
+    pairs = (np.array(kernel), np.array(stride), np.array(padding), np.array(dilation))
+    _pool_kernel(x, *pairs, is_max, divisor, out)
+    return out
+
+
+def maxpool2d(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+    ceil_mode: bool,
+) -> np.ndarray:
+    """torch.nn.functional.max_pool2d of an NHWC float32 tensor."""
+    no_divisor = np.ones((1, 1), np.float32)
+    return _run(x, kernel, stride, padding, dilation, ceil_mode, True, no_divisor)
+
+
+def avgpool_divisor(
+    size: int, kernel: int, stride: int, padding: int, ceil_mode: bool, count_include_pad: bool
+) -> np.ndarray:
+    """Per-output-position divisor along one axis, as PyTorch's avg_pool2d computes it: the
+    window [o*s - p, o*s - p + k) is first clipped to the padded input [-p, size + p) (its
+    length is the divisor with count_include_pad), then to the input [0, size) (its length is
+    the divisor without)."""
+    out = pool_output_size(size, kernel, stride, padding, 1, ceil_mode)
+    start = np.arange(out) * stride - padding
+    end = np.minimum(start + kernel, size + padding)
+    if count_include_pad:
+        return (end - start).astype(np.float32)
+    return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float32)
+
+
+def avgpool2d(
+    x: np.ndarray,
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+) -> np.ndarray:
+    """torch.nn.functional.avg_pool2d of an NHWC float32 tensor (no divisor_override)."""
+    _, height, width, _ = x.shape
+    rows = avgpool_divisor(height, kernel[0], stride[0], padding[0], ceil_mode, count_include_pad)
+    cols = avgpool_divisor(width, kernel[1], stride[1], padding[1], ceil_mode, count_include_pad)
+    divisor = np.ascontiguousarray(rows[:, None] * cols[None, :])
+    return _run(x, kernel, stride, padding, (1, 1), ceil_mode, False, divisor)
