@@ -60,6 +60,12 @@ class Model:
         return tuple(self._graph.inputs)
 
     @property
+    def plan(self) -> tuple[Step, ...]:
+        """The execution plan (runtime/graph.py): one ``Step`` per kernel or numpy call, fused
+        chains included, in the order ``predict`` runs them."""
+        return tuple(self._steps)
+
+    @property
     def outputs(self) -> tuple[TensorSpec, ...]:
         """Name and shape of each output, in the order ``predict`` returns them."""
         return tuple(self._graph.outputs)

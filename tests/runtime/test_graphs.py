@@ -39,7 +39,7 @@ def run_both(b: IRBuilder, batch: int = 2, margin: float = 0.0):
 
 
 def labels(model: runtime.Model) -> list[str]:
-    return [line.split()[1] for line in model.summary().splitlines()[2:-2]]
+    return [step.label for step in model.plan]
 
 
 @settings(max_examples=20, deadline=None)
@@ -236,7 +236,7 @@ def test_liveness_releases_every_intermediate_once_after_its_last_reader():
     h = residual_block(b, residual_block(b, x, 8), 8)
     b.output(b.concat([h, b.unary("relu", h)]))
     model = runtime.load(b.to_bytes())
-    steps = model._steps
+    steps = model.plan
     released = [name for step in steps for name in step.release]
     assert len(released) == len(set(released))
     outputs = {spec.name for spec in model.outputs}

@@ -98,13 +98,13 @@ def test_threads_apply_during_predict_and_are_restored():
     before = numba.get_num_threads(), blas[1]()
     seen = []
     model = runtime.load(b.to_bytes(), threads=1)
-    original = model._steps[-1].run
+    original = model.plan[-1].run
 
     def spy(xs):
         seen.append((numba.get_num_threads(), blas[1]()))
         return original(xs)
 
-    model._steps[-1].run = spy
+    model.plan[-1].run = spy
     model.predict(np.zeros((1, 2, 3, 3), np.float32))
     assert seen == [(1, 1)]
     assert (numba.get_num_threads(), blas[1]()) == before
