@@ -115,7 +115,13 @@ class SwapActivations:
         factory_options = dict(self.options)
         if weight is not None:
             factory_options.update(device=weight.device, dtype=weight.dtype)
-        replacement = factory(shape[1], self.init, **factory_options)
+        try:
+            replacement = factory(shape[1], self.init, **factory_options)
+        except TypeError as error:
+            raise ConversionError(
+                f"activation_options {dict(self.options)} do not fit {self.activation!r}: "
+                f"{error}. What to do: pass only its constructor's keyword arguments."
+            ) from error
         gm.add_submodule(str(node.target), replacement.train(module.training))
 
 

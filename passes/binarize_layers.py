@@ -73,7 +73,16 @@ class BinarizeLayers:
     def binary_layer(self, layer: nn.Module) -> BinaryConv2d | BinaryLinear:
         """The binary counterpart of ``layer`` with this pass's binarizer and weight scale."""
         channels = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
-        binarizer = make_binarizer(self.activation_binarizer, channels, **self.binarizer_options)
+        try:
+            binarizer = make_binarizer(
+                self.activation_binarizer, channels, **self.binarizer_options
+            )
+        except TypeError as error:
+            raise ConversionError(
+                f"binarizer_options {dict(self.binarizer_options)} do not fit the "
+                f"{self.activation_binarizer!r} binarizer: {error}. What to do: pass only its "
+                "constructor's keyword arguments (see binarize.nn.binarizers)."
+            ) from error
         binary = _BINARY_OF[type(layer)].from_float(
             layer,
             input_binarizer=binarizer.to(device=layer.weight.device, dtype=layer.weight.dtype),

@@ -27,19 +27,35 @@ def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     gm.eval()
     try:
         with torch.no_grad():
-            # A plain interpreter first: ShapeProp prints a traceback to stderr on failure,
-            # the interpreter instead names the failing node in the exception itself.
+            # A plain run first: ShapeProp prints a traceback to stderr when a node fails,
+            # this run instead reports the failing node in the library's error.
+            checker = _NodeTracking(gm)
             try:
-                fx.Interpreter(gm).run(*example_inputs)
+                checker.run(*example_inputs)
             except Exception as error:
+                node = checker.current.format_node() if checker.current else "(inputs)"
+                cause = str(error).splitlines()[0] if str(error) else type(error).__name__
                 raise ConversionError(
-                    f"the traced model does not run on example_inputs: {type(error).__name__}: "
-                    f"{error}\nWhat to do: pass example_inputs that the model's forward accepts "
-                    "(a tuple of tensors with a batch dimension)."
+                    f"the traced model does not run on example_inputs: {cause}\n  at node {node}"
+                    "\nWhat to do: pass example_inputs that the model's forward accepts (a tuple "
+                    "of tensors with a batch dimension)."
                 ) from error
             ShapeProp(gm).propagate(*example_inputs)
     finally:
         gm.train(was_training)
+
+
+class _NodeTracking(fx.Interpreter):
+    """An interpreter that remembers the node it is running (to name it when it fails)."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__(gm)
+        self.extra_traceback = False
+        self.current: fx.Node | None = None
+
+    def run_node(self, n: fx.Node) -> Any:
+        self.current = n
+        return super().run_node(n)
 
 
 @dataclass

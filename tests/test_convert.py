@@ -170,7 +170,9 @@ def test_unknown_layer_kind_to_binarize_names_the_module() -> None:
         ({"shortcut": False}, r"option\(s\) \['shortcut'\].*did you mean 'shortcuts'"),
         ({"activation": "gelu"}, r"activation 'gelu' is not one of"),
         ({"example_inputs": None}, r"needs example_inputs"),
-        ({"example_inputs": torch.randn(2, 3, 16, 16)}, r"does not run on example_inputs"),
+        ({"example_inputs": torch.randn(2, 3, 16, 16)}, r"does not run on (?s:.*)node %conv1"),
+        ({"binarizer_options": {"depth": 2}}, r"binarizer_options \{'depth': 2\} do not fit"),
+        ({"activation_options": {"depth": 2}}, r"activation_options \{'depth': 2\} do not fit"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_reported(kwargs: dict[str, object], pattern: str) -> None:
