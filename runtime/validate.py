@@ -127,7 +127,10 @@ def check_graph(graph: Any, tensors: Mapping[str, tuple[str, tuple[int, ...]]]) 
 
     extra = sorted(set(tensors) - used_tensors)
     if extra:
-        raise _fail(f"tensors {extra[:5]} are in the file but no node uses them")
+        raise _fail(
+            f"tensors {extra[:5]} are in the file but no node uses them; reference them from a "
+            "node's params or leave them out of the file"
+        )
     checked_outputs = []
     for i, spec in enumerate(outputs):
         value = values.get(spec.name)
