@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from graph_models import BasicBlock, canonical, module_counts, op_counts, randomize_batchnorm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from passes.base import module_of
@@ -119,3 +121,29 @@ def test_shapes_are_recorded_on_every_value() -> None:
             assert "tensor_meta" in node.meta, node.name
     (add,) = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is operator.add]
     assert tuple(add.meta["tensor_meta"].shape) == (2, 8, 3, 3)
+
+
+class Chain(nn.Module):
+    """A random chain of activation spellings between 1x1 convs (some read twice)."""
+
+    def __init__(self, picks: list[int]) -> None:
+        super().__init__()
+        self.picks = picks
+        self.convs = nn.ModuleList(nn.Conv2d(3, 3, 1) for _ in picks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv, pick in zip(self.convs, self.picks):
+            x = conv(x)
+            y = SPELLINGS[pick][1](x)
+            x = x + y if pick % 2 else y
+        return x
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(0, len(SPELLINGS) - 1), min_size=1, max_size=5))
+def test_random_chains_keep_their_output(picks: list[int]) -> None:
+    model = Chain(picks).eval()
+    gm = canonical(model, x4)
+    assert _without_function_activations(gm)
+    assert sum(module_counts(gm).values()) == 2 * len(picks)  # a conv and an activation each
+    assert torch.equal(gm(x4), model(x4.clone()))

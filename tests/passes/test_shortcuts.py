@@ -6,6 +6,8 @@ import operator
 
 import torch
 from graph_models import BasicBlock, TinyResNet, canonical, module_counts, randomize_batchnorm
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import fx, nn
 
 from binarize.nn import set_binarization
@@ -76,3 +78,28 @@ def test_shortcut_adds_exactly_the_conv_input() -> None:
     h = torch.relu(block.bn1(block.conv1(x)) + x)
     expected = torch.relu(block.bn2(block.conv2(h)) + h + x)
     torch.testing.assert_close(gm(x), expected)
+
+
+@settings(max_examples=15, deadline=None)
+@given(cin=st.sampled_from([2, 4]), cout=st.sampled_from([2, 4]), stride=st.sampled_from([1, 2]),
+       norm=st.booleans(), size=st.sampled_from([4, 5]))  # fmt: skip
+def test_shortcut_iff_shapes_allow_and_value_is_exact(
+    cin: int, cout: int, stride: int, norm: bool, size: int
+) -> None:
+    middle = [nn.Conv2d(cin, cout, 3, stride, 1, bias=not norm)]
+    if norm:
+        middle.append(nn.BatchNorm2d(cout))
+    model = randomize_batchnorm(
+        nn.Sequential(nn.Conv2d(2, cin, 1), *middle, nn.Conv2d(cout, 1, 1))
+    ).eval()
+    x = torch.randn(2, 2, size, size)
+    gm = with_shortcuts(model, x)
+    set_binarization(gm, activations=False, weights=False)
+    pooled = stride == 2 and size % 2 == 0
+    expected_adds = int(cin == cout and (stride == 1 or pooled))
+    assert len(adds(gm)) == expected_adds
+    h = model[0](x)
+    body = model[1:-1](h)
+    if expected_adds:
+        body = body + (nn.functional.avg_pool2d(h, 2) if stride == 2 else h)
+    torch.testing.assert_close(gm(x), model[-1](body))
