@@ -117,7 +117,10 @@ def _param(arrays: Mapping[str, np.ndarray], node: Node, role: str) -> np.ndarra
     return None if key is None else arrays[key]
 
 
-def _epilogue(chain: list[Node], channels: int, arrays: Mapping[str, np.ndarray]):
+def _epilogue(
+    chain: list[Node], channels: int, arrays: Mapping[str, np.ndarray]
+) -> kernels.Epilogue:
+    """The kernel epilogue that computes the chain after its producer (docs: module top)."""
     options: dict[str, object] = {}
     producer = chain[0]
     if producer.op in ("conv2d", "dense") and "bias" in producer.params:

@@ -16,13 +16,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from runtime.errors import InvalidModelError
+from runtime.kernels.pack import words_for
 from runtime.schema import (
     HYPER_ACTIVATIONS,
     ParamSpec,
     ValueInfo,
     is_int,
     pool_output_size,
-    words,
 )
 
 
@@ -108,7 +108,8 @@ class AttrReader:
 _REQUIRED = object()
 
 
-Checker = Callable[[AttrReader, list[ValueInfo]], tuple[ValueInfo, dict[str, ParamSpec]]]
+Checked = tuple[ValueInfo, dict[str, ParamSpec]]
+Checker = Callable[[AttrReader, list[ValueInfo]], Checked]
 
 
 def _expect(reader: AttrReader, ins: list[ValueInfo], kind: str, ranks: tuple[int, ...]) -> None:
@@ -138,7 +139,7 @@ def _f32(*shapes: tuple[int, ...], required: bool = True) -> ParamSpec:
     return ParamSpec("float32", shapes, required)
 
 
-def _check_quantize(r: AttrReader, ins: list[ValueInfo]):
+def _check_quantize(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     c = _expect_channels(r, ins[0], "channels")
     spec = {"threshold": _f32((c,)), "sign": ParamSpec("int8", ((c,),), required=False)}
@@ -156,13 +157,13 @@ def _hyper_params(r: AttrReader, c: int, heads: int) -> dict[str, ParamSpec]:
     }
 
 
-def _check_dyquantize(r: AttrReader, ins: list[ValueInfo]):
+def _check_dyquantize(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     c = _expect_channels(r, ins[0], "channels")
     return ValueInfo("bits", ins[0].shape), _hyper_params(r, c, 1)
 
 
-def _check_bconv2d(r: AttrReader, ins: list[ValueInfo]):
+def _check_bconv2d(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "bits", (4,))
     c = _expect_channels(r, ins[0], "in_channels")
     o = r.int("out_channels", 1)
@@ -173,11 +174,19 @@ def _check_bconv2d(r: AttrReader, ins: list[ValueInfo]):
     _, h, w = ins[0].shape
     out_h, out_w = _conv_size(r, (h, w), (kh, kw), (sh, sw), (ph, pw), (1, 1))
     return ValueInfo("float", (o, out_h, out_w)), {
-        "weight": ParamSpec("uint64", ((o, kh, kw, words(c)),))
+        "weight": ParamSpec("uint64", ((o, kh, kw, words_for(c)),))
     }
 
 
-def _conv_size(r, hw, kernel, stride, padding, dilation) -> tuple[int, int]:
+def _conv_size(
+    r: AttrReader,
+    hw: tuple[int, ...],
+    kernel: tuple[int, int],
+    stride: tuple[int, int],
+    padding: tuple[int, int],
+    dilation: tuple[int, int],
+) -> tuple[int, int]:
+    """Output (height, width) of a convolution: (L + 2p - d(k-1) - 1) // s + 1 per axis."""
     sizes = []
     for axis, size, k, s, p, d in zip(("height", "width"), hw, kernel, stride, padding, dilation):
         span = d * (k - 1) + 1
@@ -190,14 +199,14 @@ def _conv_size(r, hw, kernel, stride, padding, dilation) -> tuple[int, int]:
     return sizes[0], sizes[1]
 
 
-def _check_bdense(r: AttrReader, ins: list[ValueInfo]):
+def _check_bdense(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "bits", (2,))
     f = _expect_channels(r, ins[0], "in_features")
     o = r.int("out_features", 1)
-    return ValueInfo("float", (o,)), {"weight": ParamSpec("uint64", ((o, words(f)),))}
+    return ValueInfo("float", (o,)), {"weight": ParamSpec("uint64", ((o, words_for(f)),))}
 
 
-def _check_conv2d(r: AttrReader, ins: list[ValueInfo]):
+def _check_conv2d(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (4,))
     c = _expect_channels(r, ins[0], "in_channels")
     o = r.int("out_channels", 1)
@@ -215,43 +224,43 @@ def _check_conv2d(r: AttrReader, ins: list[ValueInfo]):
     }
 
 
-def _check_dense(r: AttrReader, ins: list[ValueInfo]):
+def _check_dense(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2,))
     f = _expect_channels(r, ins[0], "in_features")
     o = r.int("out_features", 1)
     return ValueInfo("float", (o,)), {"weight": _f32((o, f)), "bias": _f32((o,), required=False)}
 
 
-def _check_affine(r: AttrReader, ins: list[ValueInfo]):
+def _check_affine(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     c = _expect_channels(r, ins[0], "channels")
     return ins[0], {"scale": _f32((c,)), "bias": _f32((c,))}
 
 
-def _check_prelu(r: AttrReader, ins: list[ValueInfo]):
+def _check_prelu(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     c = _expect_channels(r, ins[0], "channels")
     return ins[0], {"weight": _f32((c,), (1,))}
 
 
-def _check_rprelu(r: AttrReader, ins: list[ValueInfo]):
+def _check_rprelu(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     c = _expect_channels(r, ins[0], "channels")
     return ins[0], {"gamma": _f32((c,)), "zeta": _f32((c,)), "beta": _f32((c,))}
 
 
-def _check_dyprelu(r: AttrReader, ins: list[ValueInfo]):
+def _check_dyprelu(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     c = _expect_channels(r, ins[0], "channels")
     return ins[0], {**_hyper_params(r, c, 2), "beta": _f32((c,))}
 
 
-def _check_relu(r: AttrReader, ins: list[ValueInfo]):
+def _check_relu(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     return ins[0], {}
 
 
-def _check_clamp(r: AttrReader, ins: list[ValueInfo]):
+def _check_clamp(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     low = r.number("min", nullable=True)
     high = r.number("max", nullable=True)
@@ -260,13 +269,13 @@ def _check_clamp(r: AttrReader, ins: list[ValueInfo]):
     return ins[0], {}
 
 
-def _check_leaky_relu(r: AttrReader, ins: list[ValueInfo]):
+def _check_leaky_relu(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     r.number("negative_slope", default=0.01)
     return ins[0], {}
 
 
-def _check_add(r: AttrReader, ins: list[ValueInfo]):
+def _check_add(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     if ins[0].shape != ins[1].shape:
         raise r.fail(
@@ -280,7 +289,7 @@ def dims(value: ValueInfo) -> str:
     return ", ".join(map(str, value.shape))
 
 
-def _check_concat(r: AttrReader, ins: list[ValueInfo]):
+def _check_concat(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     rank = len(ins[0].shape) + 1
     axis = r.int("axis", 1, default=1)
@@ -301,7 +310,7 @@ def _check_concat(r: AttrReader, ins: list[ValueInfo]):
     return ValueInfo("float", tuple(shape)), {}
 
 
-def _check_pool(r: AttrReader, ins: list[ValueInfo], dilated: bool):
+def _check_pool(r: AttrReader, ins: list[ValueInfo], dilated: bool) -> Checked:
     _expect(r, ins, "float", (4,))
     kernel = r.pair("kernel", 1)
     stride = r.pair("stride", 1, default=list(kernel))
@@ -324,26 +333,26 @@ def _check_pool(r: AttrReader, ins: list[ValueInfo], dilated: bool):
     return ValueInfo("float", (c, out[0], out[1])), {}
 
 
-def _check_maxpool2d(r: AttrReader, ins: list[ValueInfo]):
+def _check_maxpool2d(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     return _check_pool(r, ins, dilated=True)
 
 
-def _check_avgpool2d(r: AttrReader, ins: list[ValueInfo]):
+def _check_avgpool2d(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     r.flag("count_include_pad", True)
     return _check_pool(r, ins, dilated=False)
 
 
-def _check_global_avgpool(r: AttrReader, ins: list[ValueInfo]):
+def _check_global_avgpool(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (4,))
     return ValueInfo("float", (ins[0].channels, 1, 1)), {}
 
 
-def _check_flatten(r: AttrReader, ins: list[ValueInfo]):
+def _check_flatten(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (2, 4))
     return ValueInfo("float", (math.prod(ins[0].shape),)), {}
 
 
-def _check_upsample_nearest(r: AttrReader, ins: list[ValueInfo]):
+def _check_upsample_nearest(r: AttrReader, ins: list[ValueInfo]) -> Checked:
     _expect(r, ins, "float", (4,))
     sh, sw = r.pair("scale", 1)
     c, h, w = ins[0].shape

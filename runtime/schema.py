@@ -15,7 +15,6 @@ import numpy as np
 
 FORMAT = "binarize.packed"
 VERSION = 1
-WORD_BITS = 64
 # No single value may hold more elements per sample than this: a guard against absurd attrs
 # (a 10^6 upsampling factor) before any buffer is allocated. ~1 GiB of float32 per sample.
 MAX_VALUE_ELEMENTS = 1 << 28
@@ -85,11 +84,6 @@ class Graph:
 def is_int(value: Any) -> bool:
     """True for a JSON integer (Python int, not bool)."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def words(channels: int) -> int:
-    """Number of uint64 words that hold ``channels`` packed bits: ceil(C / 64)."""
-    return -(-channels // WORD_BITS)
 
 
 def pool_output_size(

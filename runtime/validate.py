@@ -17,12 +17,12 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import InvalidModelError
+from runtime.kernels.pack import WORD_BITS
 from runtime.op_checks import OPS, AttrReader, dims
 from runtime.schema import (
     FORMAT,
     MAX_VALUE_ELEMENTS,
     VERSION,
-    WORD_BITS,
     Graph,
     Node,
     ParamSpec,

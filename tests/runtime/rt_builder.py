@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from runtime.format import write_model
+from runtime.schema import pool_output_size
 
 
 def pack_pm1(signs: np.ndarray) -> np.ndarray:
@@ -241,8 +242,6 @@ class IRBuilder:
         ceil_mode: bool = False,
         **extra: Any,
     ) -> str:
-        from runtime.schema import pool_output_size
-
         c, h, w = self.shapes[x]
         dilation = extra.get("dilation", 1)
         oh, ow = (pool_output_size(s, kernel, stride, padding, dilation, ceil_mode) for s in (h, w))
