@@ -62,7 +62,8 @@ def hyper_function(
     if activation == "relu":
         hidden = np.maximum(hidden, 0)
     elif activation == "sigmoid":
-        hidden = 1 / (1 + np.exp(-hidden))
+        with np.errstate(over="ignore"):  # exp overflows to inf for very negative inputs: 1/inf = 0
+            hidden = 1 / (1 + np.exp(-hidden))
     elif activation == "tanh":
         hidden = np.tanh(hidden)
     return (hidden @ fc2_weight.T + fc2_bias).astype(np.float32, copy=False)
