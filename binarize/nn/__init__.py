@@ -4,10 +4,11 @@ The exact math of every operator is in PAPERS.md and in each module's docstring:
 
 * :mod:`binarize.nn.functional`: ``sign_ste``, ``approx_sign``, ``progressive_sign``,
   ``weight_sign``, ``binarize_activation`` (exact sign forward, ``sign(0) = +1``; surrogate
-  gradients).
+  gradients), ``shifted_prelu`` / ``prelu``.
 * :mod:`binarize.nn.binarizers`: ``SignSTE``, ``ApproxSign``, ``ProgressiveSign``, ``RSign``,
   ``DySign`` (all :class:`Binarizer`).
-* :mod:`binarize.nn.activations`: ``RPReLU``, ``DyPReLU`` (PReLU is ``torch.nn.PReLU``).
+* :mod:`binarize.nn.activations`: ``PReLU`` (``torch.nn.PReLU`` with a fast backward),
+  ``RPReLU``, ``DyPReLU``.
 * :mod:`binarize.nn.layers`: ``BinaryConv2d``, ``BinaryLinear``.
 
 Example::
@@ -24,7 +25,7 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from binarize.nn.activations import DyPReLU, RPReLU
+from binarize.nn.activations import DyPReLU, PReLU, RPReLU
 from binarize.nn.binarizers import (
     BINARIZERS,
     ApproxSign,
@@ -38,7 +39,9 @@ from binarize.nn.binarizers import (
 from binarize.nn.functional import (
     approx_sign,
     binarize_activation,
+    prelu,
     progressive_sign,
+    shifted_prelu,
     sign_ste,
     weight_sign,
 )
@@ -53,6 +56,7 @@ __all__ = [
     "BinaryLinear",
     "DyPReLU",
     "DySign",
+    "PReLU",
     "ProgressiveSign",
     "RPReLU",
     "RSign",
@@ -62,8 +66,10 @@ __all__ = [
     "binarizers",
     "binary_layers",
     "make_binarizer",
+    "prelu",
     "progressive_sign",
     "set_binarization",
+    "shifted_prelu",
     "sign_ste",
     "weight_sign",
 ]

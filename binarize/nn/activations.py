@@ -3,7 +3,9 @@
 ReLU in front of a sign destroys the information (its output is never negative, so the sign
 is constantly +1); binary networks swap it for a learnable piecewise-linear function:
 
-* **PReLU** (Bulat et al. 2019): ``torch.nn.PReLU(num_parameters=C, init=0.25)``.
+* **PReLU** (Bulat et al. 2019): ``torch.nn.PReLU(num_parameters=C, init=0.25)``;
+  :class:`PReLU` is a drop-in subclass (same parameter, same state_dict) whose backward is
+  fused (torch's PReLU backward is an order of magnitude slower on CPU).
 * **RPReLU** (ReActNet, Liu et al. 2020): per channel ``c``::
 
       f(x) = x - gamma_c + zeta_c            if x >= gamma_c
@@ -32,9 +34,24 @@ import torch
 from torch import Tensor, nn
 
 from binarize.nn.channelwise import channel_view, check_channels, global_average, hyper_head
-from binarize.nn.functional import shifted_prelu
+from binarize.nn.functional import prelu, shifted_prelu
 
-__all__ = ["DyPReLU", "RPReLU"]
+__all__ = ["DyPReLU", "PReLU", "RPReLU"]
+
+
+class PReLU(nn.PReLU):
+    """``torch.nn.PReLU`` (``x if x >= 0 else weight_c * x``) with the fused backward of
+    :func:`~binarize.nn.functional.prelu`; an ``isinstance`` of ``nn.PReLU`` with the same
+    constructor, ``weight`` parameter and state_dict.
+
+    >>> PReLU(4)(torch.full((1, 4), -2.0))
+    tensor([[-0.5000, -0.5000, -0.5000, -0.5000]], grad_fn=<_ShiftedPReLUBackward>)
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() < 2:
+            return super().forward(x)
+        return prelu(x, self.weight)
 
 
 class RPReLU(nn.Module):

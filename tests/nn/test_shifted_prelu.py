@@ -1,4 +1,5 @@
-"""The fused shifted PReLU against RPReLU's piecewise formula written with torch ops.
+"""The fused shifted PReLU against RPReLU's piecewise formula written with torch ops, and the
+fast PReLU against torch's.
 
 The reference is ``where(d >= 0, d, beta d) + zeta`` with ``d = x - gamma``, so at the kink
 ``d = 0`` the gradient is the upper branch's (slope 1), as the formula's ``x >= gamma`` says
@@ -6,12 +7,15 @@ The reference is ``where(d >= 0, d, beta d) + zeta`` with ``d = x - gamma``, so 
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
-from binarize.nn.functional import shifted_prelu
+from binarize.nn import PReLU
+from binarize.nn.functional import prelu, shifted_prelu
 
 cases = st.sampled_from(
     [((3, 4), (1, 4)), ((3, 4), (3, 4)), ((2, 4, 3, 2), (1, 4, 1, 1)), ((2, 4, 3, 2), (2, 4, 1, 1))]
@@ -77,3 +81,27 @@ def test_only_requested_gradients_are_computed():
     (g,) = torch.autograd.grad(shifted_prelu(x, gamma.detach(), beta, zeta.detach()).sum(), beta)
     assert g.shape == (3,)
     assert torch.allclose(g, torch.clamp(x.detach() - gamma.detach(), max=0).sum(0))
+
+
+@pytest.mark.parametrize("num_parameters", [1, 5])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 5, 3, 4)])
+def test_prelu_module_is_a_drop_in_torch_prelu(num_parameters, shape):
+    torch.manual_seed(0)
+    ours, theirs = PReLU(num_parameters, init=0.1), nn.PReLU(num_parameters, init=0.1)
+    with torch.no_grad():
+        ours.weight.uniform_(-1, 1)
+    theirs.load_state_dict(ours.state_dict())
+    assert isinstance(ours, nn.PReLU) and list(ours.state_dict()) == ["weight"]
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(shape, dtype=torch.float64)
+    y, y_ref = ours.double()(x), theirs.double()(x)
+    assert torch.equal(y, y_ref)
+    grads = torch.autograd.grad(y, (x, ours.weight), upstream)
+    grads_ref = torch.autograd.grad(y_ref, (x, theirs.weight), upstream)
+    for got, want in zip(grads, grads_ref):
+        torch.testing.assert_close(got, want)
+
+
+def test_prelu_function_matches_torch_on_rank_one_weights():
+    x = torch.randn(4, 3, 2, 2)
+    assert torch.equal(prelu(x, torch.tensor([0.3])), F.prelu(x, torch.tensor([0.3])))
