@@ -86,8 +86,8 @@ def convert(
         model: the float network (left untouched: conversion works on a deep copy).
         recipe: a registered name (``binarize.recipes.names()``: xnor, bireal, bulat,
             reactnet, dybnn) or a :class:`~binarize.recipes.Recipe`.
-        example_inputs: a tensor or a tuple of tensors the model accepts; used to record
-            shapes (channel counts of new activations, shortcut feasibility).
+        example_inputs: a tensor, or a tuple/list of the model's forward arguments; used to
+            record shapes (channel counts of new activations, shortcut feasibility).
         teacher: keep a frozen copy of ``model`` as ``BinaryModel.teacher`` for distillation.
         leaf_modules: module types or qualified names to keep as opaque calls when tracing
             (for modules FX cannot trace; their layers stay float).
@@ -107,6 +107,7 @@ def convert(
     # import binarize.errors, so a top-level import would make `import passes.x` circular.
     from binarize import recipes
     from passes.base import run_passes
+    from passes.shapes import input_tuple
     from passes.trace import trace
 
     chosen = recipe if isinstance(recipe, recipes.Recipe) else recipes.get(recipe)
@@ -118,7 +119,7 @@ def convert(
             "record shapes. What to do: pass example_inputs=(torch.randn(1, 3, 224, 224),) or "
             "a batch from your data."
         )
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = input_tuple(example_inputs)
     gm = trace(copy.deepcopy(model), leaf_modules=leaf_modules, concrete_args=concrete_args)
     student = run_passes(gm, chosen.build_passes(inputs))
     return BinaryModel(

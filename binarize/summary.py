@@ -110,7 +110,7 @@ def summary(
     Args:
         model: a converted ``BinaryModel`` (its student is summarized), an
             ``fx.GraphModule``, or any traceable ``nn.Module``.
-        example_inputs: a tensor or tuple of tensors; shapes and MACs are for these inputs,
+        example_inputs: a tensor or a tuple/list of tensors; shapes and MACs are for these,
             reported per sample.
         print_fn: called with the table text; None prints nothing.
 
@@ -119,10 +119,10 @@ def summary(
         each number is counted).
     """
     # Imported here: `import binarize` loads this module and the passes import binarize.
-    from passes.shapes import propagate_shapes
+    from passes.shapes import input_tuple, propagate_shapes
     from passes.trace import trace
 
-    inputs = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
+    inputs = input_tuple(example_inputs)
     student = getattr(model, "student", model)
     gm = student if isinstance(student, fx.GraphModule) else trace(student)
     propagate_shapes(gm, inputs)

@@ -14,6 +14,14 @@ from binarize.errors import ConversionError
 from passes.base import PassResult
 
 
+def input_tuple(example_inputs: Any) -> tuple[Any, ...]:
+    """``example_inputs`` as the tuple of forward arguments: a tensor becomes a 1-tuple, a
+    list a tuple."""
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    return (example_inputs,)
+
+
 def propagate_shapes(gm: fx.GraphModule, example_inputs: Sequence[Any]) -> None:
     """Run ``gm`` once on ``example_inputs`` (eval mode, no grad) and record node shapes.
 

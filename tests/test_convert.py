@@ -117,7 +117,7 @@ def test_no_teacher_schedule_and_recipe_are_attached() -> None:
 
 
 def test_forward_is_the_students() -> None:
-    bnn = convert(SmallCNN(), "xnor", x16)
+    bnn = convert(SmallCNN(), "xnor", [x16])  # a list of inputs works like a tuple
     assert torch.equal(bnn(x16), bnn.student(x16))
 
 
