@@ -246,3 +246,22 @@ def test_liveness_releases_every_intermediate_once_after_its_last_reader():
         later_reads = {name for later in steps[i + 1 :] for name in later.inputs}
         assert not set(step.release) & later_reads
         assert set(step.release) <= set(step.inputs)
+
+
+def test_elementwise_ops_unfused_on_both_ranks():
+    """affine, prelu, rprelu, relu, clamp, leaky_relu as standalone numpy steps (after an add,
+    which no kernel produces), on NHWC and on [N, F] values, then a signed quantize into
+    bdense."""
+    b = IRBuilder(seed=12)
+    x = b.input([5, 3, 4])
+    h = b.rprelu(b.prelu(b.affine(b.add(x, x))))
+    h = b.unary(
+        "flatten", b.unary("leaky_relu", b.unary("clamp", h, min=-1.0, max=1.5), negative_slope=0.1)
+    )
+    h = b.rprelu(b.prelu(b.affine(b.add(h, h)), shared=True))
+    b.output(b.bdense(b.quantize(b.unary("relu", h), signed=True), 7))
+    b.output(h)
+    got, expected, model = run_both(b, batch=3)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert "rprelu" in labels(model) and "bdense" in labels(model)
