@@ -108,9 +108,14 @@ def prepare_conv2d(
 
 @njit(cache=True, parallel=True)
 def _im2col(x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cols):
-    """x f32[N, H, W, C] -> cols f32[N, OH, OW, kh*kw*C] (taps in the padding are 0)."""
+    """x f32[N, H, W, C] -> cols f32[N, OH, OW, kh*kw*C] (taps in the padding are 0).
+
+    Element loops per tap: measured faster than slice copies (their overhead dominates with
+    the stem's 3 channels) and than copying whole kernel-row runs.
+    """
     n_batch, height, width, channels = x.shape
     out_h, out_w = cols.shape[1], cols.shape[2]
+    rows = x.reshape(n_batch, height, width * channels)
     for r in prange(n_batch * out_h):
         n = r // out_h
         oy = r - n * out_h
@@ -122,9 +127,13 @@ def _im2col(x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cols):
                     ix = ox * stride_w - pad_w + kx * dil_w
                     base = (ky * kw + kx) * channels
                     if 0 <= iy < height and 0 <= ix < width:
-                        patch[base:base + channels] = x[n, iy, ix]
+                        row = rows[n, iy]
+                        start = ix * channels
+                        for c in range(channels):
+                            patch[base + c] = row[start + c]
                     else:
-                        patch[base:base + channels] = 0.0
+                        for c in range(channels):
+                            patch[base + c] = 0.0
 
 
 @njit(cache=True, parallel=True)
@@ -154,8 +163,12 @@ def _depthwise_kernel(x, weights, multiplier, stride_h, stride_w, pad_h, pad_w, 
                         continue
                     pixel = x[n, iy, ix]
                     tap = weights[ky, kx]
-                    for o in range(out_channels):
-                        y[o] += pixel[o // multiplier] * tap[o]
+                    if multiplier == 1:
+                        for o in range(out_channels):
+                            y[o] += pixel[o] * tap[o]
+                    else:
+                        for o in range(out_channels):
+                            y[o] += pixel[o // multiplier] * tap[o]
             finish_pixel(y, residual[n, oy, ox] if has_residual else no_float, table, activation,
                          quantize, no_float if quantize else out_float[n, oy, ox],
                          out_bits[n, oy, ox] if quantize else no_bits)

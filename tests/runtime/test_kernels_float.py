@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -9,7 +10,14 @@ from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from runtime.errors import InputError, InvalidModelError
-from runtime.kernels import conv2d, dense, prepare_conv2d, prepare_dense
+from runtime.kernels import (
+    conv2d,
+    dense,
+    prepare_conv2d,
+    prepare_dense,
+    set_blas_threads,
+    set_num_threads,
+)
 
 
 def naive_conv2d(x, weight, stride, padding, dilation, groups):
@@ -85,3 +93,19 @@ def test_float_kernels_reject_bad_arguments():
         conv2d(plan, np.zeros((1, 3, 5, 5), np.float32))
     with pytest.raises(InputError, match=r"float32\[N, 3\]"):
         dense(prepare_dense(np.zeros((2, 3), np.float32)), np.zeros((1, 4), np.float32))
+
+
+def test_set_num_threads_sets_numba_and_keeps_results():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 6, 6, 5)).astype(np.float32)
+    plan = prepare_conv2d(rng.standard_normal((7, 5, 3, 3)).astype(np.float32), 5, (6, 6), 1, 1)
+    before = numba.get_num_threads()
+    try:
+        set_num_threads(1)
+        assert numba.get_num_threads() == 1
+        single = conv2d(plan, x)
+        set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        np.testing.assert_allclose(conv2d(plan, x), single, rtol=1e-5, atol=1e-5)
+    finally:
+        set_num_threads(before)
+    assert isinstance(set_blas_threads(before), bool)
