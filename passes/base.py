@@ -8,6 +8,7 @@ order by :func:`run_passes`, which checks and tidies the module after each one.
 from __future__ import annotations
 
 import operator
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -166,9 +167,9 @@ def walk(
     """
     found: list[fx.Node] = []
     seen = {start}
-    frontier = list(step(start))
+    frontier = deque(step(start))
     while frontier:
-        node = frontier.pop(0)
+        node = frontier.popleft()
         if node in seen:
             continue
         seen.add(node)

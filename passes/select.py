@@ -6,18 +6,20 @@ layered like torch.ao's ``QConfigMapping``, each level overriding the one before
 
 1. global: binarize (``LayerSelection.default``);
 2. structure: keep float the first layers (reading a graph input with no weight layer in
-   between), the last layers (writing a graph output likewise), depthwise/grouped or dilated
-   convs, and 1x1 projection shortcuts (a 1x1 conv reading a fork point, through pooling, whose
-   output, through BatchNorm, is an operand of an add) - all three papers keep these real;
+   between), the last layers (writing a graph output likewise) and 1x1 projection shortcuts
+   (a 1x1 conv reading a fork point, through pooling, whose output, through BatchNorm, is an
+   operand of an add), which Bi-Real, ReActNet and Bulat 2019 keep real; and grouped or
+   depthwise convs, which have no binary kernel (so does every layer ``unsupported_reason``
+   rejects, e.g. dilated convs);
 3. type: entries of ``keep_float`` / ``binarize`` that are module types;
 4. name regex: string entries that are not module names, matched with ``re.fullmatch``;
 5. module name: string entries equal to the layer's qualified name or to an enclosing
    module's (``"layer4"`` covers every layer inside it); the longest such name wins.
 
 At the regex and type levels ``keep_float`` wins over ``binarize``; the same name in both lists
-is an error.
-Asking for a layer that cannot be binarized (another layer kind, groups > 1, dilation > 1,
-non-zero padding mode) by type or by exact name raises :class:`binarize.ConversionError`.
+is an error. Asking for a layer that cannot be binarized (another layer kind, groups > 1,
+dilation > 1, non-zero padding mode) by type or by exact name raises
+:class:`binarize.ConversionError`.
 """
 
 from __future__ import annotations
