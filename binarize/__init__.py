@@ -13,17 +13,8 @@ from binarize import nn
 from binarize.convert import BinaryModel, convert
 from binarize.errors import BinarizeError, ConversionError, TrainingError
 from binarize.pack import pack
-
-_LAZY = {"summary": "binarize.summary", "finetune": "binarize.train", "History": "binarize.train"}
-
-
-def __getattr__(name: str) -> object:  # until every piece lands
-    import importlib
-
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(name)
-
+from binarize.summary import summary
+from binarize.train import History, finetune
 
 # `convert`, `pack`, `summary` are both submodules and the functions users call: the
 # imports above bind the functions after the submodules load, so `binarize.pack(...)` is
