@@ -36,8 +36,8 @@ groups) -> ConvPlan``; ``conv2d(plan, x f32[N, H, W, C], epilogue, *, residual, 
 residual, out)`` (linear bias: the epilogue's bias).
 ``popcount64(word)``: the ``llvm.ctpop.i64`` intrinsic, for other nopython kernels.
 
-Threads: ``set_num_threads(n)`` sets numba's ``prange`` pool and numpy's OpenBLAS (the float
-GEMMs) together; call it rather than ``numba.set_num_threads`` alone.
+Threads: the parallel kernels use numba's ``prange`` pool (``numba.set_num_threads``); the float
+GEMMs use numpy's BLAS, whose thread count ``runtime.threads`` sets around ``Model.predict``.
 
 Importing this package sets ``OMP_WAIT_POLICY=PASSIVE`` unless the environment already sets
 it: numba's default threading layer here is GNU OpenMP, whose idle workers busy-wait after
@@ -62,7 +62,6 @@ from runtime.kernels.dense import DensePlan, bdense, dense, prepare_bdense, prep
 from runtime.kernels.epilogue import Epilogue, make_epilogue
 from runtime.kernels.pack import pack_bits, pack_bits_per_sample, words_for
 from runtime.kernels.popcount import popcount64
-from runtime.kernels.threads import set_blas_threads, set_num_threads
 
 __all__ = [
     "BConvPlan",
@@ -81,7 +80,5 @@ __all__ = [
     "prepare_bdense",
     "prepare_conv2d",
     "prepare_dense",
-    "set_blas_threads",
-    "set_num_threads",
     "words_for",
 ]
