@@ -131,10 +131,11 @@ def test_convert_structure_and_gradients(model_name: str, recipe: str) -> None:
     assert _adds(bnn) - case.residual_adds == (case.shortcuts if chosen.shortcuts else 0)
     assert counts["AvgPool2d"] == (case.pooled if chosen.shortcuts else 0)
 
-    if model_name in ("resnet34", "resnet50"):
-        return  # structure only: the backward of the big ResNets is left to resnet18
+    if model_name in ("resnet34", "resnet50") and recipe != "dybnn":
+        return  # keep the suite fast: one backward per big ResNet
     bnn.train()
-    bnn(x).square().mean().backward()
+    batch = torch.randn(2, *case.shape[1:])  # two samples: BatchNorm trains at 1x1 in layer4
+    bnn(batch).square().mean().backward()
     for layer in bnn.modules():
         if isinstance(layer, (BinaryConv2d, BinaryLinear)):
             assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
