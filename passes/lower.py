@@ -188,14 +188,7 @@ class _Lowerer:
                 )
             if not isinstance(mod.padding, tuple | list):
                 raise self.fail(node, f"padding={mod.padding!r}", "Use integer padding.")
-            attrs = {
-                "in_channels": mod.in_channels,
-                "out_channels": mod.out_channels,
-                "kernel": _pair(mod.kernel_size),
-                "stride": _pair(mod.stride),
-                "padding": _pair(mod.padding),
-                "pad_value": 0,
-            }
+            attrs = {**_conv_geometry(mod), "pad_value": 0}
             packed = pack_sign_bits(weight.transpose(0, 2, 3, 1))  # [O, kh, kw, C] -> words
             acc = self.emit(
                 "bconv2d",
@@ -234,16 +227,11 @@ class _Lowerer:
     ) -> str:
         channels = int(shape[1])  # type: ignore[arg-type]
         if isinstance(binarizer, DySign):
-            fc1, fc2 = binarizer.fc1, binarizer.fc2
+            fc1 = binarizer.fc1
             activation = str(binarizer.activation)
             if activation not in _DYNAMIC_ACTIVATIONS:
                 raise self.fail(node, f"DySign activation {activation!r}", "Use relu.")
-            params = {
-                "fc1_weight": _f32(_np(fc1.weight)),
-                "fc1_bias": _f32(_np(fc1.bias)),
-                "fc2_weight": _f32(_np(fc2.weight)),
-                "fc2_bias": _f32(_np(fc2.bias)),
-            }
+            params = _hyper_head(binarizer)
             attrs = {"channels": channels, "hidden": fc1.out_features, "activation": activation}
             return self.emit(
                 "dyquantize", name, [x], shape, kind="bits", attrs=attrs, params=params
@@ -281,15 +269,7 @@ class _Lowerer:
         params = {"weight": _f32(_np(mod.weight))}
         if mod.bias is not None:
             params["bias"] = _f32(_np(mod.bias))
-        attrs = {
-            "in_channels": mod.in_channels,
-            "out_channels": mod.out_channels,
-            "kernel": _pair(mod.kernel_size),
-            "stride": _pair(mod.stride),
-            "padding": _pair(mod.padding),
-            "dilation": _pair(mod.dilation),
-            "groups": mod.groups,
-        }
+        attrs = {**_conv_geometry(mod), "dilation": _pair(mod.dilation), "groups": mod.groups}
         self.env[node] = self.emit(
             "conv2d", node.name, [x], self.shape_of(node), attrs=attrs, params=params
         )
@@ -349,13 +329,7 @@ class _Lowerer:
         else:
             assert isinstance(mod, DyPReLU)
             op = "dyprelu"
-            params = {
-                "fc1_weight": _f32(_np(mod.fc1.weight)),
-                "fc1_bias": _f32(_np(mod.fc1.bias)),
-                "fc2_weight": _f32(_np(mod.fc2.weight)),
-                "fc2_bias": _f32(_np(mod.fc2.bias)),
-                "beta": _f32(_np(mod.beta)),
-            }
+            params = {**_hyper_head(mod), "beta": _f32(_np(mod.beta))}
             attrs = {"hidden": mod.fc1.out_features, "activation": str(mod.activation)}
         if op in ("prelu", "rprelu", "dyprelu"):
             attrs["channels"] = channels
@@ -501,6 +475,25 @@ class _Lowerer:
                 f"tensor method .{method}() has no runtime op",
                 "Use modules or functions the packer knows.",
             )
+
+
+def _conv_geometry(conv: nn.Conv2d) -> dict[str, Any]:
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel": _pair(conv.kernel_size),
+        "stride": _pair(conv.stride),
+        "padding": _pair(conv.padding),
+    }
+
+
+def _hyper_head(mod: nn.Module) -> dict[str, np.ndarray]:
+    """The fc1/fc2 weights of a DySign / DyPReLU per-sample head."""
+    return {
+        f"{fc}_{role}": _f32(_np(getattr(getattr(mod, fc), role)))
+        for fc in ("fc1", "fc2")
+        for role in ("weight", "bias")
+    }
 
 
 def _as_list(v: Any) -> list[Any] | None:
