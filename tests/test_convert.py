@@ -179,3 +179,16 @@ def test_bad_arguments_are_reported(kwargs: dict[str, object], pattern: str) -> 
     arguments: dict[str, object] = {"recipe": "dybnn", "example_inputs": x16, **kwargs}
     with pytest.raises(ConversionError, match=pattern):
         convert(SmallCNN(), **arguments)
+
+
+def test_checkpoints_restore_into_a_fresh_conversion_and_deepcopy_works() -> None:
+    model = SmallCNN()
+    trained = convert(model, "dybnn", x16)
+    with torch.no_grad():
+        for parameter in trained.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    fresh = convert(model, "dybnn", x16)
+    fresh.load_state_dict(trained.state_dict())
+    assert torch.equal(fresh.eval()(x16), trained.eval()(x16))
+    twin = copy.deepcopy(trained)
+    assert twin.teacher is not trained.teacher and torch.equal(twin(x16), trained(x16))
