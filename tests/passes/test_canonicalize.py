@@ -55,9 +55,7 @@ SPELLINGS: list[tuple[str, Callable[[torch.Tensor], torch.Tensor], nn.Module]] =
 def _without_function_activations(gm: torch.fx.GraphModule) -> bool:
     names = {"relu", "relu_", "relu6", "hardtanh", "hardtanh_", "leaky_relu", "leaky_relu_",
              "clamp", "clamp_", "clip", "clip_"}  # fmt: skip
-    return not any(
-        getattr(target, "__name__", target) in names for _, target in op_counts(gm)
-    )
+    return not any(getattr(target, "__name__", target) in names for _, target in op_counts(gm))
 
 
 @pytest.mark.parametrize(("label", "fn", "expected"), SPELLINGS, ids=[s[0] for s in SPELLINGS])
