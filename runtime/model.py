@@ -54,6 +54,18 @@ class Model:
         self._graph = packed.graph
         self._steps: list[Step] = plan_graph(packed.graph, packed.arrays)
 
+    def __repr__(self) -> str:
+        def specs(items: Sequence[TensorSpec]) -> str:
+            return ", ".join(
+                f"{s.name}[" + ", ".join("N" if d is None else str(d) for d in s.shape) + "]"
+                for s in items
+            )
+
+        return (
+            f"Model(inputs: {specs(self.inputs)}; outputs: {specs(self.outputs)}; "
+            f"{len(self._steps)} steps from {len(self._graph.nodes)} nodes; threads={self.threads})"
+        )
+
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
         """Name, NCHW (or [N, F]) shape with ``None`` batch, and dtype of each input."""

@@ -80,6 +80,12 @@ def test_inputs_and_outputs_describe_the_model(model):
     assert out.shape == (None, 6)
 
 
+def test_repr_names_inputs_outputs_and_plan_size(model):
+    assert repr(model) == (
+        "Model(inputs: input[N, 3, 5, 4]; outputs: v5[N, 6]; 4 steps from 6 nodes; threads=None)"
+    )
+
+
 def test_summary_lists_fused_steps_params_and_totals(model):
     text = model.summary()
     lines = text.splitlines()
