@@ -113,13 +113,16 @@ def _tracing_error(model: nn.Module, tracer: BinarizeTracer, error: Exception) -
         path, where = "", f"the root {type(model).__name__}"
     frame = _user_frame(error)
     line = f"\n  at {frame.filename}:{frame.lineno}: {frame.line}" if frame else ""
-    leaf_hint = f"leaf_modules=[{path!r}]" if path else "leaf_modules=[<the module type>]"
+    leaf_hint = (
+        f"keep the module as one opaque call with leaf_modules=[{path!r}]"
+        if path
+        else "move that code into a submodule and list it in leaf_modules=[...]"
+    )
     return ConversionError(
         f"cannot trace {type(model).__name__}: {type(error).__name__} in {where}: {error}{line}\n"
         "What to do: rewrite the failing line without Python control flow on tensor values "
-        "(e.g. torch.where), or fix Python-level inputs with concrete_args={...}, or keep the "
-        f"module as one opaque call with {leaf_hint} (a leaf is not rewritten inside, so its "
-        "layers stay float)."
+        "(e.g. torch.where), or fix Python-level inputs with concrete_args={...}, or "
+        f"{leaf_hint} (a leaf is not rewritten inside, so its layers stay float)."
     )
 
 

@@ -90,3 +90,17 @@ def test_concrete_args_fix_python_arguments() -> None:
 def test_bad_leaf_spec_is_reported() -> None:
     with pytest.raises(ConversionError, match="module types or qualified names"):
         trace(Wrapped(), leaf_modules=[3])
+
+
+def test_failure_in_the_root_forward_suggests_a_submodule() -> None:
+    class Loop(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            for step in range(x.shape[0]):
+                x = x + step
+            return x
+
+    with pytest.raises(ConversionError) as info:
+        trace(Loop())
+    message = str(info.value)
+    assert "in the root Loop" in message and "for step in range(x.shape[0]):" in message
+    assert "move that code into a submodule" in message
