@@ -1,0 +1,38 @@
+"""The examples in the docstrings of binarize.nn and binarize.models run and print what they
+show."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+MODULES = [
+    "binarize.nn",
+    "binarize.nn.activations",
+    "binarize.nn.binarizers",
+    "binarize.nn.channelwise",
+    "binarize.nn.functional",
+    "binarize.nn.layers",
+    "binarize.models",
+    "binarize.models.hourglass",
+    "binarize.models.mobilenet",
+    "binarize.models.resnet",
+    "binarize.models.small",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    module = importlib.import_module(name)
+    torch.manual_seed(0)
+    result = doctest.testmod(
+        module,
+        extraglobs={"torch": torch, "nn": nn},
+        optionflags=doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS,
+        report=False,
+    )
+    assert result.attempted > 0 and result.failed == 0, result
