@@ -19,7 +19,7 @@ patch's words -> output channels innermost. The weights are re-laid out at plan 
 [kh * kw * Cw, O] (output channels contiguous), so the innermost loop is: broadcast word XOR
 a contiguous weight vector, popcount, add; LLVM vectorizes it (``vpopcntq`` on AVX-512
 VPOPCNTDQ, the ``vpshufb``/``vpsadbw`` sequence on AVX2). Two output pixels share each
-weight load and two patch words share each accumulator update, which halves the loads and
+weight load and four patch words share each accumulator update, which cuts the loads and
 stores per popcount: that register blocking is what makes small channel counts fast.
 """
 
@@ -167,27 +167,50 @@ def _gather_patch(row_group, x_word, run, patch):
 
 
 @njit(cache=True, inline="always")
+def _pass_of_four(patch0, patch1, weights, k, acc0, acc1, accumulate):
+    """acc_p[o] (+)= sum_{j<4} popcount(patch_p[k + j] ^ weights[k + j, o]), p = 0, 1."""
+    a0, a1, a2, a3 = patch0[k], patch0[k + 1], patch0[k + 2], patch0[k + 3]
+    b0, b1, b2, b3 = patch1[k], patch1[k + 1], patch1[k + 2], patch1[k + 3]
+    w0, w1, w2, w3 = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
+    for o in range(acc0.shape[0]):
+        x0, x1, x2, x3 = w0[o], w1[o], w2[o], w3[o]
+        s0 = (popcount64(a0 ^ x0) + popcount64(a1 ^ x1)) + (popcount64(a2 ^ x2)
+                                                             + popcount64(a3 ^ x3))
+        s1 = (popcount64(b0 ^ x0) + popcount64(b1 ^ x1)) + (popcount64(b2 ^ x2)
+                                                             + popcount64(b3 ^ x3))
+        if accumulate:
+            acc0[o] += s0
+            acc1[o] += s1
+        else:
+            acc0[o] = s0
+            acc1[o] = s1
+
+
+@njit(cache=True, inline="always")
 def _popcount_pair(patch0, patch1, weights, acc0, acc1):
-    """acc_p[o] = sum_k popcount(patch_p[k] ^ weights[k, o]) for two pixels p at once."""
-    out_channels = acc0.shape[0]
-    acc0[:] = 0
-    acc1[:] = 0
+    """acc_p[o] = sum_k popcount(patch_p[k] ^ weights[k, o]) for two pixels p at once.
+
+    Four patch words per pass over the output channels: each weight load serves two pixels,
+    each accumulator update four words; the first pass stores, so nothing needs zeroing.
+    """
     words = patch0.shape[0]
     k = 0
-    while k + 2 <= words:
-        a0, a1, b0, b1 = patch0[k], patch0[k + 1], patch1[k], patch1[k + 1]
-        w0 = weights[k]
-        w1 = weights[k + 1]
-        for o in range(out_channels):
-            acc0[o] += popcount64(a0 ^ w0[o]) + popcount64(a1 ^ w1[o])
-            acc1[o] += popcount64(b0 ^ w0[o]) + popcount64(b1 ^ w1[o])
-        k += 2
-    if k < words:
+    if words >= 4:
+        _pass_of_four(patch0, patch1, weights, 0, acc0, acc1, False)
+        k = 4
+    else:
+        acc0[:] = 0
+        acc1[:] = 0
+    while k + 4 <= words:
+        _pass_of_four(patch0, patch1, weights, k, acc0, acc1, True)
+        k += 4
+    while k < words:
         a0, b0 = patch0[k], patch1[k]
         w0 = weights[k]
-        for o in range(out_channels):
+        for o in range(acc0.shape[0]):
             acc0[o] += popcount64(a0 ^ w0[o])
             acc1[o] += popcount64(b0 ^ w0[o])
+        k += 1
 
 
 @njit(cache=True, inline="always")
