@@ -102,8 +102,7 @@ def finetune(
     weight_decay: float | None = None,
     schedule: Schedule | Mapping[str, Any] | None = None,
     distill: str | None = "recipe",
-    temperature: float = 4.0,
-    label_weight: float = 0.0,
+    distill_options: Mapping[str, Any] | None = None,
     loss: TrainingLoss | None = None,
     metric: str | Metric | None = "accuracy",
     checkpoint_dir: str | Path | None = None,
@@ -131,7 +130,9 @@ def finetune(
             Other parameters (BN, biases, thresholds, slopes, classifier) are never decayed.
         schedule: overrides `bnn.schedule` (a Schedule or a config dict).
         distill: "distributional", "kd", "mse" or None; "recipe" takes `bnn.recipe.distill`
-            (labels only when the model has no teacher). `temperature`, `label_weight`: kd.
+            (labels only when the model has no teacher).
+        distill_options: keyword arguments of `binarize.distill.make_loss` (kd's
+            `temperature`, `label_weight`), over the recipe's `distill_options`.
         loss: a callable `loss(output, inputs, targets)`; overrides `distill`.
         metric: "accuracy" (top-1), None, or a callable `metric(output, targets)` returning
             the batch mean; reported for training and validation.
@@ -158,8 +159,7 @@ def finetune(
         weight_decay=weight_decay,
         schedule=schedule,
         distill=distill,
-        temperature=temperature,
-        label_weight=label_weight,
+        distill_options=distill_options,
         loss=loss,
         metric=metric,
         checkpoint_dir=checkpoint_dir,
@@ -217,14 +217,20 @@ class _Run:
             return o["loss"], o["loss"]
         teacher = getattr(self.bnn, "teacher", None)
         kind = o["distill"]
+        options = dict(o["distill_options"] or {})
         if kind == "recipe":
             recipe = getattr(self.bnn, "recipe", None)
             kind = getattr(recipe, "distill", None) if teacher is not None else None
+            options = {**getattr(recipe, "distill_options", {}), **options}
         if teacher is not None:
             teacher.to(self.device)
-        train = make_loss(
-            kind, teacher, temperature=o["temperature"], label_weight=o["label_weight"]
-        )
+        try:
+            train = make_loss(kind, teacher, **options)
+        except TypeError as exc:
+            raise TrainingError(
+                f"distill_options {sorted(options)} do not fit make_loss: {exc}; the options "
+                "are 'temperature' and 'label_weight'"
+            ) from exc
         return train, (train if kind == "mse" else LabelLoss())
 
     def close(self) -> None:

@@ -1,0 +1,143 @@
+"""Quickstart: float ResNet -> binary network on Fashion-MNIST, end to end (`make demo`).
+
+    python examples/quickstart.py [--recipe dybnn] [--epochs 6] [--float-epochs 5]
+                                  [--subset 30000] [--threads 2]
+
+1. trains a small float ResNet (`binarize.models.resnet_small`) on Fashion-MNIST, or loads it
+   from .cache/quickstart/ when an identical run already trained it;
+2. converts it into a binary network with a recipe (`binarize.convert`; DyBNN by default);
+3. fine-tunes the binary student with distillation from the float teacher (`binarize.finetune`:
+   activations binary first, then the weights too);
+4. packs it and runs it with the Numba runtime;
+5. prints float vs binary test accuracy, model sizes, and the time of every phase.
+
+Designed to finish in under 15 minutes on a 2-core CPU. Fashion-MNIST must be installed
+(`make data`); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+from tabulate import tabulate
+from torch import nn
+
+import binarize
+from binarize.data import fashion_mnist
+from binarize.models import resnet_small
+from binarize.train import evaluate, finetune, save_checkpoint
+
+CACHE = Path(__file__).resolve().parents[1] / ".cache" / "quickstart"
+T = TypeVar("T")
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipe", default="dybnn", help="xnor, bireal, bulat, reactnet, dybnn")
+    parser.add_argument("--epochs", type=int, default=6, help="binary fine-tuning epochs")
+    parser.add_argument("--float-epochs", type=int, default=5, help="float teacher epochs")
+    parser.add_argument("--subset", type=int, default=30000, help="training images (max 60000)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--lr", type=float, default=2e-3, help="binary fine-tuning peak lr")
+    parser.add_argument("--float-lr", type=float, default=3e-3, help="float training peak lr")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-cache", action="store_true", help="retrain the float model")
+    return parser.parse_args()
+
+
+def timed(times: dict[str, float], phase: str, work: Callable[[], T]) -> T:
+    """Run `work`, record its wall time under `phase`."""
+    start = time.perf_counter()
+    result = work()
+    times[phase] = time.perf_counter() - start
+    return result
+
+
+def float_model(args: argparse.Namespace, train: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
+    """The float teacher: from the cache when this exact configuration was trained before."""
+    torch.manual_seed(args.seed)
+    model = resnet_small(num_classes=10, width=args.width)
+    key = f"resnet_small-w{args.width}-e{args.float_epochs}-n{len(train[1])}-lr{args.float_lr}"
+    path = CACHE / f"{key}-s{args.seed}.pt"
+    if path.exists() and not args.no_cache:
+        model.load_state_dict(torch.load(path, weights_only=True))
+        print(f"float model loaded from {path}")
+        return model
+    print(f"training the float model ({args.float_epochs} epochs on {len(train[1])} images)")
+    finetune(
+        model,
+        train,
+        epochs=args.float_epochs,
+        lr=args.float_lr,
+        batch_size=args.batch_size,
+        lr_schedule="cosine",
+        seed=args.seed,
+    )
+    CACHE.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(model.state_dict(), path)
+    return model
+
+
+def main() -> None:
+    args = parse_args()
+    print(
+        "binarize quickstart: float ResNet -> binary network on Fashion-MNIST.\n"
+        "It takes under 15 minutes on a 2-core CPU (less when the float model is cached)."
+    )
+    torch.set_num_threads(args.threads)
+    times: dict[str, float] = {}
+    train, test = timed(
+        times,
+        "load data",
+        lambda: (fashion_mnist("train", subset=args.subset, seed=args.seed), fashion_mnist("test")),
+    )
+    model = timed(times, "float training", lambda: float_model(args, train))
+    float_accuracy = timed(times, "float evaluation", lambda: evaluate(model, test)["accuracy"])
+    print(f"float test accuracy: {100 * float_accuracy:.2f}%")
+
+    example = (test[0][:2],)
+    bnn = timed(
+        times,
+        "convert",
+        lambda: binarize.convert(model, recipe=args.recipe, example_inputs=example),
+    )
+    history = timed(
+        times,
+        "binary fine-tuning",
+        lambda: finetune(
+            bnn, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+            seed=args.seed,
+        ),
+    )
+    binary_accuracy = timed(times, "binary evaluation", lambda: evaluate(bnn, test)["accuracy"])
+    print(f"binary ({args.recipe}) test accuracy: {100 * binary_accuracy:.2f}%")
+    sizes = binarize.summary(bnn, example, print_fn=None).totals
+
+    # ---- LEAD: pack + runtime prediction go here -------------------------------------------
+    # binarize.pack(bnn, example_inputs=example, path=...) and runtime.load(...).predict(...)
+    # on the test set: add the runtime's accuracy, the packed file's size and the timings
+    # (phases "pack" and "runtime predict") to the table below.
+    # -----------------------------------------------------------------------------------------
+
+    rows = [
+        ["float test accuracy", f"{100 * float_accuracy:.2f}%"],
+        [f"binary ({args.recipe}) test accuracy", f"{100 * binary_accuracy:.2f}%"],
+        ["accuracy gap", f"{100 * (float_accuracy - binary_accuracy):.2f} points"],
+        ["float model size", f"{sizes.float_size_bytes / 1024:.1f} KiB"],
+        ["binary model size (packed estimate)", f"{sizes.packed_size_bytes / 1024:.1f} KiB"],
+        *[[f"time: {phase}", f"{seconds:.1f} s"] for phase, seconds in times.items()],
+        ["time: total", f"{sum(times.values()):.1f} s"],
+        ["binary epochs / last train loss", f"{len(history)} / {history.last['train_loss']:.4f}"],
+    ]
+    print(tabulate(rows, headers=["quickstart", "value"]))
+
+
+if __name__ == "__main__":
+    main()
