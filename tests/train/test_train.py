@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
+import binarize.train as train_module
 from binarize.errors import TrainingError
 from binarize.schedule import Schedule
 from binarize.train import History, evaluate, finetune, load_checkpoint
@@ -237,3 +238,25 @@ def test_bad_arguments_are_training_errors(toy_data, tmp_path: Path) -> None:
     finetune(make_bnn(), train, epochs=1, checkpoint_dir=tmp_path, **FAST)
     with pytest.raises(TrainingError, match="different run"):
         finetune(make_bnn(), train, epochs=2, checkpoint_dir=tmp_path, **FAST)
+
+
+def test_recipe_distill_options_reach_the_loss(toy_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    train, _ = toy_data
+    seen = []
+    real = train_module.make_loss
+
+    def spy(kind, teacher=None, **options):
+        seen.append((kind, options))
+        return real(kind, teacher, **options)
+
+    monkeypatch.setattr(train_module, "make_loss", spy)
+    bnn = make_bnn(distill="kd")
+    bnn.recipe.distill_options = {"temperature": 2.0, "label_weight": 1.0}
+    finetune(bnn, train, epochs=1, **FAST)
+    finetune(bnn, train, epochs=1, distill_options={"temperature": 8.0}, **FAST)
+    assert seen == [
+        ("kd", {"temperature": 2.0, "label_weight": 1.0}),
+        ("kd", {"temperature": 8.0, "label_weight": 1.0}),
+    ]
+    with pytest.raises(TrainingError, match="distill_options"):
+        finetune(bnn, train, epochs=1, distill_options={"tau": 2.0}, **FAST)
