@@ -34,7 +34,7 @@ from runtime.errors import InputError, InvalidModelError
 from runtime.kernels.epilogue import (
     Epilogue,
     check_residual,
-    finish_pixel,
+    finish_popcounts,
     make_epilogue,
     output_buffers,
 )
@@ -226,23 +226,22 @@ def _popcount_single(patch, weights, acc):
 
 
 @njit(cache=True, inline="always")
-def _to_sums(acc, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding, y):
-    """Popcounts of a pixel -> exact conv sums (float32) in ``y``; [ky0, ky1) x [kx0, kx1)
-    are the taps inside the image (used only for zero padding)."""
+def _valid_bits(popcounts, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding):
+    """Number of +-1 products in the pixel's sum, sum = bits - 2 * popcounts[o].
+
+    [ky0, ky1) x [kx0, kx1) are the taps inside the image. With zero padding, a border pixel
+    drops the taps in the padding: their popcounts (of zero words against the weights) are
+    subtracted in place and only the valid taps count.
+    """
     kh, kw, out_channels = tap_ones.shape
     if not zero_padding or (ky0 == 0 and kx0 == 0 and ky1 == kh and kx1 == kw):
-        bits = kh * kw * in_channels
-        for o in range(out_channels):
-            y[o] = np.float32(bits - 2 * np.int64(acc[o]))
-        return
+        return kh * kw * in_channels
     for ky in range(kh):
         for kx in range(kw):
             if ky < ky0 or ky >= ky1 or kx < kx0 or kx >= kx1:
                 for o in range(out_channels):
-                    acc[o] -= tap_ones[ky, kx, o]
-    bits = max(ky1 - ky0, 0) * max(kx1 - kx0, 0) * in_channels
-    for o in range(out_channels):
-        y[o] = np.float32(bits - 2 * np.int64(acc[o]))
+                    popcounts[o] -= tap_ones[ky, kx, o]
+    return max(ky1 - ky0, 0) * max(kx1 - kx0, 0) * in_channels
 
 
 @njit(cache=True, parallel=True)
@@ -283,11 +282,12 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
                 x = ox + p
                 kx0 = max(0, pad_w - x * stride_w)
                 kx1 = min(kw, width + pad_w - x * stride_w)
-                _to_sums(acc1 if p else acc0, tap_ones, in_channels, ky0, ky1, kx0, kx1,
-                         zero_padding, y)
-                finish_pixel(y, residual[n, oy, x] if has_residual else no_float, table,
-                             activation, quantize, no_float if quantize else out_float[n, oy, x],
-                             out_bits[n, oy, x] if quantize else no_bits)
+                acc = acc1 if p else acc0
+                bits = _valid_bits(acc, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding)
+                finish_popcounts(acc, bits, y, residual[n, oy, x] if has_residual else no_float,
+                                 table, activation, quantize,
+                                 no_float if quantize else out_float[n, oy, x],
+                                 out_bits[n, oy, x] if quantize else no_bits)
             ox += 2
 
 

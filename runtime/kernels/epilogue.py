@@ -103,9 +103,29 @@ def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
     ``residual`` is f32[O] or empty (no shortcut). Writes ``out_bits`` (uint64[ceil(O/64)])
     when ``quantize``, else ``out_float`` (f32[O]); the other one is ignored.
     """
-    channels = y.shape[0]
-    for o in range(channels):
+    for o in range(y.shape[0]):
         y[o] = y[o] * table[SCALE, o] + table[BIAS, o]
+    _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
+
+
+@njit(cache=True, inline="always")
+def finish_popcounts(popcounts, bits, y, residual, table, activation, quantize, out_float,
+                     out_bits):
+    """``finish_pixel`` of a binary layer: the pixel's sums are ``bits - 2 * popcounts[o]``.
+
+    Converting to float32 in the affine pass saves a pass over the channels; the value is the
+    same exact integer (|sum| < 2**24) that ``finish_pixel`` would receive.
+    """
+    for o in range(y.shape[0]):
+        total = np.float32(bits - 2 * np.int64(popcounts[o]))
+        y[o] = total * table[SCALE, o] + table[BIAS, o]
+    _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
+
+
+@njit(cache=True, inline="always")
+def _after_affine(y, residual, table, activation, quantize, out_float, out_bits):
+    """The stages after the affine: residual, activation, store or quantize-and-pack."""
+    channels = y.shape[0]
     if residual.shape[0] > 0:
         for o in range(channels):
             y[o] = y[o] + residual[o]
