@@ -16,10 +16,11 @@ Which activations (after :mod:`passes.canonicalize`, every spelling is an ``nn.R
 * ``"all"``: every one of them.
 
 The replacement for an activation on ``C`` channels (from the recorded shapes, dim 1) is
-``nn.PReLU(C, init)``, ``RPReLU(C, init)`` or ``DyPReLU(C, init=init)``, its own module per
-call site. With ``init = 0`` each of them equals ReLU at the start (DyPReLU's last FC starts at
-zero), which is what the conversion's exactness test relies on. ReLU6 and Hardtanh clip at the
-top too, so no PReLU-family init reproduces them.
+``binarize.nn.PReLU(C, init)`` (torch's PReLU with a faster backward), ``RPReLU(C, init)``
+or ``DyPReLU(C, init=init)``, its own module per call site. With ``init = 0`` each of them
+equals ReLU at the start (DyPReLU's last FC starts at zero), which is what the conversion's
+exactness test relies on. ReLU6 and Hardtanh clip at the top too, so no PReLU-family init
+reproduces them.
 """
 
 from __future__ import annotations
@@ -31,13 +32,13 @@ from typing import Any
 from torch import fx, nn
 
 from binarize.errors import ConversionError
-from binarize.nn import BinaryConv2d, BinaryLinear, DyPReLU, RPReLU
+from binarize.nn import BinaryConv2d, BinaryLinear, DyPReLU, PReLU, RPReLU
 from passes.base import PassResult, consumers, module_of, producers, tensor_shape, walk
 from passes.canonicalize import ACTIVATION_TYPES
 from passes.select import is_weight_node
 
 ACTIVATIONS: dict[str, Callable[..., nn.Module] | None] = {
-    "prelu": lambda channels, init, **options: nn.PReLU(channels, init, **options),
+    "prelu": lambda channels, init, **options: PReLU(channels, init, **options),
     "rprelu": lambda channels, init, **options: RPReLU(channels, init, **options),
     "dyprelu": lambda channels, init, **options: DyPReLU(channels, init=init, **options),
     "identity": None,
