@@ -20,7 +20,9 @@ patch's words -> output channels innermost. The weights are re-laid out at plan 
 a contiguous weight vector, popcount, add; LLVM vectorizes it (``vpopcntq`` on AVX-512
 VPOPCNTDQ, the ``vpshufb``/``vpsadbw`` sequence on AVX2). Two output pixels share each
 weight load and four patch words share each accumulator update, which cuts the loads and
-stores per popcount: that register blocking is what makes small channel counts fast.
+stores per popcount: that register blocking is what makes small channel counts fast. The
+patch words are read in place (no im2col, no gather copy) through a per-call table of word
+offsets from the patch's top-left word.
 """
 
 from __future__ import annotations
@@ -158,19 +160,12 @@ def _pad_input(a, pad_h, pad_w, pad_word, padded):
 
 
 @njit(cache=True, inline="always")
-def _gather_patch(row_group, x_word, run, patch):
-    """patch[ky * run + j] = row_group[ky, x_word + j]: the kh rows of one pixel's patch."""
-    for ky in range(row_group.shape[0]):
-        row = row_group[ky]
-        for j in range(run):
-            patch[ky * run + j] = row[x_word + j]
-
-
-@njit(cache=True, inline="always")
-def _pass_of_four(patch0, patch1, weights, k, acc0, acc1, accumulate):
-    """acc_p[o] (+)= sum_{j<4} popcount(patch_p[k + j] ^ weights[k + j, o]), p = 0, 1."""
-    a0, a1, a2, a3 = patch0[k], patch0[k + 1], patch0[k + 2], patch0[k + 3]
-    b0, b1, b2, b3 = patch1[k], patch1[k + 1], patch1[k + 2], patch1[k + 3]
+def _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, accumulate):
+    """acc_p[o] (+)= sum_{j<4} popcount(patch_p[k + j] ^ weights[k + j, o]), p = 0, 1, where
+    patch_p[i] = words[base_p + offsets[i]]."""
+    i0, i1, i2, i3 = offsets[k], offsets[k + 1], offsets[k + 2], offsets[k + 3]
+    a0, a1, a2, a3 = words[base0 + i0], words[base0 + i1], words[base0 + i2], words[base0 + i3]
+    b0, b1, b2, b3 = words[base1 + i0], words[base1 + i1], words[base1 + i2], words[base1 + i3]
     w0, w1, w2, w3 = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
     for o in range(acc0.shape[0]):
         x0, x1, x2, x3 = w0[o], w1[o], w2[o], w3[o]
@@ -187,25 +182,25 @@ def _pass_of_four(patch0, patch1, weights, k, acc0, acc1, accumulate):
 
 
 @njit(cache=True, inline="always")
-def _popcount_pair(patch0, patch1, weights, acc0, acc1):
-    """acc_p[o] = sum_k popcount(patch_p[k] ^ weights[k, o]) for two pixels p at once.
+def _popcount_pair(words, base0, base1, offsets, weights, acc0, acc1):
+    """acc_p[o] = sum_k popcount(words[base_p + offsets[k]] ^ weights[k, o]) for two pixels.
 
     Four patch words per pass over the output channels: each weight load serves two pixels,
     each accumulator update four words; the first pass stores, so nothing needs zeroing.
     """
-    words = patch0.shape[0]
+    count = offsets.shape[0]
     k = 0
-    if words >= 4:
-        _pass_of_four(patch0, patch1, weights, 0, acc0, acc1, False)
+    if count >= 4:
+        _pass_of_four(words, base0, base1, offsets, weights, 0, acc0, acc1, False)
         k = 4
     else:
         acc0[:] = 0
         acc1[:] = 0
-    while k + 4 <= words:
-        _pass_of_four(patch0, patch1, weights, k, acc0, acc1, True)
+    while k + 4 <= count:
+        _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, True)
         k += 4
-    while k < words:
-        a0, b0 = patch0[k], patch1[k]
+    while k < count:
+        a0, b0 = words[base0 + offsets[k]], words[base1 + offsets[k]]
         w0 = weights[k]
         for o in range(acc0.shape[0]):
             acc0[o] += popcount64(a0 ^ w0[o])
@@ -214,14 +209,13 @@ def _popcount_pair(patch0, patch1, weights, acc0, acc1):
 
 
 @njit(cache=True, inline="always")
-def _popcount_single(patch, weights, acc):
-    """acc[o] = sum_k popcount(patch[k] ^ weights[k, o]) for one pixel."""
-    out_channels = acc.shape[0]
+def _popcount_single(words, base, offsets, weights, acc):
+    """acc[o] = sum_k popcount(words[base + offsets[k]] ^ weights[k, o]) for one pixel."""
     acc[:] = 0
-    for k in range(patch.shape[0]):
-        a = patch[k]
+    for k in range(offsets.shape[0]):
+        a = words[base + offsets[k]]
         w = weights[k]
-        for o in range(out_channels):
+        for o in range(acc.shape[0]):
             acc[o] += popcount64(a ^ w[o])
 
 
@@ -253,31 +247,33 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
     height, width = padded_h - 2 * pad_h, padded_w - 2 * pad_w
     out_h = max(out_float.shape[1], out_bits.shape[1])
     out_w = max(out_float.shape[2], out_bits.shape[2])
-    rows = padded.reshape(n_batch, padded_h, padded_w * cw)
+    words = padded.reshape(-1)
+    row_words = padded_w * cw
     run = kw * cw
+    offsets = np.empty(kh * run, np.int64)
+    for ky in range(kh):
+        for j in range(run):
+            offsets[ky * run + j] = ky * row_words + j
     has_residual = residual.shape[0] > 0
     no_float = np.empty(0, np.float32)
     no_bits = np.empty(0, np.uint64)
     for r in prange(n_batch * out_h):
         n = r // out_h
         oy = r - n * out_h
-        patch0 = np.empty(kh * run, np.uint64)
-        patch1 = np.empty(kh * run, np.uint64)
         acc0 = np.empty(out_channels, np.uint64)
         acc1 = np.empty(out_channels, np.uint64)
         y = np.empty(out_channels, np.float32)
-        row_group = rows[n, oy * stride_h:oy * stride_h + kh]
+        row_base = (n * padded_h + oy * stride_h) * row_words
         ky0 = max(0, pad_h - oy * stride_h)
         ky1 = min(kh, height + pad_h - oy * stride_h)
         ox = 0
         while ox < out_w:
             pair = ox + 1 < out_w
-            _gather_patch(row_group, ox * stride_w * cw, run, patch0)
+            base = row_base + ox * stride_w * cw
             if pair:
-                _gather_patch(row_group, (ox + 1) * stride_w * cw, run, patch1)
-                _popcount_pair(patch0, patch1, weights, acc0, acc1)
+                _popcount_pair(words, base, base + stride_w * cw, offsets, weights, acc0, acc1)
             else:
-                _popcount_single(patch0, weights, acc0)
+                _popcount_single(words, base, offsets, weights, acc0)
             for p in range(2 if pair else 1):
                 x = ox + p
                 kx0 = max(0, pad_w - x * stride_w)
