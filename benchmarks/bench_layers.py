@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import re
 import statistics
@@ -143,10 +144,11 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_layers.md")))
     args = parser.parse_args()
     rng = np.random.default_rng(0)
+    load_before = os.getloadavg()[0]
     clock = measure_clock_hz()
     header = ("| layer | batch | threads | torch fp32 ms (min / median) | bconv+res+rprelu ms "
               "(min / median) | speed-up | bconv+pack ms (min) | speed-up | binary MACs/cycle "
-              "per thread |")
+              "per thread (float / pack) |")
     lines = [header, "|" + "---|" * 9]
     summary = []
     for threads in (int(t) for t in args.threads.split(",")):
@@ -166,7 +168,8 @@ def main() -> None:
                     f"{torch_min * 1e3:.3f} / {statistics.median(t[torch_best]) * 1e3:.3f} | "
                     f"{float_min * 1e3:.3f} / {statistics.median(t['bconv_float']) * 1e3:.3f} | "
                     f"{torch_min / float_min:.1f}x | {bits_min * 1e3:.3f} | "
-                    f"{torch_min / bits_min:.1f}x | {macs / (float_min * clock * threads):.0f} |"
+                    f"{torch_min / bits_min:.1f}x | {macs / (float_min * clock * threads):.0f} / "
+                    f"{macs / (bits_min * clock * threads):.0f} |"
                 )
                 print(lines[-1], flush=True)
             summary.append(f"- {threads} thread(s), batch {batch}: geometric mean speed-up "
@@ -181,10 +184,13 @@ def main() -> None:
         f"- Machine: {cpuinfo_mhz()}; {platform.machine()}, {numba.config.NUMBA_NUM_THREADS} "
         f"cores visible; torch {torch.__version__}, numba {numba.__version__}, "
         f"numpy {np.__version__}.",
-        f"- Clock measured by a dependent imul chain: {clock / 1e9:.2f} GHz.",
+        f"- Clock measured by a dependent imul chain: {clock / 1e9:.2f} GHz. Load average "
+        f"(1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+        f"{os.cpu_count()} CPUs: other work shared the machine.",
         f"- Compiled bconv kernel popcount: {popcount_instructions()}.",
-        f"- The AVX2 vpshufb method peaks near {VPSHUFB_CEILING} binary MACs/cycle; this "
-        "kernel's popcount is vpopcntq wherever the CPU has AVX-512 VPOPCNTDQ.",
+        f"- The AVX2 vpshufb popcount peaks near {VPSHUFB_CEILING} binary MACs/cycle "
+        "(DESIGN.md); on a CPU with AVX-512 VPOPCNTDQ LLVM emits vpopcntq instead, so MACs/cycle "
+        "above that ceiling are possible and expected here.",
         "- Speed-up = torch min / bconv min, both in this process, interleaved. The float "
         "variant includes the fused epilogue of a ReActNet block (affine + residual + RPReLU), "
         "the bits variant affine + threshold-and-pack. Shared machine: compare ratios, not "
