@@ -6,6 +6,7 @@ the +-1 tensors with einsum over sliding windows, padding with 0, +1 or -1.
 
 from __future__ import annotations
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
@@ -176,3 +177,20 @@ def test_bconv2d_rejects_wrong_activations():
                 residual=np.zeros((1, 5, 5, 3), np.float32))
     with pytest.raises(InputError, match="out must be"):
         bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64), out=np.zeros((1, 5, 5, 4), np.float64))
+
+
+def test_bconv2d_threads_share_nothing():
+    """Every thread keeps its own accumulators: all threads give the one-thread result."""
+    rng = np.random.default_rng(7)
+    a = random_pm(rng, (3, 9, 8, 70))
+    w = random_pm(rng, (66, 3, 3, 70))
+    plan = prepare_bconv(naive_pack(w), 70, (9, 8), 3, 1, 1, 0)
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        single = bconv2d(plan, naive_pack(a))
+        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
+        np.testing.assert_array_equal(bconv2d(plan, naive_pack(a)), single)
+    finally:
+        numba.set_num_threads(before)
+    np.testing.assert_array_equal(single, naive_conv(a, w, (1, 1), (1, 1), 0))
