@@ -40,6 +40,7 @@ from runtime.kernels.epilogue import (
     make_epilogue,
     output_buffers,
 )
+from runtime.kernels.geometry import conv_output_size, int_pair
 from runtime.kernels.pack import words_for
 from runtime.kernels.popcount import popcount64
 
@@ -48,6 +49,7 @@ from runtime.kernels.popcount import popcount64
 # the weight rows are padded (with zeros, never used) to at least this many rows so that those
 # loads stay in bounds.
 MIN_PATCH_ROWS = 4
+LAYER = "binary conv"
 
 
 @dataclass(frozen=True)
@@ -73,20 +75,6 @@ class BConvPlan:
     pad_word: np.ndarray
 
 
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or v < minimum for v in pair):
-        raise InvalidModelError(
-            f"binary conv {name} must be an int or a pair of ints >= {minimum}, got {value!r}."
-        )
-    return int(pair[0]), int(pair[1])
-
-
-def conv_output_size(size: int, kernel: int, stride: int, padding: int) -> int:
-    """PyTorch's output size of a convolution along one axis (dilation 1)."""
-    return (size + 2 * padding - kernel) // stride + 1
-
-
 def padding_bits_clear(bits: np.ndarray, channels: int) -> bool:
     """True when every bit past ``channels`` in the last word of ``bits`` [..., Cw] is 0."""
     spare = words_for(channels) * 64 - channels
@@ -110,10 +98,10 @@ def prepare_bconv(
     ``pad_value``: 0 (zero padding, as ``F.conv2d`` on +-1 tensors), +1 or -1.
     Raises InvalidModelError when the weights do not match the attributes.
     """
-    kh, kw = _pair(kernel, "kernel", 1)
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    height, width = _pair(in_hw, "input size", 1)
+    kh, kw = int_pair(kernel, "kernel", 1, LAYER)
+    sh, sw = int_pair(stride, "stride", 1, LAYER)
+    ph, pw = int_pair(padding, "padding", 0, LAYER)
+    height, width = int_pair(in_hw, "input size", 1, LAYER)
     cw = words_for(in_channels)
     weight_bits = np.asarray(weight_bits)
     if (weight_bits.dtype != np.uint64 or weight_bits.ndim != 4

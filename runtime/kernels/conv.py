@@ -18,7 +18,6 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.errors import InputError, InvalidModelError
-from runtime.kernels.bconv import conv_output_size
 from runtime.kernels.epilogue import (
     Epilogue,
     apply_epilogue,
@@ -27,6 +26,7 @@ from runtime.kernels.epilogue import (
     make_epilogue,
     output_buffers,
 )
+from runtime.kernels.geometry import conv_output_size, int_pair
 
 
 @dataclass(frozen=True)
@@ -48,15 +48,6 @@ class ConvPlan:
     groups: int
     depthwise: bool
     weights: np.ndarray
-
-
-def _pair(value, name: str, minimum: int) -> tuple[int, int]:
-    pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
-    if len(pair) != 2 or any(int(v) != v or v < minimum for v in pair):
-        raise InvalidModelError(
-            f"conv2d {name} must be an int or a pair of ints >= {minimum}, got {value!r}."
-        )
-    return int(pair[0]), int(pair[1])
 
 
 def prepare_conv2d(
@@ -86,12 +77,11 @@ def prepare_conv2d(
             f"conv2d weight {list(weight.shape)} does not fit {in_channels} input channels in "
             f"{groups} groups: need C and O divisible by groups and weight.shape[1] == C/groups."
         )
-    sh, sw = _pair(stride, "stride", 1)
-    ph, pw = _pair(padding, "padding", 0)
-    dh, dw = _pair(dilation, "dilation", 1)
-    height, width = _pair(in_hw, "input size", 1)
-    out_hw = (conv_output_size(height, dh * (kh - 1) + 1, sh, ph),
-              conv_output_size(width, dw * (kw - 1) + 1, sw, pw))
+    sh, sw = int_pair(stride, "stride", 1, "conv2d")
+    ph, pw = int_pair(padding, "padding", 0, "conv2d")
+    dh, dw = int_pair(dilation, "dilation", 1, "conv2d")
+    height, width = int_pair(in_hw, "input size", 1, "conv2d")
+    out_hw = (conv_output_size(height, kh, sh, ph, dh), conv_output_size(width, kw, sw, pw, dw))
     if min(out_hw) < 1:
         raise InvalidModelError(
             f"conv2d with kernel {kh}x{kw} has an empty output on a {height}x{width} input."

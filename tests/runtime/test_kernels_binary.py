@@ -166,6 +166,8 @@ def test_prepare_bconv_rejects_inconsistent_weights():
         prepare_bconv(good, 65, (2, 2), 3)
     with pytest.raises(InvalidModelError, match="stride"):
         prepare_bconv(good, 65, (5, 5), 3, stride=0)
+    with pytest.raises(InvalidModelError, match="padding"):
+        prepare_bconv(good, 65, (5, 5), 3, padding=None)
 
 
 def test_bconv2d_rejects_wrong_activations():

@@ -1,0 +1,28 @@
+"""Convolution geometry shared by the binary and float kernels: attribute pairs, output size."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from runtime.errors import InvalidModelError
+
+
+def int_pair(value, name: str, minimum: int, layer: str) -> tuple[int, int]:
+    """An int or a pair of ints, each >= ``minimum``, as a pair (``layer`` names the caller in
+    the error). Raises InvalidModelError otherwise."""
+    try:
+        pair = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
+        valid = len(pair) == 2 and all(int(v) == v and v >= minimum for v in pair)
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise InvalidModelError(
+            f"{layer} {name} must be an int or a pair of ints >= {minimum}, got {value!r}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
+    """PyTorch's output size of a convolution along one axis:
+    floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1."""
+    return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
