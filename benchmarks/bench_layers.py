@@ -35,10 +35,18 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.kernels import bconv2d, make_epilogue, prepare_bconv
+from runtime.kernels import bconv2d, conv2d, make_epilogue, prepare_bconv, prepare_conv2d
 from runtime.kernels.bconv import _bconv_kernel
+from runtime.threads import thread_limits
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
+# float convs a BNN keeps: (name, C, O, size, kernel, stride, padding, groups)
+FLOAT_LAYERS = [
+    ("stem 7x7/2 3->64 224x224", 3, 64, 224, 7, 2, 3, 1),
+    ("downsample 1x1/2 64->128 56x56", 64, 128, 56, 1, 2, 0, 1),
+    ("pointwise 1x1 256->256 14x14", 256, 256, 14, 1, 1, 0, 1),
+    ("depthwise 3x3 128 56x56", 128, 128, 56, 3, 1, 1, 128),
+]
 IMUL_LATENCY_CYCLES = 3
 VPSHUFB_CEILING = 103  # binary MACs/cycle of the AVX2 nibble-table popcount (DESIGN.md)
 
@@ -132,6 +140,51 @@ def bench_layer(channels: int, size: int, batch: int, repeats: int, rng) -> dict
     return times
 
 
+def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float]:
+    """(torch fp32 min, runtime.kernels.conv2d + bias epilogue min) in seconds, batch 1."""
+    _, channels, out_channels, size, kernel, stride, padding, groups = spec
+    x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
+    weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel))
+    weight = weight.astype(np.float32)
+    bias = rng.standard_normal(out_channels).astype(np.float32)
+    plan = prepare_conv2d(weight, channels, (size, size), stride, padding, 1, groups)
+    epilogue = make_epilogue(out_channels, bias=bias)
+    x_torch = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    x_last = x_torch.contiguous(memory_format=torch.channels_last)
+    w_torch, b_torch = torch.from_numpy(weight), torch.from_numpy(bias)
+
+    def torch_conv(inputs):
+        return torch.nn.functional.conv2d(inputs, w_torch, b_torch, stride, padding, 1, groups)
+
+    variants = {
+        "torch_nchw": lambda: torch_conv(x_torch),
+        "torch_last": lambda: torch_conv(x_last),
+        "ours": lambda: conv2d(plan, x, epilogue),
+    }
+    times: dict[str, list[float]] = {key: [] for key in variants}
+    with torch.no_grad(), thread_limits(1):
+        for fn in variants.values():
+            fn()
+        for _ in range(repeats):
+            for key, fn in variants.items():
+                times[key].append(timed(fn))
+    return min(min(times["torch_nchw"]), min(times["torch_last"])), min(times["ours"])
+
+
+def bench_float_layers(repeats: int, rng) -> list[str]:
+    """The float convs of FLOAT_LAYERS at batch 1 on 1 thread (numba and OpenBLAS), the way
+    Model.predict runs them."""
+    lines = ["| float layer | torch fp32 ms (min) | conv2d ms (min) | ratio torch/ours |",
+             "|---|---|---|---|"]
+    torch.set_num_threads(1)
+    for spec in FLOAT_LAYERS:
+        torch_min, ours = bench_float_layer(spec, repeats, rng)
+        lines.append(f"| {spec[0]} | {torch_min * 1e3:.3f} | {ours * 1e3:.3f} | "
+                     f"{torch_min / ours:.2f} |")
+        print(lines[-1], flush=True)
+    return lines
+
+
 def geomean(values: list[float]) -> float:
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
@@ -175,6 +228,7 @@ def main() -> None:
             summary.append(f"- {threads} thread(s), batch {batch}: geometric mean speed-up "
                            f"{geomean(ratios):.1f}x, smallest {min(ratios):.1f}x")
             print(summary[-1], flush=True)
+    float_lines = bench_float_layers(max(5, args.repeats // 3), rng)
     notes = [
         "# Binary conv layers vs torch fp32 (ResNet-18 3x3 stages)",
         "",
@@ -199,6 +253,11 @@ def main() -> None:
         *lines,
         "",
         *summary,
+        "",
+        "## Float layers kept real-valued (batch 1, 1 thread; im2col + numpy OpenBLAS GEMM, "
+        "direct numba kernel for depthwise)",
+        "",
+        *float_lines,
         "",
     ]
     Path(args.out).write_text("\n".join(notes))

@@ -62,15 +62,28 @@ def test_conv2d_matches_reference(batch, group_in, groups, per_group_out, kernel
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("multiplier", [1, 2])
-def test_depthwise_conv2d_matches_reference(multiplier):
-    rng = np.random.default_rng(multiplier)
-    x = rng.standard_normal((2, 6, 5, 8)).astype(np.float32)
-    weight = rng.standard_normal((8 * multiplier, 1, 3, 3)).astype(np.float32)
-    plan = prepare_conv2d(weight, 8, (6, 5), 2, 1, groups=8)
+@settings(max_examples=30, deadline=None)
+@given(
+    channels=st.sampled_from([2, 8, 17]),
+    multiplier=st.sampled_from([1, 1, 2]),
+    kernel=st.tuples(st.integers(1, 5), st.integers(1, 5)),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(st.integers(0, 3), st.integers(0, 3)),
+    dilation=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    hw=st.tuples(st.integers(1, 8), st.integers(1, 8)),
+    seed=st.integers(0, 2**31),
+)
+def test_depthwise_conv2d_matches_reference(channels, multiplier, kernel, stride, padding,
+                                            dilation, hw, seed):
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    assume(all(s + 2 * p >= k for s, p, k in zip(hw, padding, span)))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, *hw, channels)).astype(np.float32)
+    weight = rng.standard_normal((channels * multiplier, 1, *kernel)).astype(np.float32)
+    plan = prepare_conv2d(weight, channels, hw, stride, padding, dilation, groups=channels)
     assert plan.depthwise
-    np.testing.assert_allclose(conv2d(plan, x), naive_conv2d(x, weight, (2, 2), (1, 1), (1, 1), 8),
-                               rtol=1e-5, atol=1e-5)
+    expected = naive_conv2d(x, weight, stride, padding, dilation, channels)
+    np.testing.assert_allclose(conv2d(plan, x), expected, rtol=1e-4, atol=1e-4)
 
 
 def test_dense_matches_matmul():
