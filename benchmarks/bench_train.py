@@ -1,6 +1,6 @@
 """Cost of one training step of a converted network against its float original.
 
-    python benchmarks/bench_train.py [--width 16] [--batch-size 128] [--threads 1]
+    python benchmarks/bench_train.py [--widths 16 32] [--batch-size 128] [--threads 1]
                                      [--repeats 15] [--recipes xnor bireal ...] [--profile dybnn]
 
 In one process, for every recipe: one training step (forward, backward, Adam step) of the
@@ -28,6 +28,7 @@ from torch import nn
 
 import binarize
 from binarize.models import resnet_small
+from binarize.nn import ApproxSign, DyPReLU, DySign, ProgressiveSign, RPReLU, RSign, SignSTE
 from binarize.recipes import names as recipe_names
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS_train.md"
@@ -35,7 +36,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS_train.md"
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--width", type=int, default=16)
+    parser.add_argument("--widths", type=int, nargs="+", default=[16, 32])
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=15)
@@ -101,13 +102,12 @@ def profile(step: Callable[[], None], title: str) -> None:
     print(f"\n{title}\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
 
 
-def main() -> None:
-    args = parse_args()
-    torch.set_num_threads(args.threads)
+def bench_width(args: argparse.Namespace, width: int) -> list[list[str]]:
+    """One table row per recipe for `resnet_small(width)`."""
     torch.manual_seed(0)
     x = torch.randn(args.batch_size, 1, 28, 28)
     y = torch.randint(0, 10, (args.batch_size,))
-    model = resnet_small(num_classes=10, width=args.width).train()
+    model = resnet_small(num_classes=10, width=width).train()
     rows = []
     for recipe in args.recipes:
         bnn = converted(model, recipe, x)
@@ -121,6 +121,7 @@ def main() -> None:
         mid = {name: statistics.median(t) for name, t in times.items()}
         rows.append(
             [
+                width,
                 recipe,
                 f"{1e3 * low['float']:.1f} / {1e3 * mid['float']:.1f}",
                 f"{1e3 * low['binary']:.1f} / {1e3 * mid['binary']:.1f}",
@@ -131,9 +132,55 @@ def main() -> None:
         )
         print(tabulate([rows[-1]], tablefmt="plain"), flush=True)
         if recipe == args.profile:
-            profile(works["float"], "float step")
-            profile(works["binary"], f"{recipe} step")
+            profile(works["float"], f"float step, width {width}")
+            profile(works["binary"], f"{recipe} step, width {width}")
+    return rows
+
+
+def module_costs(args: argparse.Namespace, width: int) -> list[list[str]]:
+    """Forward + backward of each activation-side module on a first-stage activation.
+
+    The modules a recipe adds or swaps around each binary conv, next to what they replace
+    (ReLU) and the conv itself, on [batch, width, 28, 28]: where the converted step's extra
+    time goes.
+    """
+    progressive = ProgressiveSign(width)
+    progressive.lam.fill_(progressive.lam_max)
+    modules = {
+        "Conv2d 3x3 (float)": nn.Conv2d(width, width, 3, padding=1, bias=False),
+        "BatchNorm2d": nn.BatchNorm2d(width),
+        "ReLU": nn.ReLU(),
+        "PReLU (torch)": nn.PReLU(width),
+        "RPReLU": RPReLU(width),
+        "DyPReLU": DyPReLU(width),
+        "SignSTE": SignSTE(width),
+        "ApproxSign": ApproxSign(width),
+        "ProgressiveSign (hard)": progressive,
+        "RSign": RSign(width),
+        "DySign": DySign(width),
+    }
+    x = torch.randn(args.batch_size, width, 28, 28)
+
+    def forward_backward(module: nn.Module) -> Callable[[], None]:
+        def work() -> None:
+            inputs = x.detach().requires_grad_(True)
+            module(inputs).sum().backward()
+
+        return work
+
+    times = measure({name: forward_backward(m) for name, m in modules.items()}, args.repeats)
+    return [
+        [width, name, f"{1e3 * min(t):.2f}", f"{1e3 * statistics.median(t):.2f}"]
+        for name, t in times.items()
+    ]
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    rows = [row for width in args.widths for row in bench_width(args, width)]
     headers = [
+        "width",
         "recipe",
         "float step ms (min / median)",
         "binary step ms (min / median)",
@@ -143,23 +190,34 @@ def main() -> None:
     ]
     table = tabulate(rows, headers, tablefmt="github")
     print("\n" + table)
+    costs = tabulate(
+        [row for width in args.widths for row in module_costs(args, width)],
+        ["width", "module", "forward + backward ms (min)", "(median)"],
+        tablefmt="github",
+    )
+    print("\n" + costs)
     if not args.no_write:
-        RESULTS.write_text(report(args, table))
+        RESULTS.write_text(report(args, table, costs))
         print(f"\nwritten to {RESULTS}")
 
 
-def report(args: argparse.Namespace, table: str) -> str:
+def report(args: argparse.Namespace, table: str, costs: str) -> str:
     return (
         "# Training step: converted network vs float network\n\n"
-        f"`python benchmarks/bench_train.py --width {args.width} --batch-size "
+        f"`python benchmarks/bench_train.py --widths {' '.join(map(str, args.widths))} "
+        f"--batch-size "
         f"{args.batch_size} --threads {args.threads} --repeats {args.repeats}`\n\n"
-        f"Model: `resnet_small(width={args.width})` on 1x28x28 inputs, batch {args.batch_size}, "
+        f"Model: `resnet_small(width)` on 1x28x28 inputs, batch {args.batch_size}, "
         f"{args.threads} thread(s), torch {torch.__version__}, {platform.processor() or 'cpu'}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}. One step = forward, cross-entropy, backward, Adam "
         "step; the binary network is in its all-binary state (stage 2). Float and binary "
         f"steps alternate in each of {args.repeats} repeats (after a warm-up); min and median. "
         "The teacher's forward is what distillation adds to a binary step.\n\n"
-        f"{table}\n"
+        f"{table}\n\n"
+        "## Where the extra time goes\n\n"
+        f"Forward + backward of single modules on a [{args.batch_size}, width, 28, 28] "
+        "activation (the first stage's), same process, same threads:\n\n"
+        f"{costs}\n"
     )
 
 

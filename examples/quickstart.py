@@ -1,13 +1,15 @@
 """Quickstart: float ResNet -> binary network on Fashion-MNIST, end to end (`make demo`).
 
-    python examples/quickstart.py [--recipe dybnn] [--epochs 6] [--float-epochs 5]
-                                  [--subset 30000] [--threads 2]
+    python examples/quickstart.py [--recipe dybnn] [--epochs 4] [--float-epochs 4]
+                                  [--subset 30000] [--threads 1] [--two-stage]
 
 1. trains a small float ResNet (`binarize.models.resnet_small`) on Fashion-MNIST, or loads it
    from .cache/quickstart/ when an identical run already trained it;
 2. converts it into a binary network with a recipe (`binarize.convert`; DyBNN by default);
-3. fine-tunes the binary student with distillation from the float teacher (`binarize.finetune`:
-   activations binary first, then the weights too);
+3. fine-tunes the binary student with distillation from the float teacher
+   (`binarize.finetune`), all binary from the first step: on a budget of a few epochs one
+   stage beat the recipe's two (activations first, then weights; `--two-stage`) by 2-3
+   points here;
 4. packs it and runs it with the Numba runtime;
 5. prints float vs binary test accuracy, model sizes, and the time of every phase.
 
@@ -30,6 +32,7 @@ from torch import nn
 import binarize
 from binarize.data import fashion_mnist
 from binarize.models import resnet_small
+from binarize.schedule import Schedule, Stage
 from binarize.train import evaluate, finetune, save_checkpoint
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "quickstart"
@@ -39,13 +42,22 @@ T = TypeVar("T")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", default="dybnn", help="xnor, bireal, bulat, reactnet, dybnn")
-    parser.add_argument("--epochs", type=int, default=6, help="binary fine-tuning epochs")
-    parser.add_argument("--float-epochs", type=int, default=5, help="float teacher epochs")
+    parser.add_argument("--epochs", type=int, default=4, help="binary fine-tuning epochs")
+    parser.add_argument("--float-epochs", type=int, default=4, help="float teacher epochs")
     parser.add_argument("--subset", type=int, default=30000, help="training images (max 60000)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1: on a busy shared machine two threads wait on each other "
+        "and run several times slower; 2 is faster on an idle 2-core machine)",
+    )
+    parser.add_argument(
+        "--two-stage", action="store_true", help="the recipe's own schedule (two stages)"
+    )
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=2e-3, help="binary fine-tuning peak lr")
+    parser.add_argument("--lr", type=float, default=1e-2, help="binary fine-tuning peak lr")
     parser.add_argument("--float-lr", type=float, default=3e-3, help="float training peak lr")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-cache", action="store_true", help="retrain the float model")
@@ -85,6 +97,11 @@ def float_model(args: argparse.Namespace, train: tuple[torch.Tensor, torch.Tenso
     return model
 
 
+def one_stage(schedule: Schedule) -> Schedule:
+    """The recipe's schedule (its progressive ramp included) with one all-binary stage."""
+    return schedule.replace(stages=[Stage("binary", activations=True, weights=True, fraction=1.0)])
+
+
 def main() -> None:
     args = parse_args()
     print(
@@ -113,7 +130,7 @@ def main() -> None:
         "binary fine-tuning",
         lambda: finetune(
             bnn, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-            seed=args.seed,
+            seed=args.seed, schedule=None if args.two_stage else one_stage(bnn.schedule),
         ),
     )
     binary_accuracy = timed(times, "binary evaluation", lambda: evaluate(bnn, test)["accuracy"])
