@@ -248,7 +248,11 @@ def main() -> None:
         "- Speed-up = torch min / bconv min, both in this process, interleaved. The float "
         "variant includes the fused epilogue of a ReActNet block (affine + residual + RPReLU), "
         "the bits variant affine + threshold-and-pack. Shared machine: compare ratios, not "
-        "absolute times.",
+        "absolute times. Under load torch's AVX-512 conv slows down more than the popcount "
+        "kernel (seen here: the 64ch torch conv took about 1.1 ms at load 1.2 and about 2 ms at "
+        "load 5-7, while bconv moved by ~10%), so on an idle machine expect smaller ratios "
+        "than a loaded run shows. 2-thread runs suffer most: a parallel region waits for a "
+        "descheduled thread (see the medians).",
         "",
         *lines,
         "",
