@@ -23,15 +23,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from runtime import kernels, ops, pooling
 from runtime.schema import Graph, Node, ValueInfo
 
-PRODUCERS = ("bconv2d", "bdense", "conv2d", "dense")
 ACTIVATIONS = ("prelu", "rprelu", "relu", "leaky_relu")
 Run = Callable[[Sequence[np.ndarray]], np.ndarray]
+Params = Mapping[str, np.ndarray]
+Attrs = Mapping[str, Any]
+KernelCall = Callable[[np.ndarray, kernels.Epilogue, np.ndarray | None], np.ndarray]
 
 
 @dataclass
@@ -68,7 +71,7 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
     fused: set[int] = set()
     # binary producers first: where a float conv's chain and a binary conv's chain meet at the
     # same add (a downsampling shortcut), the add goes to the cheaper binary kernel epilogue
-    producers = [node for node in graph.nodes if node.op in PRODUCERS]
+    producers = [node for node in graph.nodes if node.op in PREPARE]
     producers.sort(key=lambda node: (node.op not in ("bconv2d", "bdense"), node.index))
     for node in producers:
         chain = _grow_chain(node, uses, by_input, fused)
@@ -141,70 +144,74 @@ def _epilogue(
     return kernels.make_epilogue(channels, **options)
 
 
+def _prepare_bconv2d(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
+    a = node.attrs
+    plan = kernels.prepare_bconv(
+        weight,
+        a["in_channels"],
+        in_info.shape[1:],
+        a["kernel"],
+        a["stride"],
+        a["padding"],
+        a["pad_value"],
+    )
+    return lambda x, epilogue, residual: kernels.bconv2d(plan, x, epilogue, residual=residual)
+
+
+def _prepare_bdense(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
+    plan = kernels.prepare_bdense(weight, node.attrs["in_features"])
+    return lambda x, epilogue, residual: kernels.bdense(plan, x, epilogue, residual=residual)
+
+
+def _prepare_conv2d(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
+    a = node.attrs
+    plan = kernels.prepare_conv2d(
+        weight,
+        a["in_channels"],
+        in_info.shape[1:],
+        a["stride"],
+        a["padding"],
+        a["dilation"],
+        a["groups"],
+    )
+    return lambda x, epilogue, residual: kernels.conv2d(plan, x, epilogue, residual=residual)
+
+
+def _prepare_dense(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
+    plan = kernels.prepare_dense(weight)
+    return lambda x, epilogue, residual: kernels.dense(plan, x, epilogue, residual=residual)
+
+
+# producer op -> prepare(node, weight, input info) -> call(x, epilogue, residual)
+PREPARE = {
+    "bconv2d": _prepare_bconv2d,
+    "bdense": _prepare_bdense,
+    "conv2d": _prepare_conv2d,
+    "dense": _prepare_dense,
+}
+
+
 def _fused_step(
     chain: list[Node], values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray]
 ) -> Step:
+    """One kernel call for a producer and the chain it absorbed (see ``_grow_chain``)."""
     producer = chain[0]
     source = producer.inputs[0]
-    in_info = values[source]
-    out_channels = values[producer.outputs[0]].channels
-    epilogue = _epilogue(chain, out_channels, arrays)
+    epilogue = _epilogue(chain, values[producer.outputs[0]].channels, arrays)
+    call = PREPARE[producer.op](producer, _param(arrays, producer, "weight"), values[source])
     adds = [node for node in chain if node.op == "add"]
-    residual = None
-    if adds:
-        inner = chain[chain.index(adds[0]) - 1].outputs[0]
-        residual = next(name for name in adds[0].inputs if name != inner)
-    attrs = producer.attrs
-    weight = _param(arrays, producer, "weight")
-    if producer.op == "bconv2d":
-        plan = kernels.prepare_bconv(
-            weight,
-            attrs["in_channels"],
-            in_info.shape[1:],
-            attrs["kernel"],
-            attrs["stride"],
-            attrs["padding"],
-            attrs["pad_value"],
-        )
-
-        def call(a, res):
-            return kernels.bconv2d(plan, a, epilogue, residual=res)
-    elif producer.op == "bdense":
-        plan = kernels.prepare_bdense(weight, attrs["in_features"])
-
-        def call(a, res):
-            return kernels.bdense(plan, a, epilogue, residual=res)
-    elif producer.op == "conv2d":
-        plan = kernels.prepare_conv2d(
-            weight,
-            attrs["in_channels"],
-            in_info.shape[1:],
-            attrs["stride"],
-            attrs["padding"],
-            attrs["dilation"],
-            attrs["groups"],
-        )
-
-        def call(a, res):
-            return kernels.conv2d(plan, a, epilogue, residual=res)
-    else:
-        plan = kernels.prepare_dense(weight)
-
-        def call(a, res):
-            return kernels.dense(plan, a, epilogue, residual=res)
-
-    if residual is None:
-
-        def run(xs):
-            return call(xs[0], None)
-
+    if not adds:
         inputs = [source]
+
+        def run(xs: Sequence[np.ndarray]) -> np.ndarray:
+            return call(xs[0], epilogue, None)
     else:
+        inner = chain[chain.index(adds[0]) - 1].outputs[0]
+        inputs = [source, next(name for name in adds[0].inputs if name != inner)]
 
-        def run(xs):
-            return call(xs[0], xs[1])
+        def run(xs: Sequence[np.ndarray]) -> np.ndarray:
+            return call(xs[0], epilogue, xs[1])
 
-        inputs = [source, residual]
     return Step(chain, inputs, chain[-1].outputs[0], run, *_param_size(chain, arrays))
 
 
@@ -227,60 +234,43 @@ def _param_size(nodes: Sequence[Node], arrays: Mapping[str, np.ndarray]) -> tupl
 def _single_step(
     node: Node, values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray]
 ) -> Step:
-    p = {role: arrays[key] for role, key in node.params.items()}
-    a = node.attrs
-    op = node.op
-    if op == "quantize":
-        threshold, sign = p["threshold"], p.get("sign")
+    """One numpy or small-kernel call for an op that no producer absorbed."""
+    params = {role: arrays[key] for role, key in node.params.items()}
+    function = SIMPLE_OPS[node.op]
 
-        def run(xs):
-            x = xs[0]
-            bits = kernels.pack_bits(x.reshape(-1, x.shape[-1]), threshold, sign)
-            return bits.reshape(*x.shape[:-1], -1)
-    elif op == "dyquantize":
+    def run(xs: Sequence[np.ndarray]) -> np.ndarray:
+        return function(xs, params, node.attrs)
 
-        def run(xs):
-            x = xs[0]
-            alpha = ops.hyper_function(
-                x, p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"], a["activation"]
-            )
-            flat = x.reshape(x.shape[0], -1, x.shape[-1])
-            return kernels.pack_bits_per_sample(flat, alpha).reshape(*x.shape[:-1], -1)
-    else:
-        run = _float_op(node, p, a)
     return Step([node], list(node.inputs), node.outputs[0], run, *_param_size([node], arrays))
 
 
-def _float_op(node: Node, p: Mapping[str, np.ndarray], a: Mapping[str, object]) -> Run:
-    table: dict[str, Run] = {
-        "affine": lambda xs: ops.affine(xs[0], p["scale"], p["bias"]),
-        "prelu": lambda xs: ops.prelu(xs[0], p["weight"]),
-        "rprelu": lambda xs: ops.rprelu(xs[0], p["gamma"], p["zeta"], p["beta"]),
-        "dyprelu": lambda xs: ops.dyprelu(
-            xs[0],
-            p["fc1_weight"],
-            p["fc1_bias"],
-            p["fc2_weight"],
-            p["fc2_bias"],
-            p["beta"],
-            a["activation"],
-        ),
-        "relu": lambda xs: ops.relu(xs[0]),
-        "clamp": lambda xs: ops.clamp(xs[0], a["min"], a["max"]),
-        "leaky_relu": lambda xs: ops.leaky_relu(xs[0], a["negative_slope"]),
-        "add": lambda xs: ops.add(xs[0], xs[1]),
-        "concat": lambda xs: ops.concat(xs, a["axis"]),
-        "maxpool2d": lambda xs: pooling.maxpool2d(
-            xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
-        ),
-        "avgpool2d": lambda xs: pooling.avgpool2d(
-            xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]
-        ),
-        "global_avgpool": lambda xs: ops.global_avgpool(xs[0]),
-        "flatten": lambda xs: ops.flatten(xs[0]),
-        "upsample_nearest": lambda xs: ops.upsample_nearest(xs[0], a["scale"]),
-    }
-    return table[node.op]
+def _hyper_weights(p: Params) -> tuple[np.ndarray, ...]:
+    return p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"]
+
+
+# op -> f(inputs, params by role, parsed attrs); inputs are NHWC float or [N, F] arrays
+SIMPLE_OPS: dict[str, Callable[[Sequence[np.ndarray], Params, Attrs], np.ndarray]] = {
+    "quantize": lambda xs, p, a: ops.quantize(xs[0], p["threshold"], p.get("sign")),
+    "dyquantize": lambda xs, p, a: ops.dyquantize(xs[0], *_hyper_weights(p), a["activation"]),
+    "affine": lambda xs, p, a: ops.affine(xs[0], p["scale"], p["bias"]),
+    "prelu": lambda xs, p, a: ops.prelu(xs[0], p["weight"]),
+    "rprelu": lambda xs, p, a: ops.rprelu(xs[0], p["gamma"], p["zeta"], p["beta"]),
+    "dyprelu": lambda xs, p, a: ops.dyprelu(xs[0], *_hyper_weights(p), p["beta"], a["activation"]),
+    "relu": lambda xs, p, a: ops.relu(xs[0]),
+    "clamp": lambda xs, p, a: ops.clamp(xs[0], a["min"], a["max"]),
+    "leaky_relu": lambda xs, p, a: ops.leaky_relu(xs[0], a["negative_slope"]),
+    "add": lambda xs, p, a: ops.add(xs[0], xs[1]),
+    "concat": lambda xs, p, a: ops.concat(xs, a["axis"]),
+    "maxpool2d": lambda xs, p, a: pooling.maxpool2d(
+        xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
+    ),
+    "avgpool2d": lambda xs, p, a: pooling.avgpool2d(
+        xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]
+    ),
+    "global_avgpool": lambda xs, p, a: ops.global_avgpool(xs[0]),
+    "flatten": lambda xs, p, a: ops.flatten(xs[0]),
+    "upsample_nearest": lambda xs, p, a: ops.upsample_nearest(xs[0], a["scale"]),
+}
 
 
 def _assign_releases(steps: list[Step], outputs: set[str]) -> None:

@@ -4,7 +4,7 @@ Each function implements one row of docs/IR.md's op table with PyTorch's semanti
 per-channel parameters broadcast along the last axis, which is the channel axis in both
 layouts. The heavy ops (binary and float convolutions, dense layers, threshold-and-pack) live
 in runtime/kernels/, pooling in runtime/pooling.py; these are cheap, memory-bound numpy
-expressions.
+expressions (the two quantize ops call the kernels' threshold-and-pack).
 """
 
 from __future__ import annotations
@@ -13,8 +13,32 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from runtime import kernels
+
 # NCHW axis (as written in the file) -> NHWC axis (as stored in the runtime), for rank 4.
 NHWC_AXIS = {1: 3, 2: 1, 3: 2}
+
+
+def quantize(x: np.ndarray, threshold: np.ndarray, sign: np.ndarray | None) -> np.ndarray:
+    """Threshold-and-pack along the channel (last) axis: bit = (s*x >= s*t), docs/IR.md;
+    [..., C] float32 -> [..., ceil(C/64)] uint64 (runtime/kernels pack_bits)."""
+    bits = kernels.pack_bits(x.reshape(-1, x.shape[-1]), threshold, sign)
+    return bits.reshape(*x.shape[:-1], -1)
+
+
+def dyquantize(
+    x: np.ndarray,
+    fc1_weight: np.ndarray,
+    fc1_bias: np.ndarray,
+    fc2_weight: np.ndarray,
+    fc2_bias: np.ndarray,
+    activation: str,
+) -> np.ndarray:
+    """DySign (DyBNN): per-sample thresholds alpha = FC2(act(FC1(GAP(x)))) [N, C], then
+    bit = x >= alpha[n, c], packed along the channel axis."""
+    alpha = hyper_function(x, fc1_weight, fc1_bias, fc2_weight, fc2_bias, activation)
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])
+    return kernels.pack_bits_per_sample(flat, alpha).reshape(*x.shape[:-1], -1)
 
 
 def affine(x: np.ndarray, scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
