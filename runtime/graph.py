@@ -12,6 +12,10 @@ into a list of ``Step``s, each one kernel or numpy call:
   The runtime/kernels epilogue evaluates the stages in the unfused order in float32, so fusion
   changes no bit of a binary layer's output. A fused step runs at the position of its chain's
   last node, where every outside input of the chain (the residual of ``add``) already exists.
+  Binary producers claim their chains first: where a float downsample conv's chain and a binary
+  conv's chain end in the same ``add``, the binary kernel takes it. A block output that feeds
+  both the next quantize and the next shortcut keeps its quantize as a separate step (the
+  kernels write either floats or bits, not both).
 - **Layout.** Values are NHWC (float32) or packed bits (uint64); the graph inputs are converted
   from NCHW once, rank-4 outputs back to NCHW at the end (``Model.predict``).
 - **Liveness.** Each step lists the values it reads for the last time; the executor drops them
