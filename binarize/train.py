@@ -210,6 +210,8 @@ class _Run:
         self.schedule = _resolve_schedule(bnn, schedule)
         self.loss_fn, self.val_loss_fn = self._losses()
         self.checkpoint = _checkpoint_path(options["checkpoint_dir"], self.is_main)
+        self.step = 0
+        self.sample_shape: tuple[int, ...] | None = None
 
     def _losses(self) -> tuple[TrainingLoss, TrainingLoss]:
         o = self.options
@@ -240,101 +242,118 @@ class _Run:
     # ------------------------------------------------------------------------------ loop
     def fit(self, train_data: Data, val_data: Data | None, *, resume: bool) -> History:
         o = self.options
-        seed = o["seed"]
         train_loader = _as_loader(
-            train_data, o["batch_size"], shuffle=True, seed=seed, rank=self.rank, world=self.world
+            train_data, o["batch_size"], shuffle=True, seed=o["seed"], rank=self.rank,
+            world=self.world,
         )
         val_loader = None
         if val_data is not None:
             val_loader = _as_loader(
-                val_data, o["batch_size"], shuffle=False, seed=seed, rank=self.rank,
+                val_data, o["batch_size"], shuffle=False, seed=o["seed"], rank=self.rank,
                 world=self.world,
             )
         steps_per_epoch = _length(train_loader)
         total_steps = o["epochs"] * steps_per_epoch
-        _seed_everything(seed)
+        _seed_everything(o["seed"])
         self.bnn.to(self.device)
-        optimizer = self._optimizer()
-        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_factor(o["lr_schedule"], total_steps)
+        self.optimizer = self._optimizer()
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_factor(o["lr_schedule"], total_steps)
         )
         if self.schedule is not None:
             self.schedule.on_train_begin(self.bnn, total_steps, steps_per_epoch)
         history, start_epoch = History(), 0
         if resume and self.checkpoint is not None and self.checkpoint.exists():
-            history, start_epoch = self._load(optimizer, lr_scheduler, steps_per_epoch)
+            history, start_epoch = self._load(steps_per_epoch)
         model = self._wrap_ddp()
-        step = start_epoch * steps_per_epoch
-        sample_shape: tuple[int, ...] | None = None
+        self.step = start_epoch * steps_per_epoch
         for epoch in range(start_epoch, o["epochs"]):
             started = time.perf_counter()
-            _set_epoch(train_loader, epoch)
-            model.train()
-            totals = torch.zeros(3, dtype=torch.float64)  # loss sum, metric sum, samples
-            bar = tqdm(
-                train_loader,
-                desc=f"epoch {epoch + 1}/{o['epochs']}{self._stage_label(step)}",
-                disable=not (o["progress"] and self.is_main),
-                leave=True,
-                dynamic_ncols=True,
-            )
-            for index, batch in enumerate(bar):
-                where = f"batch {index} of epoch {epoch + 1}"
-                x, y = _unpack_batch(batch, where)
-                if sample_shape is None:
-                    sample_shape = tuple(x.shape[1:])
-                _check_inputs(x, y, sample_shape, where)
-                if self.schedule is not None:
-                    self.schedule.on_step(self.bnn, step)
-                    if o["weight_decay"] is None:
-                        self.schedule.update_optimizer(optimizer)
-                x = x.to(self.device, non_blocking=True)
-                y = y.to(self.device, non_blocking=True)
-                output = _forward(model, x, where)
-                _check_targets(output, y, where)
-                batch_loss = self.loss_fn(output, x, y)
-                loss_value = float(batch_loss.detach())
-                if not math.isfinite(loss_value):
-                    raise TrainingError(
-                        f"the loss is {loss_value} at {where} (step {step}, lr "
-                        f"{optimizer.param_groups[0]['lr']:.3g}); the last good checkpoint "
-                        f"({self.checkpoint or 'none written'}) is intact. Lower lr, check "
-                        "the inputs for NaN/Inf, or resume from the checkpoint"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                batch_loss.backward()
-                last_lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                lr_scheduler.step()
-                step += 1
-                n = len(y)
-                totals += torch.tensor([loss_value * n, self._metric_sum(output, y), n])
-                if index % 20 == 0 or index == steps_per_epoch - 1:
-                    bar.set_postfix(self._postfix(totals))
-            bar.close()
+            totals, last_lr = self._train_epoch(model, train_loader, epoch)
             if self.schedule is not None:
                 self.schedule.on_epoch_end(self.bnn, epoch)
                 if epoch == o["epochs"] - 1:
                     self.schedule.finalize(self.bnn)
             self._sync_buffers()
-            train_avg = _averages(self._all_reduce(totals), self.metric_name)
-            record = {
-                "epoch": epoch + 1,
-                "stage": self.schedule.current_stage.name if self.schedule else "-",
-                "lam": self.schedule.lam() if self.schedule else None,
-                "lr": last_lr,
-                "train_loss": train_avg["loss"],
-            }
-            if self.metric_name:
-                record[f"train_{self.metric_name}"] = train_avg[self.metric_name]
+            record = self._record(epoch, last_lr, totals)
             record.update(self._validate(val_loader))
             record["seconds"] = time.perf_counter() - started
             history.records.append(record)
             self._report(record)
-            self._save(optimizer, lr_scheduler, history, epoch + 1, step)
+            self._save(history, epoch + 1)
         if self.schedule is not None:
             self.schedule.finalize(self.bnn)
         return history
+
+    def _train_epoch(
+        self, model: nn.Module, loader: DataLoader, epoch: int
+    ) -> tuple[Tensor, float]:
+        """One pass over `loader`: sums [loss * n, metric * n, n] and the last step's lr."""
+        _set_epoch(loader, epoch)
+        model.train()
+        totals = torch.zeros(3, dtype=torch.float64)
+        last_lr = self.optimizer.param_groups[0]["lr"]
+        bar = tqdm(
+            loader,
+            desc=f"epoch {epoch + 1}/{self.options['epochs']}{self._stage_label()}",
+            disable=not (self.options["progress"] and self.is_main),
+            leave=True,
+            dynamic_ncols=True,
+        )
+        for index, batch in enumerate(bar):
+            where = f"batch {index} of epoch {epoch + 1}"
+            x, y = _unpack_batch(batch, where)
+            if self.sample_shape is None:
+                self.sample_shape = tuple(x.shape[1:])
+            _check_inputs(x, y, self.sample_shape, where)
+            last_lr = self.optimizer.param_groups[0]["lr"]
+            output, loss = self._train_step(model, x, y, where)
+            totals += torch.tensor([loss * len(y), self._metric_sum(output, y), len(y)])
+            if index % 20 == 0 or index == len(loader) - 1:
+                bar.set_postfix(self._postfix(totals))
+        bar.close()
+        return totals, last_lr
+
+    def _train_step(
+        self, model: nn.Module, x: Tensor, y: Tensor, where: str
+    ) -> tuple[Tensor, float]:
+        """Schedule, forward, checks, backward, optimizer and lr steps: (output, loss)."""
+        if self.schedule is not None:
+            self.schedule.on_step(self.bnn, self.step)
+            if self.options["weight_decay"] is None:
+                self.schedule.update_optimizer(self.optimizer)
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        output = _forward(model, x, where)
+        _check_targets(output, y, where)
+        loss = self.loss_fn(output, x, y)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise TrainingError(
+                f"the loss is {loss_value} at {where} (step {self.step}, lr "
+                f"{self.optimizer.param_groups[0]['lr']:.3g}); the last good checkpoint "
+                f"({self.checkpoint or 'none written'}) is intact. Lower lr, check the "
+                "inputs for NaN/Inf, or resume from the checkpoint"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.lr_scheduler.step()
+        self.step += 1
+        return output, loss_value
+
+    def _record(self, epoch: int, last_lr: float, totals: Tensor) -> dict[str, Any]:
+        train = _averages(self._all_reduce(totals), self.metric_name)
+        record = {
+            "epoch": epoch + 1,
+            "stage": self.schedule.current_stage.name if self.schedule else "-",
+            "lam": self.schedule.lam() if self.schedule else None,
+            "lr": last_lr,
+            "train_loss": train["loss"],
+        }
+        if self.metric_name:
+            record[f"train_{self.metric_name}"] = train[self.metric_name]
+        return record
 
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.options
@@ -388,10 +407,10 @@ class _Run:
         dist.all_reduce(reduced)
         return reduced.cpu()
 
-    def _stage_label(self, step: int) -> str:
+    def _stage_label(self) -> str:
         if self.schedule is None or self.schedule.total_steps is None:
             return ""
-        index, _ = self.schedule.locate(step)
+        index, _ = self.schedule.locate(self.step)
         return f" [{self.schedule.stages[index].name}]"
 
     def _postfix(self, totals: Tensor) -> dict[str, str]:
@@ -409,37 +428,25 @@ class _Run:
         tqdm.write("  ".join(parts))
 
     # ------------------------------------------------------------------------ checkpoints
-    def _save(
-        self,
-        optimizer: torch.optim.Optimizer,
-        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-        history: History,
-        epoch: int,
-        step: int,
-    ) -> None:
+    def _save(self, history: History, epoch: int) -> None:
         if self.checkpoint is None or not self.is_main:
             return
         state = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
-            "step": step,
+            "step": self.step,
             "epochs": self.options["epochs"],
             "model": self.bnn.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule else None,
             "rng": _rng_state(),
             "history": history.records,
         }
         save_checkpoint(state, self.checkpoint)
 
-    def _load(
-        self,
-        optimizer: torch.optim.Optimizer,
-        lr_scheduler: torch.optim.lr_scheduler.LRScheduler,
-        steps_per_epoch: int,
-    ) -> tuple[History, int]:
+    def _load(self, steps_per_epoch: int) -> tuple[History, int]:
         state = load_checkpoint(self.checkpoint)
         epochs = self.options["epochs"]
         if state["epochs"] != epochs or state["step"] != state["epoch"] * steps_per_epoch:
@@ -456,8 +463,8 @@ class _Run:
                 f"checkpoint {self.checkpoint} does not fit this model: {exc}; pass "
                 "resume=False or another checkpoint_dir"
             ) from exc
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         if self.schedule is not None and state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
             self.schedule.on_step(self.bnn, state["step"])
