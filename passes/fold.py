@@ -27,6 +27,7 @@ import numpy as np
 from passes.ir import IRNode, Program
 
 _INTEGER_OPS = ("bconv2d", "bdense")
+_NO_ACCUMULATOR_REACHES = 2**40  # |popcount sums| stay far below this
 
 
 def _merge_affines(program: Program) -> bool:
@@ -92,7 +93,10 @@ def fold_threshold(
             exact = (Fraction(float(threshold[c])) - Fraction(float(bias[c]))) / Fraction(
                 float(scale[c])
             )
-            new_t[c] = math.ceil(exact) if new_sign[c] > 0 else math.floor(exact)
+            if abs(exact) > _NO_ACCUMULATOR_REACHES:
+                new_t[c] = math.copysign(math.inf, exact)  # same bits, and fits a float
+            else:
+                new_t[c] = math.ceil(exact) if new_sign[c] > 0 else math.floor(exact)
         else:
             new_t[c] = (threshold[c] - bias[c]) / scale[c]
     return {"threshold": new_t, "sign": new_sign.astype(np.int8)}
