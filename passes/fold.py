@@ -94,7 +94,7 @@ def fold_threshold(
                 float(scale[c])
             )
             if abs(exact) > _NO_ACCUMULATOR_REACHES:
-                new_t[c] = math.copysign(math.inf, exact)  # same bits, and fits a float
+                new_t[c] = math.inf if exact > 0 else -math.inf  # same bits, fits a float
             else:
                 new_t[c] = math.ceil(exact) if new_sign[c] > 0 else math.floor(exact)
         else:
