@@ -149,24 +149,22 @@ def finetune(
     """
     if epochs <= 0:
         raise TrainingError(f"epochs must be >= 1, got {epochs}")
-    run = _Run(
-        bnn=bnn,
+    options = _Options(
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
         optimizer=optimizer,
         lr_schedule=lr_schedule,
         weight_decay=weight_decay,
-        schedule=schedule,
         distill=distill,
         distill_options=distill_options,
         loss=loss,
-        metric=metric,
         checkpoint_dir=checkpoint_dir,
         seed=seed,
         device=device,
         progress=progress,
     )
+    run = _Run(bnn, options, schedule, metric)
     try:
         return run.fit(train_data, val_data, resume=resume)
     finally:
@@ -194,13 +192,38 @@ def evaluate(
     return _averages(totals, name)
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The arguments of `finetune` that `_Run` reads (documented there)."""
+
+    epochs: int
+    lr: float
+    batch_size: int
+    optimizer: str
+    lr_schedule: str
+    weight_decay: float | None
+    distill: str | None
+    distill_options: Mapping[str, Any] | None
+    loss: TrainingLoss | None
+    checkpoint_dir: str | Path | None
+    seed: int
+    device: str | torch.device
+    progress: bool
+
+
 class _Run:
     """One `finetune` call: the objects it builds and the loop over epochs."""
 
-    def __init__(self, *, bnn: nn.Module, schedule: Any, metric: Any, **options: Any) -> None:
+    def __init__(
+        self,
+        bnn: nn.Module,
+        options: _Options,
+        schedule: Schedule | Mapping[str, Any] | None,
+        metric: str | Metric | None,
+    ) -> None:
         self.bnn = bnn
         self.options = options
-        self.device = torch.device(options["device"])
+        self.device = torch.device(options.device)
         self.rank, self.world, self._owns_group = _init_distributed(self.device)
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
@@ -209,17 +232,17 @@ class _Run:
         self.metric_name, self.metric_fn = _resolve_metric(metric)
         self.schedule = _resolve_schedule(bnn, schedule)
         self.loss_fn, self.val_loss_fn = self._losses()
-        self.checkpoint = _checkpoint_path(options["checkpoint_dir"], self.is_main)
+        self.checkpoint = _checkpoint_path(options.checkpoint_dir, self.is_main)
         self.step = 0
         self.sample_shape: tuple[int, ...] | None = None
 
     def _losses(self) -> tuple[TrainingLoss, TrainingLoss]:
         o = self.options
-        if o["loss"] is not None:
-            return o["loss"], o["loss"]
+        if o.loss is not None:
+            return o.loss, o.loss
         teacher = getattr(self.bnn, "teacher", None)
-        kind = o["distill"]
-        options = dict(o["distill_options"] or {})
+        kind = o.distill
+        options = dict(o.distill_options or {})
         if kind == "recipe":
             recipe = getattr(self.bnn, "recipe", None)
             kind = getattr(recipe, "distill", None) if teacher is not None else None
@@ -243,22 +266,22 @@ class _Run:
     def fit(self, train_data: Data, val_data: Data | None, *, resume: bool) -> History:
         o = self.options
         train_loader = _as_loader(
-            train_data, o["batch_size"], shuffle=True, seed=o["seed"], rank=self.rank,
+            train_data, o.batch_size, shuffle=True, seed=o.seed, rank=self.rank,
             world=self.world,
         )
         val_loader = None
         if val_data is not None:
             val_loader = _as_loader(
-                val_data, o["batch_size"], shuffle=False, seed=o["seed"], rank=self.rank,
+                val_data, o.batch_size, shuffle=False, seed=o.seed, rank=self.rank,
                 world=self.world,
             )
         steps_per_epoch = _length(train_loader)
-        total_steps = o["epochs"] * steps_per_epoch
-        _seed_everything(o["seed"])
+        total_steps = o.epochs * steps_per_epoch
+        _seed_everything(o.seed)
         self.bnn.to(self.device)
         self.optimizer = self._optimizer()
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_factor(o["lr_schedule"], total_steps)
+            self.optimizer, _lr_factor(o.lr_schedule, total_steps)
         )
         if self.schedule is not None:
             self.schedule.on_train_begin(self.bnn, total_steps, steps_per_epoch)
@@ -267,12 +290,12 @@ class _Run:
             history, start_epoch = self._load(steps_per_epoch)
         model = self._wrap_ddp()
         self.step = start_epoch * steps_per_epoch
-        for epoch in range(start_epoch, o["epochs"]):
+        for epoch in range(start_epoch, o.epochs):
             started = time.perf_counter()
             totals, last_lr = self._train_epoch(model, train_loader, epoch)
             if self.schedule is not None:
                 self.schedule.on_epoch_end(self.bnn, epoch)
-                if epoch == o["epochs"] - 1:
+                if epoch == o.epochs - 1:
                     self.schedule.finalize(self.bnn)
             self._sync_buffers()
             record = self._record(epoch, last_lr, totals)
@@ -295,8 +318,8 @@ class _Run:
         last_lr = self.optimizer.param_groups[0]["lr"]
         bar = tqdm(
             loader,
-            desc=f"epoch {epoch + 1}/{self.options['epochs']}{self._stage_label()}",
-            disable=not (self.options["progress"] and self.is_main),
+            desc=f"epoch {epoch + 1}/{self.options.epochs}{self._stage_label()}",
+            disable=not (self.options.progress and self.is_main),
             leave=True,
             dynamic_ncols=True,
         )
@@ -320,7 +343,7 @@ class _Run:
         """Schedule, forward, checks, backward, optimizer and lr steps: (output, loss)."""
         if self.schedule is not None:
             self.schedule.on_step(self.bnn, self.step)
-            if self.options["weight_decay"] is None:
+            if self.options.weight_decay is None:
                 self.schedule.update_optimizer(self.optimizer)
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
@@ -357,13 +380,13 @@ class _Run:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.options
-        name = o["optimizer"]
+        name = o.optimizer
         if name not in _OPTIMIZERS:
             raise TrainingError(f"optimizer {name!r} is unknown; use one of {list(_OPTIMIZERS)}")
-        decay = o["weight_decay"]
+        decay = o.weight_decay
         if decay is None:
             decay = 0.0 if self.schedule is None else (self.schedule.weight_decay() or 0.0)
-        return _OPTIMIZERS[name](param_groups(self.bnn, decay), lr=o["lr"])
+        return _OPTIMIZERS[name](param_groups(self.bnn, decay), lr=o.lr)
 
     def _wrap_ddp(self) -> nn.Module:
         if self.world == 1:
@@ -418,7 +441,7 @@ class _Run:
         return {k: f"{v:.4f}" for k, v in averages.items()}
 
     def _report(self, record: dict[str, Any]) -> None:
-        if not (self.options["progress"] and self.is_main):
+        if not (self.options.progress and self.is_main):
             return
         parts = [
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
@@ -436,7 +459,7 @@ class _Run:
             "version": CHECKPOINT_VERSION,
             "epoch": epoch,
             "step": self.step,
-            "epochs": self.options["epochs"],
+            "epochs": self.options.epochs,
             "model": self.bnn.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
@@ -448,7 +471,7 @@ class _Run:
 
     def _load(self, steps_per_epoch: int) -> tuple[History, int]:
         state = load_checkpoint(self.checkpoint)
-        epochs = self.options["epochs"]
+        epochs = self.options.epochs
         if state["epochs"] != epochs or state["step"] != state["epoch"] * steps_per_epoch:
             raise TrainingError(
                 f"checkpoint {self.checkpoint} belongs to a different run (epochs="
