@@ -1,7 +1,7 @@
 """Quickstart: float ResNet -> binary network on Fashion-MNIST, end to end (`make demo`).
 
     python examples/quickstart.py [--recipe dybnn] [--epochs 4] [--float-epochs 4]
-                                  [--subset 30000] [--threads 1] [--two-stage]
+                                  [--subset 40000] [--threads 1] [--two-stage]
 
 1. trains a small float ResNet (`binarize.models.resnet_small`) on Fashion-MNIST, or loads it
    from .cache/quickstart/ when an identical run already trained it;
@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recipe", default="dybnn", help="xnor, bireal, bulat, reactnet, dybnn")
     parser.add_argument("--epochs", type=int, default=4, help="binary fine-tuning epochs")
     parser.add_argument("--float-epochs", type=int, default=4, help="float teacher epochs")
-    parser.add_argument("--subset", type=int, default=30000, help="training images (max 60000)")
+    parser.add_argument("--subset", type=int, default=40000, help="training images (max 60000)")
     parser.add_argument(
         "--threads",
         type=int,
