@@ -72,12 +72,17 @@ def timed(times: dict[str, float], phase: str, work: Callable[[], T]) -> T:
     return result
 
 
+def cache_path(args: argparse.Namespace, train_size: int) -> Path:
+    """Where the float model of this exact configuration is kept."""
+    key = f"resnet_small-w{args.width}-e{args.float_epochs}-n{train_size}-lr{args.float_lr}"
+    return CACHE / f"{key}-s{args.seed}.pt"
+
+
 def float_model(args: argparse.Namespace, train: tuple[torch.Tensor, torch.Tensor]) -> nn.Module:
     """The float teacher: from the cache when this exact configuration was trained before."""
     torch.manual_seed(args.seed)
     model = resnet_small(num_classes=10, width=args.width)
-    key = f"resnet_small-w{args.width}-e{args.float_epochs}-n{len(train[1])}-lr{args.float_lr}"
-    path = CACHE / f"{key}-s{args.seed}.pt"
+    path = cache_path(args, len(train[1]))
     if path.exists() and not args.no_cache:
         model.load_state_dict(torch.load(path, weights_only=True))
         print(f"float model loaded from {path}")
@@ -115,7 +120,9 @@ def main() -> None:
         "load data",
         lambda: (fashion_mnist("train", subset=args.subset, seed=args.seed), fashion_mnist("test")),
     )
-    model = timed(times, "float training", lambda: float_model(args, train))
+    cached = cache_path(args, len(train[1])).exists() and not args.no_cache
+    phase = "float model (loaded from cache)" if cached else "float training"
+    model = timed(times, phase, lambda: float_model(args, train))
     float_accuracy = timed(times, "float evaluation", lambda: evaluate(model, test)["accuracy"])
     print(f"float test accuracy: {100 * float_accuracy:.2f}%")
 
@@ -135,7 +142,8 @@ def main() -> None:
     )
     binary_accuracy = timed(times, "binary evaluation", lambda: evaluate(bnn, test)["accuracy"])
     print(f"binary ({args.recipe}) test accuracy: {100 * binary_accuracy:.2f}%")
-    sizes = binarize.summary(bnn, example, print_fn=None).totals
+    float_size = binarize.summary(model, example, print_fn=None).totals.float_size_bytes
+    packed_size = binarize.summary(bnn, example, print_fn=None).totals.packed_size_bytes
 
     # ---- LEAD: pack + runtime prediction go here -------------------------------------------
     # binarize.pack(bnn, example_inputs=example, path=...) and runtime.load(...).predict(...)
@@ -147,8 +155,8 @@ def main() -> None:
         ["float test accuracy", f"{100 * float_accuracy:.2f}%"],
         [f"binary ({args.recipe}) test accuracy", f"{100 * binary_accuracy:.2f}%"],
         ["accuracy gap", f"{100 * (float_accuracy - binary_accuracy):.2f} points"],
-        ["float model size", f"{sizes.float_size_bytes / 1024:.1f} KiB"],
-        ["binary model size (packed estimate)", f"{sizes.packed_size_bytes / 1024:.1f} KiB"],
+        ["float model size", f"{float_size / 1024:.1f} KiB"],
+        ["binary model size (packed estimate)", f"{packed_size / 1024:.1f} KiB"],
         *[[f"time: {phase}", f"{seconds:.1f} s"] for phase, seconds in times.items()],
         ["time: total", f"{sum(times.values()):.1f} s"],
         ["binary epochs / last train loss", f"{len(history)} / {history.last['train_loss']:.4f}"],
