@@ -8,8 +8,8 @@
 2. converts it into a binary network with a recipe (`binarize.convert`; DyBNN by default);
 3. fine-tunes the binary student with distillation from the float teacher
    (`binarize.finetune`), all binary from the first step: on a budget of a few epochs one
-   stage beat the recipe's two (activations first, then weights; `--two-stage`) by 2-3
-   points here;
+   stage did better here than the recipe's two (activations first, then weights;
+   `--two-stage`): 88.5% against 88.0% at the defaults, 82.9% against 80.2% on 10000 images;
 4. packs it and runs it with the Numba runtime;
 5. prints float vs binary test accuracy, model sizes, and the time of every phase.
 
