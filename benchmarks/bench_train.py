@@ -216,7 +216,9 @@ def report(args: argparse.Namespace, table: str, costs: str) -> str:
         f"{table}\n\n"
         "## Where the extra time goes\n\n"
         f"Forward + backward of single modules on a [{args.batch_size}, width, 28, 28] "
-        "activation (the first stage's), same process, same threads:\n\n"
+        "activation (the first stage's), same process, same threads. A converted block "
+        "costs its float twin plus, per binary conv, the binarizer and (activation - "
+        "ReLU); the convs and BatchNorms are the same in both networks.\n\n"
         f"{costs}\n"
     )
 
