@@ -128,7 +128,8 @@ def finetune(
         weight_decay: decay of the conv weights for the whole run; None follows the
             schedule's per-stage values (ReActNet: 1e-5 in stage 1, 0 in stage 2), or 0.
             Other parameters (BN, biases, thresholds, slopes, classifier) are never decayed.
-        schedule: overrides `bnn.schedule` (a Schedule or a config dict).
+        schedule: overrides `bnn.schedule` (a Schedule, copied, or a config dict); without
+            it `bnn.schedule` itself is driven, so it shows the run's progress afterwards.
         distill: "distributional", "kd", "mse" or None; "recipe" takes `bnn.recipe.distill`
             (labels only when the model has no teacher).
         distill_options: keyword arguments of `binarize.distill.make_loss` (kd's
@@ -304,7 +305,7 @@ class _Run:
             history.records.append(record)
             self._report(record)
             self._save(history, epoch + 1)
-        if self.schedule is not None:
+        if self.schedule is not None:  # also when resuming a finished run (no epoch ran)
             self.schedule.finalize(self.bnn)
         return history
 
