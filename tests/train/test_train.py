@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 import binarize.train as train_module
 from binarize.errors import TrainingError
@@ -260,3 +260,37 @@ def test_recipe_distill_options_reach_the_loss(toy_data, monkeypatch: pytest.Mon
     ]
     with pytest.raises(TrainingError, match="distill_options"):
         finetune(bnn, train, epochs=1, distill_options={"tau": 2.0}, **FAST)
+
+
+
+class Pairs(Dataset):
+    """A map-style Dataset of (input, label) pairs, not a TensorDataset."""
+
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, index: int) -> Pair:
+        return self.x[index], self.y[index]
+
+
+def test_a_dataset_trains_exactly_like_the_same_tensors(toy_data) -> None:
+    train, _ = toy_data
+    from_tensors, from_dataset = make_bnn(distill=None), make_bnn(distill=None)
+    finetune(from_tensors, train, epochs=2, **FAST)
+    finetune(from_dataset, Pairs(*train), epochs=2, **FAST)
+    assert_same_weights(from_tensors, from_dataset)
+
+
+def test_a_users_loader_history_columns_and_evaluate(toy_data) -> None:
+    train, _ = toy_data
+    bnn = make_bnn(distill=None)
+    loader = DataLoader(Pairs(*train), batch_size=32, shuffle=True)
+    history = finetune(bnn, loader, epochs=1, progress=False)
+    assert len(history) == 1 and history.last["val_loss"] is None
+    with pytest.raises(KeyError, match="columns"):
+        history["val_top5"]
+    metrics = evaluate(bnn, train, metric=None)
+    assert set(metrics) == {"loss"} and metrics["loss"] > 0
