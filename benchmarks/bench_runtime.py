@@ -40,6 +40,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18, ideal_bytes  # noqa: E402
 
+import binarize  # noqa: E402
 import runtime  # noqa: E402
 from binarize.models import resnet18  # noqa: E402
 from runtime.format import write_model  # noqa: E402
@@ -97,6 +98,15 @@ def speed(path: Path, repeats: int) -> list[dict]:
         }
         for threads in THREADS
     ]
+
+
+def pack_converted(recipe: str, path: Path) -> None:
+    """The product path: ``binarize.convert(resnet18(), recipe)`` then ``binarize.pack``."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 224, 224)
+    bnn = binarize.convert(resnet18().eval(), recipe=recipe, example_inputs=(x,), teacher=False)
+    bnn.schedule.finalize(bnn)
+    binarize.pack(bnn.eval(), (x,), path=path)
 
 
 def breakdown(path: Path, repeats: int) -> dict[str, float]:
@@ -170,7 +180,7 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
-def report(speed_rows, size, startup, parts, repeats: int) -> str:
+def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -203,6 +213,24 @@ def report(speed_rows, size, startup, parts, repeats: int) -> str:
             f"{row['torch_min'] / row['runtime_min']:.2f}x | "
             f"{row['torch_median'] / row['runtime_median']:.2f}x | {target} |"
         )
+    lines += [
+        "",
+        "The same comparison through the product path: `binarize.convert(resnet18(), recipe)`"
+        " then `binarize.pack` (torchvision's strided 1x1 downsample kept float, the recipe's"
+        " own shortcuts and activations; untrained weights, which do not change the speed):",
+        "",
+        "| recipe | threads | runtime min / median (ms) | torch min / median (ms) |"
+        " speed-up (min) | speed-up (median) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for recipe, rows in product.items():
+        for row in rows:
+            lines.append(
+                f"| {recipe} | {row['threads']} | {ms(row['runtime_min'])} / "
+                f"{ms(row['runtime_median'])} | {ms(row['torch_min'])} / "
+                f"{ms(row['torch_median'])} | {row['torch_min'] / row['runtime_min']:.2f}x | "
+                f"{row['torch_median'] / row['runtime_median']:.2f}x |"
+            )
     total = sum(parts.values())
     lines += [
         "",
@@ -285,7 +313,13 @@ def main() -> None:
         print("speed:", speed_rows)
         parts = breakdown(path, args.repeats)
         print("breakdown:", parts)
-    args.output.write_text(report(speed_rows, size, startup, parts, args.repeats))
+        product = {}
+        for recipe in ("bireal", "reactnet"):
+            converted = Path(folder) / f"{recipe}18.bnn"
+            pack_converted(recipe, converted)
+            product[recipe] = speed(converted, args.repeats)
+            print(recipe, product[recipe])
+    args.output.write_text(report(speed_rows, size, startup, parts, args.repeats, product))
     print(f"wrote {args.output}")
 
 

@@ -9,7 +9,7 @@ y = runtime.load("model.bnn").predict(x_numpy)
 
 from __future__ import annotations
 
-from binarize import nn
+from binarize import data, distill, models, nn, recipes, schedule
 from binarize.convert import BinaryModel, convert
 from binarize.errors import BinarizeError, ConversionError, TrainingError
 from binarize.pack import pack
@@ -29,8 +29,13 @@ __all__ = [
     "History",
     "TrainingError",
     "convert",
+    "data",
+    "distill",
     "finetune",
+    "models",
     "nn",
     "pack",
+    "recipes",
+    "schedule",
     "summary",
 ]

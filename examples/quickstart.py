@@ -30,6 +30,7 @@ from tabulate import tabulate
 from torch import nn
 
 import binarize
+import runtime
 from binarize.data import fashion_mnist
 from binarize.models import resnet_small
 from binarize.schedule import Schedule, Stage
@@ -136,8 +137,13 @@ def main() -> None:
         times,
         "binary fine-tuning",
         lambda: finetune(
-            bnn, train, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-            seed=args.seed, schedule=None if args.two_stage else one_stage(bnn.schedule),
+            bnn,
+            train,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            schedule=None if args.two_stage else one_stage(bnn.schedule),
         ),
     )
     binary_accuracy = timed(times, "binary evaluation", lambda: evaluate(bnn, test)["accuracy"])
@@ -145,18 +151,39 @@ def main() -> None:
     float_size = binarize.summary(model, example, print_fn=None).totals.float_size_bytes
     packed_size = binarize.summary(bnn, example, print_fn=None).totals.packed_size_bytes
 
-    # ---- LEAD: pack + runtime prediction go here -------------------------------------------
-    # binarize.pack(bnn, example_inputs=example, path=...) and runtime.load(...).predict(...)
-    # on the test set: add the runtime's accuracy, the packed file's size and the timings
-    # (phases "pack" and "runtime predict") to the table below.
-    # -----------------------------------------------------------------------------------------
+    bnn.schedule.finalize(bnn)  # the exported network: hard sign, binary weights
+    packed_path = CACHE / f"{args.recipe}.bnn"
+    packed = timed(times, "pack", lambda: binarize.pack(bnn, example, path=packed_path))
+    model_rt = runtime.load(packed, threads=args.threads)
+    test_x = test[0].numpy()
+    logits = timed(times, "runtime predict (10k test images)", lambda: model_rt.predict(test_x))
+    runtime_accuracy = float((logits.argmax(1) == test[1].numpy()).mean())
+    with torch.no_grad():
+        agreement = float((bnn.eval()(test[0]).argmax(1).numpy() == logits.argmax(1)).mean())
+    one = test_x[:1]
+    model_rt.predict(one)
+    started = time.perf_counter()
+    for _ in range(20):
+        model_rt.predict(one)
+    runtime_ms = (time.perf_counter() - started) / 20 * 1e3
+    with torch.no_grad():
+        model.eval()(test[0][:1])
+        started = time.perf_counter()
+        for _ in range(20):
+            model(test[0][:1])
+        torch_ms = (time.perf_counter() - started) / 20 * 1e3
+    print(f"packed runtime test accuracy: {100 * runtime_accuracy:.2f}%")
 
     rows = [
         ["float test accuracy", f"{100 * float_accuracy:.2f}%"],
         [f"binary ({args.recipe}) test accuracy", f"{100 * binary_accuracy:.2f}%"],
         ["accuracy gap", f"{100 * (float_accuracy - binary_accuracy):.2f} points"],
         ["float model size", f"{float_size / 1024:.1f} KiB"],
-        ["binary model size (packed estimate)", f"{packed_size / 1024:.1f} KiB"],
+        ["binary model size (summary estimate)", f"{packed_size / 1024:.1f} KiB"],
+        ["packed file size", f"{len(packed) / 1024:.1f} KiB ({packed_path})"],
+        ["packed runtime test accuracy", f"{100 * runtime_accuracy:.2f}%"],
+        ["runtime vs PyTorch student top-1 agreement", f"{100 * agreement:.2f}%"],
+        ["one image: float PyTorch / binary runtime", f"{torch_ms:.2f} ms / {runtime_ms:.2f} ms"],
         *[[f"time: {phase}", f"{seconds:.1f} s"] for phase, seconds in times.items()],
         ["time: total", f"{sum(times.values()):.1f} s"],
         ["binary epochs / last train loss", f"{len(history)} / {history.last['train_loss']:.4f}"],
