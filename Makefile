@@ -42,6 +42,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 
 bench: setup
+	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_runtime.py
 	$(PY) benchmarks/bench_train.py
 

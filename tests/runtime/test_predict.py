@@ -121,3 +121,15 @@ def test_threads_apply_during_predict_and_are_restored():
 def test_missing_file_is_an_os_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         runtime.load(tmp_path / "nope.bnn")
+
+
+def test_large_batches_run_in_chunks_with_the_same_result(model) -> None:
+    """A batch over runtime.model.CHUNK is cut into chunks; each sample's output is the one it
+    gets alone (nothing in the network mixes samples)."""
+    from runtime.model import CHUNK
+
+    x = good(2 * CHUNK + 7)
+    together = model.predict(x)
+    alone = np.concatenate([model.predict(x[i : i + 1]) for i in range(len(x))])
+    assert together.shape == (2 * CHUNK + 7, 6)
+    np.testing.assert_array_equal(together, alone)
