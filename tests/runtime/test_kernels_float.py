@@ -106,10 +106,15 @@ def test_float_kernels_reject_bad_arguments():
         dense(prepare_dense(np.zeros((2, 3), np.float32)), np.zeros((1, 4), np.float32))
 
 
-def test_conv2d_gives_the_same_result_on_one_and_all_threads():
+@pytest.mark.parametrize(
+    ("size", "channels", "out_channels"),
+    [(6, 5, 7), (48, 16, 64)],  # the second is big enough to split its GEMM among threads
+)
+def test_conv2d_gives_the_same_result_on_one_and_all_threads(size, channels, out_channels):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 6, 6, 5)).astype(np.float32)
-    plan = prepare_conv2d(rng.standard_normal((7, 5, 3, 3)).astype(np.float32), 5, (6, 6), 1, 1)
+    x = rng.standard_normal((2, size, size, channels)).astype(np.float32)
+    weight = rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32)
+    plan = prepare_conv2d(weight, channels, (size, size), 1, 1)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
