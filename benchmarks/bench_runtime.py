@@ -189,8 +189,8 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str
         "Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_runtime.py "
         f"--repeats {repeats}` (and `benchmarks/bench_layers.py` for the layer table).",
         "",
-        "The machine is shared (2 cores, other jobs running): absolute times are pessimistic"
-        " and noisy; the ratios come from interleaved runs in one process.",
+        "Machines here are noisy (2 cores, sometimes shared: see the load average): the ratios"
+        " come from interleaved runs in one process; 2-thread medians suffer most.",
         "",
         "## Whole network: Bi-Real-18 in the runtime vs ResNet-18 fp32 in PyTorch",
         "",
@@ -246,9 +246,10 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str
         "The float stem (7x7 conv, 118 M MACs, im2col + BLAS GEMM in runtime/kernels/conv.py)"
         " dominates; the 16 binary convs with their fused epilogues come next. While a model"
         " predicts, numpy's OpenBLAS runs one thread (runtime/threads.py: numba's OpenMP"
-        " workers spin after each parallel loop and starve BLAS threads on the same cores), so"
-        " at 2 threads the stem does not speed up; on this shared, loaded 2-core machine the"
-        " 2-thread numbers are dominated by the other jobs.",
+        " workers spin after each parallel loop and starve BLAS threads on the same cores); at"
+        " 2 threads the stem's GEMM is split by rows over Python threads instead. The 2-thread"
+        " medians are far above the minima: a parallel step waits for a descheduled thread"
+        " whenever anything else runs on the two cores.",
     ]
     over = size["packed"] / size["ideal"] - 1
     lines += [
