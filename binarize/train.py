@@ -21,37 +21,46 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import (
-    BatchSampler,
     DataLoader,
-    Dataset,
-    DistributedSampler,
-    RandomSampler,
-    TensorDataset,
 )
 from tqdm import tqdm
 
+from binarize.checkpoint import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    checkpoint_path,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+)
 from binarize.distill import LabelLoss, TrainingLoss, make_loss
 from binarize.errors import TrainingError
+from binarize.loaders import (
+    Data,
+    as_loader,
+    check_inputs,
+    check_targets,
+    loader_length,
+    set_epoch,
+    unpack_batch,
+)
 from binarize.nn import binarizers, binary_layers
 from binarize.schedule import Schedule, param_groups
 
 __all__ = ["History", "evaluate", "finetune", "load_checkpoint", "save_checkpoint"]
 
-CHECKPOINT_NAME = "last.pt"
-CHECKPOINT_FORMAT = "binarize.checkpoint"
-CHECKPOINT_VERSION = 1
 _OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
 _LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "linear": lambda t: 1.0 - t,
@@ -59,7 +68,6 @@ _LR_SCHEDULES: dict[str, Callable[[float], float]] = {
     "constant": lambda t: 1.0,
 }
 Metric = Callable[[Tensor, Tensor], Tensor]
-Data = DataLoader | Dataset | tuple[Tensor, Tensor]
 
 
 @dataclass
@@ -187,7 +195,7 @@ def evaluate(
     """
     device = torch.device(device)
     model = model.to(device)
-    loader = _as_loader(data, batch_size, shuffle=False, seed=0, rank=0, world=1)
+    loader = as_loader(data, batch_size, shuffle=False, seed=0, rank=0, world=1)
     name, metric_fn = _resolve_metric(metric)
     totals = _evaluate(model, loader, loss or LabelLoss(), metric_fn, device)
     return _averages(totals, name)
@@ -233,7 +241,7 @@ class _Run:
         self.metric_name, self.metric_fn = _resolve_metric(metric)
         self.schedule = _resolve_schedule(bnn, schedule)
         self.loss_fn, self.val_loss_fn = self._losses()
-        self.checkpoint = _checkpoint_path(options.checkpoint_dir, self.is_main)
+        self.checkpoint = checkpoint_path(options.checkpoint_dir, self.is_main)
         self.step = 0
         self.sample_shape: tuple[int, ...] | None = None
 
@@ -266,19 +274,19 @@ class _Run:
     # ------------------------------------------------------------------------------ loop
     def fit(self, train_data: Data, val_data: Data | None, *, resume: bool) -> History:
         o = self.options
-        train_loader = _as_loader(
+        train_loader = as_loader(
             train_data, o.batch_size, shuffle=True, seed=o.seed, rank=self.rank,
             world=self.world,
         )
         val_loader = None
         if val_data is not None:
-            val_loader = _as_loader(
+            val_loader = as_loader(
                 val_data, o.batch_size, shuffle=False, seed=o.seed, rank=self.rank,
                 world=self.world,
             )
-        steps_per_epoch = _length(train_loader)
+        steps_per_epoch = loader_length(train_loader)
         total_steps = o.epochs * steps_per_epoch
-        _seed_everything(o.seed)
+        seed_everything(o.seed)
         self.bnn.to(self.device)
         self.optimizer = self._optimizer()
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -313,7 +321,7 @@ class _Run:
         self, model: nn.Module, loader: DataLoader, epoch: int
     ) -> tuple[Tensor, float]:
         """One pass over `loader`: sums [loss * n, metric * n, n] and the last step's lr."""
-        _set_epoch(loader, epoch)
+        set_epoch(loader, epoch)
         model.train()
         totals = torch.zeros(3, dtype=torch.float64)
         last_lr = self.optimizer.param_groups[0]["lr"]
@@ -326,10 +334,10 @@ class _Run:
         )
         for index, batch in enumerate(bar):
             where = f"batch {index} of epoch {epoch + 1}"
-            x, y = _unpack_batch(batch, where)
+            x, y = unpack_batch(batch, where)
             if self.sample_shape is None:
                 self.sample_shape = tuple(x.shape[1:])
-            _check_inputs(x, y, self.sample_shape, where)
+            check_inputs(x, y, self.sample_shape, where)
             last_lr = self.optimizer.param_groups[0]["lr"]
             output, loss = self._train_step(model, x, y, where)
             totals += torch.tensor([loss * len(y), self._metric_sum(output, y), len(y)])
@@ -349,7 +357,7 @@ class _Run:
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
         output = _forward(model, x, where)
-        _check_targets(output, y, where)
+        check_targets(output, y, where)
         loss = self.loss_fn(output, x, y)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
@@ -465,7 +473,7 @@ class _Run:
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "schedule": self.schedule.state_dict() if self.schedule else None,
-            "rng": _rng_state(),
+            "rng": rng_state(),
             "history": history.records,
         }
         save_checkpoint(state, self.checkpoint)
@@ -492,54 +500,8 @@ class _Run:
         if self.schedule is not None and state["schedule"] is not None:
             self.schedule.load_state_dict(state["schedule"])
             self.schedule.on_step(self.bnn, state["step"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         return History(list(state["history"])), int(state["epoch"])
-
-
-def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
-    """Write `state` with torch.save atomically: temp file, fsync, os.replace, fsync folder.
-
-    A crash at any point leaves either the previous file or the new one, never a torn one.
-    Raises TrainingError (the temp file removed) when the write fails.
-    """
-    path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(temp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except Exception as exc:
-        temp.unlink(missing_ok=True)
-        raise TrainingError(
-            f"cannot write checkpoint {path}: {exc}; the previous checkpoint is left as it "
-            "was. Free disk space or choose a writable checkpoint_dir"
-        ) from exc
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint written by `finetune` (tensors and plain data only, no pickle code)."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise TrainingError(
-            f"cannot read checkpoint {path}: {exc}; delete it or pass resume=False"
-        ) from exc
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"{path} is not a binarize checkpoint; pass resume=False")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise TrainingError(
-            f"checkpoint {path} has version {state.get('version')}, this library reads "
-            f"version {CHECKPOINT_VERSION}; pass resume=False"
-        )
-    return state
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -606,149 +568,6 @@ def _lr_factor(name: str, total_steps: int) -> Callable[[int], float]:
     return lambda step: shape(min(step / total_steps, 1.0))
 
 
-def _checkpoint_path(folder: str | Path | None, is_main: bool) -> Path | None:
-    """`folder/last.pt`, after checking (rank 0) that the folder can be written."""
-    if folder is None:
-        return None
-    folder = Path(folder)
-    if is_main:
-        probe = folder / f".write-test-{os.getpid()}"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as exc:
-            raise TrainingError(
-                f"checkpoint_dir {folder} is not writable ({exc}); choose another folder or "
-                "pass checkpoint_dir=None"
-            ) from exc
-    return folder / CHECKPOINT_NAME
-
-
-def _as_loader(
-    data: Data, batch_size: int, *, shuffle: bool, seed: int, rank: int, world: int
-) -> DataLoader:
-    """A DataLoader over `data`, sharded across `world` processes.
-
-    Tensors and Datasets are batched with a DistributedSampler (one replica when not
-    distributed), whose order depends only on (seed, epoch): resuming replays it exactly.
-    A TensorDataset is indexed a whole batch at a time (no per-sample collation).
-    """
-    if isinstance(data, DataLoader):
-        if world == 1:
-            return data
-        return _shard_loader(data, rank, world, seed)
-    if isinstance(data, tuple | list):
-        if len(data) != 2 or not all(isinstance(t, Tensor) for t in data):
-            raise TrainingError(
-                "training data given as a sequence must be a pair of tensors (inputs, "
-                f"targets); got {len(data)} items of types {[type(t).__name__ for t in data]}"
-            )
-        x, y = data
-        if len(x) != len(y):
-            raise TrainingError(
-                f"inputs and targets differ in length: {len(x)} inputs, {len(y)} targets"
-            )
-        data = TensorDataset(x, y)
-    if not isinstance(data, Dataset):
-        raise TrainingError(
-            f"cannot train on a {type(data).__name__}; pass a DataLoader, a Dataset or a "
-            "pair of tensors (inputs, targets)"
-        )
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed)
-    if isinstance(data, TensorDataset):
-        return DataLoader(data, sampler=BatchSampler(sampler, batch_size, False), batch_size=None)
-    return DataLoader(data, batch_size=batch_size, sampler=sampler)
-
-
-def _shard_loader(loader: DataLoader, rank: int, world: int, seed: int) -> DataLoader:
-    """The same DataLoader with a DistributedSampler (shuffled if the original was)."""
-    shuffle = isinstance(loader.sampler, RandomSampler)
-    sampler = DistributedSampler(
-        loader.dataset, num_replicas=world, rank=rank, shuffle=shuffle, seed=seed
-    )
-    return DataLoader(
-        loader.dataset,
-        batch_size=loader.batch_size,
-        sampler=sampler,
-        num_workers=loader.num_workers,
-        collate_fn=loader.collate_fn,
-        pin_memory=loader.pin_memory,
-        drop_last=loader.drop_last,
-    )
-
-
-def _set_epoch(loader: DataLoader, epoch: int) -> None:
-    sampler = loader.sampler
-    if isinstance(sampler, BatchSampler):
-        sampler = sampler.sampler
-    if isinstance(sampler, DistributedSampler):
-        sampler.set_epoch(epoch)
-
-
-def _length(loader: DataLoader) -> int:
-    try:
-        n = len(loader)
-    except TypeError as exc:
-        raise TrainingError(
-            "the training DataLoader has no length (an IterableDataset?); finetune needs "
-            "the number of steps per epoch to place the schedule and the lr decay"
-        ) from exc
-    if n == 0:
-        raise TrainingError("the training data yields no batch; give it at least one sample")
-    return n
-
-
-def _unpack_batch(batch: Any, where: str) -> tuple[Tensor, Tensor]:
-    if not isinstance(batch, tuple | list) or len(batch) != 2:
-        raise TrainingError(
-            f"{where}: the loader must yield (inputs, targets) pairs, got a "
-            f"{type(batch).__name__}; wrap the data so each batch is a pair"
-        )
-    x, y = batch
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise TrainingError(
-            f"{where}: inputs and targets must be tensors, got {type(x).__name__} and "
-            f"{type(y).__name__}"
-        )
-    return x, y
-
-
-def _check_inputs(x: Tensor, y: Tensor, sample_shape: tuple[int, ...], where: str) -> None:
-    if not x.is_floating_point():
-        raise TrainingError(f"{where}: inputs must be floating point, got {x.dtype}")
-    if tuple(x.shape[1:]) != sample_shape:
-        raise TrainingError(
-            f"{where}: inputs have shape {tuple(x.shape)}, but earlier batches had samples of "
-            f"shape {sample_shape}; every sample must have the same shape"
-        )
-    if len(x) != len(y):
-        raise TrainingError(f"{where}: {len(x)} inputs but {len(y)} targets")
-
-
-def _check_targets(output: Tensor, y: Tensor, where: str) -> None:
-    """Class-index targets must be [N] integers in [0, C) for a [N, C] output."""
-    if y.is_floating_point():
-        if y.shape != output.shape:
-            raise TrainingError(
-                f"{where}: float targets of shape {tuple(y.shape)} do not match the output "
-                f"{tuple(output.shape)}; use integer class indices or targets shaped like it"
-            )
-        return
-    if output.dim() != 2 or y.dim() != 1:
-        raise TrainingError(
-            f"{where}: class-index targets must be [N] for an [N, C] output, got targets "
-            f"{tuple(y.shape)} and output {tuple(output.shape)}"
-        )
-    classes = output.shape[1]
-    low, high = int(y.min()), int(y.max())
-    if low < 0 or high >= classes:
-        raise TrainingError(
-            f"{where}: labels must lie in [0, {classes - 1}] (the model has {classes} "
-            f"outputs), got labels from {low} to {high}"
-        )
-
-
 def _forward(model: nn.Module, x: Tensor, where: str) -> Tensor:
     try:
         return model(x)
@@ -771,10 +590,10 @@ def _evaluate(
     totals = torch.zeros(3, dtype=torch.float64)
     with torch.no_grad():
         for index, batch in enumerate(loader):
-            x, y = _unpack_batch(batch, f"validation batch {index}")
+            x, y = unpack_batch(batch, f"validation batch {index}")
             x, y = x.to(device), y.to(device)
             output = _forward(model, x, f"validation batch {index}")
-            _check_targets(output, y, f"validation batch {index}")
+            check_targets(output, y, f"validation batch {index}")
             n = len(y)
             metric = float(metric_fn(output, y)) if metric_fn is not None else 0.0
             totals += torch.tensor([float(loss_fn(output, x, y)) * n, metric * n, n])
@@ -789,49 +608,4 @@ def _averages(totals: Tensor, metric_name: str | None) -> dict[str, float]:
         averages[metric_name] = float(totals[1]) / count
     return averages
 
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def _rng_state() -> dict[str, Any]:
-    """Every RNG a training step may draw from, as tensors and plain data."""
-    numpy_state = np.random.get_state(legacy=False)
-    return {
-        "python": random.getstate(),
-        "numpy": {
-            "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
-            "pos": int(numpy_state["state"]["pos"]),
-            "has_gauss": int(numpy_state["has_gauss"]),
-            "gauss": float(numpy_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    random.setstate(_as_tuples(state["python"]))
-    numpy_state = state["numpy"]
-    np.random.set_state(
-        {
-            "bit_generator": "MT19937",
-            "state": {"key": numpy_state["key"].numpy().astype(np.uint32),
-                      "pos": numpy_state["pos"]},
-            "has_gauss": numpy_state["has_gauss"],
-            "gauss": numpy_state["gauss"],
-        }
-    )
-    torch.set_rng_state(state["torch"])
-    if torch.cuda.is_available() and state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(value: Any) -> Any:
-    """random.setstate needs tuples; a checkpoint may hand lists back."""
-    if isinstance(value, list | tuple):
-        return tuple(_as_tuples(v) for v in value)
-    return value
 

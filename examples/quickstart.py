@@ -31,10 +31,11 @@ from torch import nn
 
 import binarize
 import runtime
+from binarize.checkpoint import save_checkpoint
 from binarize.data import fashion_mnist
 from binarize.models import resnet_small
 from binarize.schedule import Schedule, Stage
-from binarize.train import evaluate, finetune, save_checkpoint
+from binarize.train import evaluate, finetune
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "quickstart"
 T = TypeVar("T")
