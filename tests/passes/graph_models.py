@@ -9,58 +9,27 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from binarize.models import resnet
 from passes.base import module_of, run_passes
 from passes.canonicalize import Canonicalize
 from passes.trace import trace
 
 
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: one ``self.relu`` called twice, ``out += identity``."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
+def _projection(cin: int, cout: int, stride: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
 
 
-class Bottleneck(nn.Module):
-    """torchvision's Bottleneck (1x1 -> 3x3 -> 1x1, the last 1x1 feeding the residual add)."""
+def basic_block(cin: int, cout: int, stride: int = 1) -> resnet.BasicBlock:
+    """The model zoo's torchvision BasicBlock (one ``self.relu`` called twice,
+    ``out += identity``), with a projection shortcut when the shape changes."""
+    downsample = _projection(cin, cout, stride) if stride != 1 or cin != cout else None
+    return resnet.BasicBlock(cin, cout, stride, downsample)
 
-    def __init__(self, cin: int, width: int, stride: int = 1) -> None:
-        super().__init__()
-        cout = 4 * width
-        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
-        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(width)
-        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
-        self.bn3 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                        nn.BatchNorm2d(cout))  # fmt: skip
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        return self.relu(out + self.downsample(x))
+def bottleneck(cin: int, width: int, stride: int = 1) -> resnet.Bottleneck:
+    """The model zoo's torchvision Bottleneck (1x1 -> 3x3 -> 1x1 expanding to 4*width), with a
+    projection shortcut."""
+    return resnet.Bottleneck(cin, width, stride, _projection(cin, 4 * width, stride))
 
 
 class TinyResNet(nn.Module):
@@ -71,8 +40,8 @@ class TinyResNet(nn.Module):
         self.conv1 = nn.Conv2d(3, 8, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(8)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = BasicBlock(8, 8)
-        self.layer2 = BasicBlock(8, 16, stride=2)
+        self.layer1 = basic_block(8, 8)
+        self.layer2 = basic_block(8, 16, stride=2)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(16, classes)
 

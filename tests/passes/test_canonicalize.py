@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from graph_models import BasicBlock, canonical, module_counts, op_counts, randomize_batchnorm
+from graph_models import basic_block, canonical, module_counts, op_counts, randomize_batchnorm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
@@ -83,7 +83,7 @@ def test_clamp_with_one_nonzero_bound_or_tensor_bound_stays() -> None:
 
 
 def test_shared_relu_gets_one_module_per_call_site() -> None:
-    block = randomize_batchnorm(BasicBlock(4, 4)).eval()
+    block = randomize_batchnorm(basic_block(4, 4)).eval()
     x = torch.randn(2, 4, 6, 6)
     gm = canonical(block, x)
     relus = [node for node in gm.graph.nodes if isinstance(module_of(gm, node), nn.ReLU)]
@@ -112,7 +112,7 @@ def test_inplace_arithmetic_becomes_out_of_place() -> None:
 
 
 def test_shapes_are_recorded_on_every_value() -> None:
-    block = BasicBlock(4, 8, stride=2).eval()
+    block = basic_block(4, 8, stride=2).eval()
     gm = canonical(block, torch.randn(2, 4, 6, 6))
     for node in gm.graph.nodes:
         if node.op != "output":

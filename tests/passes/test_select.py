@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from graph_models import BasicBlock, Bottleneck, DepthwiseNet, TinyResNet, canonical
+from graph_models import DepthwiseNet, TinyResNet, basic_block, bottleneck, canonical
 from torch import fx, nn
 
 from binarize.errors import ConversionError
@@ -35,7 +35,7 @@ def test_resnet_defaults_keep_stem_classifier_and_downsample_float() -> None:
 
 
 def test_bottleneck_last_1x1_is_binary_but_its_downsample_is_not() -> None:
-    chosen = select(nn.Sequential(nn.Conv2d(3, 8, 3), Bottleneck(8, 4), nn.Conv2d(16, 2, 1)))
+    chosen = select(nn.Sequential(nn.Conv2d(3, 8, 3), bottleneck(8, 4), nn.Conv2d(16, 2, 1)))
     assert chosen["1.conv1"] and chosen["1.conv2"] and chosen["1.conv3"]
     assert not chosen["1.downsample.0"]
     assert not chosen["0"] and not chosen["2"]
@@ -109,7 +109,7 @@ def test_a_name_that_matches_nothing_is_an_error_with_a_suggestion() -> None:
 
 
 def test_shared_block_weights_get_one_decision_per_call() -> None:
-    block = BasicBlock(3, 3)
+    block = basic_block(3, 3)
 
     class Twice(nn.Module):
         def __init__(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import operator
 
 import torch
-from graph_models import BasicBlock, TinyResNet, canonical, module_counts, randomize_batchnorm
+from graph_models import TinyResNet, basic_block, canonical, module_counts, randomize_batchnorm
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import fx, nn
@@ -67,7 +67,7 @@ def test_no_shortcut_without_binary_convs_and_idempotent() -> None:
 
 
 def test_shortcut_adds_exactly_the_conv_input() -> None:
-    block = randomize_batchnorm(BasicBlock(4, 4)).eval()
+    block = randomize_batchnorm(basic_block(4, 4)).eval()
     x = torch.randn(2, 4, 5, 5)
     gm = run_passes(canonical(block, x), [SelectLayers(LayerSelection(keep_first=False,
                     keep_last=False)), BinarizeLayers()])  # fmt: skip
