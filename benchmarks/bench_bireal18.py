@@ -9,7 +9,7 @@ conv binary with its own shortcut (Bi-Real Net):
 RPReLU after the add as in ReActNet/DyBNN (Bi-Real itself has none; it costs one fused
 epilogue step here). Downsampling shortcuts stay float in Bi-Real/ReActNet style:
 AvgPool2d(2) -> 1x1 conv -> BN (affine). Head: global average pool -> flatten -> float fc
-(512 -> 1000). numpy only: the benchmark builds this without torch.
+(512 -> 1000). Built from numpy arrays with the packer's IR nodes (passes/ir.py, no torch).
 """
 
 from __future__ import annotations
@@ -18,33 +18,21 @@ from typing import Any
 
 import numpy as np
 
+from passes.ir import IRNode, Program
+
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 
 
 class _Writer:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
-        self.nodes: list[dict[str, Any]] = []
-        self.tensors: dict[str, np.ndarray] = {}
+        self.nodes: list[IRNode] = []
 
     def f32(self, *shape: int, scale: float = 1.0) -> np.ndarray:
         return (self.rng.standard_normal(shape) * scale).astype(np.float32)
 
     def add(self, op: str, name: str, inputs: list[str], attrs=None, params=None) -> str:
-        keys = {}
-        for role, array in (params or {}).items():
-            keys[role] = f"{name}.{role}"
-            self.tensors[keys[role]] = array
-        self.nodes.append(
-            {
-                "op": op,
-                "name": name,
-                "inputs": inputs,
-                "outputs": [name],
-                "attrs": attrs or {},
-                "params": keys,
-            }
-        )
+        self.nodes.append(IRNode(op, name, inputs, [name], attrs or {}, params or {}))
         return name
 
     def affine(self, name: str, x: str, channels: int) -> str:
@@ -157,14 +145,12 @@ def bireal18(num_classes: int = 1000, size: int = 224, seed: int = 0):
             "bias": w.f32(num_classes, scale=0.01),
         },
     )
-    graph = {
-        "format": "binarize.packed",
-        "version": 1,
-        "inputs": [{"name": "input", "shape": [None, 3, size, size], "dtype": "float32"}],
-        "outputs": [{"name": logits, "shape": [None, num_classes]}],
-        "nodes": w.nodes,
-    }
-    return graph, w.tensors
+    program = Program(
+        inputs=[{"name": "input", "shape": [None, 3, size, size], "dtype": "float32"}],
+        outputs=[{"name": logits, "shape": [None, num_classes]}],
+        nodes=w.nodes,
+    )
+    return program.to_file_parts()
 
 
 def ideal_bytes(graph: dict[str, Any], tensors: dict[str, np.ndarray]) -> int:
