@@ -117,12 +117,51 @@ def test_pack_needs_a_converted_model_and_one_float_input() -> None:
         binarize.pack(bnn, (X.double(),))
 
 
+class Wide(nn.Module):
+    """Binary convs with 70 and 130 input channels (2 and 3 words, the last one partly
+    padding) and a binary linear layer with 8*6*7 = 336 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(3, 70, 3, padding=1), nn.BatchNorm2d(70), nn.ReLU(),
+            nn.Conv2d(70, 130, 3, padding=1), nn.BatchNorm2d(130), nn.ReLU(),
+            nn.Conv2d(130, 8, (3, 2), padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(),
+        )  # fmt: skip
+        self.fc1 = nn.Linear(8 * 6 * 7, 20)
+        self.fc2 = nn.Linear(20, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(self.body(x))))
+
+
+def unpack_bits(words: np.ndarray, channels: int) -> np.ndarray:
+    """uint64[..., W] -> 0/1 uint8[..., W*64] by the documented order: bit j of word w is
+    channel 64*w + j (docs/IR.md, "Values")."""
+    out = np.zeros((*words.shape[:-1], words.shape[-1] * 64), np.uint8)
+    for c in range(out.shape[-1]):
+        out[..., c] = (words[..., c // 64] >> np.uint64(c % 64)) & np.uint64(1)
+    return out
+
+
 def test_weights_are_packed_one_bit_each() -> None:
-    bnn = binarize.convert(Plain(), recipe="xnor", example_inputs=(X,))
-    program = lower_for_runtime(bnn, (X,))
-    bconvs = [n for n in program.nodes if n.op == "bconv2d"]
-    for node in bconvs:
-        weight = node.params["weight"]
-        assert weight.dtype == np.uint64
-        o, kh, kw, words = weight.shape
-        assert (o, kh, kw, words) == (node.attrs["out_channels"], 3, 3, 1)
+    """Every packed weight bit is sign(W) (1 for W >= 0, so sign(0) = +1) at the documented
+    bit position, and the padding bits past the last channel are 0."""
+    x = torch.randn(2, 3, 6, 6)
+    bnn = binarize.convert(Wide(), recipe="xnor", example_inputs=(x,), keep_float=["body.0"])
+    layers = dict(bnn.student.named_modules())
+    with torch.no_grad():
+        layers["body.3"].weight[5, 66, 1, 2] = 0.0  # word 1, bit 2: sign(0) must pack as +1
+    program = lower_for_runtime(bnn, (x,))
+    binary = [n for n in program.nodes if n.op in ("bconv2d", "bdense")]
+    assert [n.op for n in binary] == ["bconv2d", "bconv2d", "bdense"]
+    for node, name, in_channels in zip(binary, ["body.3", "body.6", "fc1"], [70, 130, 336]):
+        latent = layers[name].weight.detach().numpy()
+        words = node.params["weight"]
+        assert words.dtype == np.uint64
+        if node.op == "bconv2d":  # [O, C, kh, kw] -> [O, kh, kw, C], channels last
+            latent = latent.transpose(0, 2, 3, 1)
+        assert words.shape == (*latent.shape[:-1], -(-in_channels // 64)), name
+        bits = unpack_bits(words, in_channels)
+        np.testing.assert_array_equal(bits[..., :in_channels], latent >= 0, err_msg=name)
+        assert not bits[..., in_channels:].any(), name
