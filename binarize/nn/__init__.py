@@ -1,15 +1,32 @@
 """Binary operators: sign functions, activation binarizers, binary layers, RPReLU / DyPReLU.
 
-The exact math of every operator is in PAPERS.md and in each module's docstring:
+docs/OPERATORS.md gives the exact forward and backward of every operator, with its paper;
+each module's docstring repeats the math of what it defines:
 
 * :mod:`binarize.nn.functional`: ``sign_ste``, ``approx_sign``, ``progressive_sign``,
   ``weight_sign``, ``binarize_activation`` (exact sign forward, ``sign(0) = +1``; surrogate
   gradients), ``shifted_prelu`` / ``prelu``.
 * :mod:`binarize.nn.binarizers`: ``SignSTE``, ``ApproxSign``, ``ProgressiveSign``, ``RSign``,
-  ``DySign`` (all :class:`Binarizer`).
+  ``DySign`` (all :class:`Binarizer`), built by name with ``make_binarizer`` / ``BINARIZERS``.
 * :mod:`binarize.nn.activations`: ``PReLU`` (``torch.nn.PReLU`` with a fast backward),
   ``RPReLU``, ``DyPReLU``.
-* :mod:`binarize.nn.layers`: ``BinaryConv2d``, ``BinaryLinear``.
+* :mod:`binarize.nn.layers`: ``BinaryConv2d``, ``BinaryLinear`` (``weight_scale`` one of
+  ``WEIGHT_SCALES``).
+
+Every module here takes ``[N, C]`` or ``[N, C, H, W]`` inputs with channels on dim 1.
+
+What the other packages rely on:
+
+* ``passes.trace`` keeps every module of ``binarize.nn`` as one opaque (leaf) call.
+* The schedule (``binarize.schedule``) switches the stages through :func:`set_binarization`
+  and writes the ``lam`` buffer of the binarizers whose ``backward == "progressive"``.
+* ``binarize.pack`` exports the hard network and warns about parts still in a soft training
+  state: a binarizer with ``enabled = False``, a progressive ``lam < lam_max``, a binary
+  layer with ``binarize_weights = False``.
+* ``passes.lower`` recognises the binarizers by type: ``SignSTE`` / ``ApproxSign`` /
+  ``ProgressiveSign`` become a threshold-0 ``quantize`` node, ``RSign`` one with threshold
+  ``alpha``, ``DySign`` a ``dyquantize`` node carrying ``fc1`` / ``fc2`` and ``activation``
+  (likewise ``DyPReLU``); a binary layer's scale is read through ``weight_scale_values()``.
 
 Example::
 

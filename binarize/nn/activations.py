@@ -3,7 +3,8 @@
 ReLU in front of a sign destroys the information (its output is never negative, so the sign
 is constantly +1); binary networks swap it for a learnable piecewise-linear function:
 
-* **PReLU** (Bulat et al. 2019): ``torch.nn.PReLU(num_parameters=C, init=0.25)``;
+* **PReLU** (He et al. 2015; in binary networks Bulat et al. 2019):
+  ``torch.nn.PReLU(num_parameters=C, init=0.25)``;
   :class:`PReLU` is a drop-in subclass (same parameter, same state_dict) whose backward is
   fused (torch's PReLU backward is an order of magnitude slower on CPU).
 * **RPReLU** (ReActNet, Liu et al. 2020): per channel ``c``::
@@ -18,8 +19,16 @@ is constantly +1); binary networks swap it for a learnable piecewise-linear func
   static parameter. ``fc2`` is zero-initialised, so DyPReLU starts exactly as
   ``PReLU(init)``.
 
-Both are computed as ``prelu(x - gamma, beta) + zeta`` by
-:func:`~binarize.nn.functional.shifted_prelu` (one fused autograd node).
+All three are computed as ``prelu(x - gamma, beta) + zeta`` by
+:func:`~binarize.nn.functional.shifted_prelu` (one fused autograd node; PReLU with
+``gamma = zeta = 0``). Backward, with ``d = x - gamma`` and ``g`` the incoming gradient::
+
+    d L / d x      = g * (1 if d >= 0 else beta_c)        (slope 1 at the kink)
+    d L / d gamma  = -(d L / d x),  d L / d zeta = g      (summed per channel, or per sample)
+    d L / d beta_c = sum over n, h, w of g * min(d, 0)
+
+For DyPReLU the per-sample ``gamma`` / ``zeta`` gradients continue through the hyper head into
+its weights and, via ``GAP``, into ``x``. docs/OPERATORS.md has the papers' titles.
 
 Example::
 
@@ -40,9 +49,11 @@ __all__ = ["DyPReLU", "PReLU", "RPReLU"]
 
 
 class PReLU(nn.PReLU):
-    """``torch.nn.PReLU`` (``x if x >= 0 else weight_c * x``) with the fused backward of
-    :func:`~binarize.nn.functional.prelu`; an ``isinstance`` of ``nn.PReLU`` with the same
-    constructor, ``weight`` parameter and state_dict.
+    """``torch.nn.PReLU`` (He et al. 2015; in binary networks Bulat et al. 2019):
+    ``x if x >= 0 else weight_c * x``, with the fused backward of
+    :func:`~binarize.nn.functional.prelu` (``d L / d x = g`` where ``x >= 0``, ``g * weight_c``
+    below; ``d L / d weight_c = sum g * min(x, 0)``) on inputs of rank >= 2. An ``isinstance``
+    of ``nn.PReLU`` with the same constructor, ``weight`` parameter and state_dict.
 
     >>> PReLU(4)(torch.full((1, 4), -2.0))
     tensor([[-0.5000, -0.5000, -0.5000, -0.5000]], grad_fn=<_ShiftedPReLUBackward>)
@@ -55,8 +66,11 @@ class PReLU(nn.PReLU):
 
 
 class RPReLU(nn.Module):
-    """ReActNet's RPReLU: ``beta_c (x - gamma_c) + zeta_c`` below ``gamma_c``, else
-    ``x - gamma_c + zeta_c``.
+    """ReActNet's RPReLU (Liu et al. 2020): ``beta_c (x - gamma_c) + zeta_c`` below
+    ``gamma_c``, else ``x - gamma_c + zeta_c``. Backward: slope 1 (at and above ``gamma_c``) or
+    ``beta_c`` (below) to ``x``; ``d L / d gamma_c = -sum d L / d x``,
+    ``d L / d zeta_c = sum g``, ``d L / d beta_c = sum g * min(x - gamma_c, 0)`` (sums over
+    ``n, h, w``).
 
     Args:
         channels: ``C``, the size of dim 1 of the input (``[N, C]`` or ``[N, C, H, W]``).
@@ -90,12 +104,15 @@ class RPReLU(nn.Module):
 
 
 class DyPReLU(nn.Module):
-    """DyBNN's DyPReLU: RPReLU with per-sample shifts from a hyper head.
+    """DyBNN's DyPReLU (Zhang et al. 2021): RPReLU with per-sample shifts from a hyper head.
 
     ``h = fc2(act(fc1(GAP(x))))`` with ``fc1: C -> Hd``, ``fc2: Hd -> 2C`` and
     ``Hd = max(C // reduction, min_hidden)``; ``gamma = h[:, :C]``, ``zeta = h[:, C:]``;
     ``y = prelu(x - gamma, beta) + zeta`` with a static ``beta`` ``[C]`` (init ``init``).
-    ``fc2`` starts at zero, so the module starts exactly as ``nn.PReLU(C, init)``.
+    ``fc2`` starts at zero, so the module starts exactly as ``nn.PReLU(C, init)``. Backward:
+    RPReLU's, with the per-sample ``d L / d gamma_{n,c} = -sum_{h,w} d L / d x`` and
+    ``d L / d zeta_{n,c} = sum_{h,w} g`` flowing on through ``fc2``, ``act``, ``fc1`` and ``GAP``
+    into the head's weights and ``x``.
 
     >>> f = DyPReLU(32)
     >>> x = torch.randn(2, 32, 4, 4)

@@ -18,9 +18,11 @@ The channel axis is dim 1; inputs are ``[N, C]`` or ``[N, C, H, W]``. ``enabled 
 turns any binarizer into the identity (stage 1 of a schedule that keeps some activations
 float, or a float baseline). The buffer ``lam`` (tanh sharpness, used when ``backward ==
 "progressive"``) is written by the schedule and saved in ``state_dict`` so a resumed run
-continues the ramp. For RSign the gradient to ``alpha`` is minus the summed gradient of
-``B`` over the batch and spatial positions of that channel; autograd derives it from
-``x - alpha``.
+continues the ramp. Backward, with ``g`` the incoming gradient and ``B'`` the surrogate
+derivative: ``d L / d x = g * B'(x - alpha)``; for RSign ``d L / d alpha_c`` is minus the sum of
+``g * B'(x - alpha)`` over the batch and spatial positions of channel ``c``; for DySign the
+same sum per sample flows on through the hyper head into its weights and, via ``GAP``, into
+``x``. docs/OPERATORS.md has the papers' titles.
 
 Example::
 
@@ -61,6 +63,12 @@ __all__ = [
 class Binarizer(nn.Module):
     """Base of every activation binarizer: ``x_b = B(x - alpha)``, identity when disabled.
 
+    forward: ``+1`` where ``x - alpha >= 0``, ``-1`` below (the progressive backward's forward
+    is ``tanh(lam (x - alpha))`` while ``lam < lam_max``); backward:
+    ``d L / d x = g * B'(x - alpha)`` with ``B'`` the surrogate named by ``backward``
+    (``1{|z| <= 1}``, ``(2 - 2|z|) 1{|z| < 1}`` or ``lam (1 - tanh^2(lam z))``). When disabled,
+    forward and backward are the identity.
+
     Args:
         channels: channel count of the input (dim 1); required by subclasses with
             per-channel state, informational otherwise.
@@ -99,9 +107,9 @@ class Binarizer(nn.Module):
         return None
 
     def static_threshold(self) -> Tensor | None:
-        """Per-channel threshold ``[C]`` for a static learnable one (RSign), ``None`` when the
-        threshold is 0 (plain sign). ``pack`` reads it to fold the binarizer into a
-        ``quantize`` node."""
+        """Per-channel threshold ``[C]`` for a static learnable one (RSign, detached), ``None``
+        when the threshold is 0 (plain sign); DySign, whose threshold is per sample, raises.
+        (``passes.lower`` reads the parameters of each binarizer type itself.)"""
         return None
 
     def forward(self, x: Tensor) -> Tensor:
@@ -122,7 +130,8 @@ class Binarizer(nn.Module):
 
 
 class SignSTE(Binarizer):
-    """``sign(x)`` with the clipped straight-through estimator ``1{|x| <= 1}`` (BinaryNet).
+    """``sign(x)`` with the clipped straight-through estimator: forward ``+1 if x >= 0 else -1``,
+    backward ``d L / d x = g * 1{|x| <= 1}`` (BinaryNet, Courbariaux et al. 2016).
 
     >>> SignSTE()(torch.tensor([[-0.5, 0.0]]))
     tensor([[-1.,  1.]])
@@ -133,7 +142,9 @@ class SignSTE(Binarizer):
 
 
 class ApproxSign(Binarizer):
-    """``sign(x)`` with Bi-Real Net's gradient ``(2 - 2|x|) 1{|x| < 1}`` (Liu et al. 2018).
+    """``sign(x)`` with Bi-Real Net's gradient (Liu et al. 2018): forward ``+1 if x >= 0 else
+    -1``, backward ``d L / d x = g * (2 - 2|x|) 1{|x| < 1}``, the derivative of the piecewise
+    polynomial ``2x + x^2`` (``-1 <= x < 0``) / ``2x - x^2`` (``0 <= x < 1``).
 
     >>> ApproxSign()(torch.tensor([[-0.5, 0.0]]))
     tensor([[-1.,  1.]])
@@ -145,8 +156,8 @@ class ApproxSign(Binarizer):
 
 class ProgressiveSign(Binarizer):
     """Progressive quantization (Bulat et al. 2019): ``tanh(lam x)`` while ``lam < lam_max``,
-    the hard sign once the schedule has raised ``lam`` to ``lam_max``; gradient
-    ``lam (1 - tanh^2(lam x))``.
+    the hard sign once the schedule has raised ``lam`` to ``lam_max``; backward in both regimes
+    ``d L / d x = g * lam (1 - tanh^2(lam x))`` (``lam`` gets no gradient).
 
     >>> b = ProgressiveSign()
     >>> b(torch.tensor([[0.5]]))                  # lam = 1: tanh(0.5)
@@ -162,7 +173,9 @@ class ProgressiveSign(Binarizer):
 
 class RSign(Binarizer):
     """ReActNet's RSign (Liu et al. 2020): ``x_b = B(x - alpha_c)``, ``alpha`` a learnable
-    per-channel threshold initialised to 0; ``d L / d alpha_c = -sum_{n,h,w} d L / d x``.
+    per-channel threshold initialised to 0. Backward (``B'`` the ``backward`` surrogate,
+    approx by default): ``d L / d x = g * B'(x - alpha_c)`` and
+    ``d L / d alpha_c = -sum_{n,h,w} d L / d x``.
 
     >>> b = RSign(4)
     >>> b(torch.tensor([[-0.1, 0.0, 0.1, 2.0]])).tolist()
@@ -197,6 +210,10 @@ class DySign(Binarizer):
     paper gives ``reduction = 16`` and two FCs but not the activation between them (ReLU by
     default). ``fc2`` is zero-initialised, so DySign starts exactly as ``RSign`` with
     ``alpha = 0``. The threshold is part of the packed graph (``dyquantize``).
+
+    Backward: ``d L / d x = g * B'(x - alpha)`` directly, plus the path through the head:
+    ``d L / d alpha_{n,c} = -sum_{h,w} g * B'(x - alpha)`` flows back through ``fc2``, ``act``,
+    ``fc1`` and ``GAP`` (``1 / (H W)`` to each position) into ``x`` and the head's weights.
 
     >>> b = DySign(32)
     >>> x = torch.randn(2, 32, 4, 4)

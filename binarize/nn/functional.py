@@ -3,8 +3,8 @@
 The sign functions return the exact sign in the forward pass with the library's convention
 ``sign(0) = +1`` (``+1`` where ``x >= 0``, ``-1`` below; ``torch.sign`` never gives a forward
 value because it maps 0 to 0, which the packed runtime's bits cannot hold). They differ only in
-the gradient they pass backward (PAPERS.md, "Activation binarizers" and "Weight
-binarization"):
+the gradient they pass backward, ``d L / d x = g * d out / d x`` (docs/OPERATORS.md has the
+papers' titles and the derivations):
 
 =====================  ==================================  ==============================
 function               d out / d x                          paper
@@ -20,7 +20,8 @@ while ``lam < lam_max`` and the hard sign once ``lam >= lam_max``.
 
 :func:`binarize_activation` also takes the binarizer's threshold: it computes
 ``B(x - alpha)`` in one autograd node whose gradient to ``alpha`` is minus the summed gradient
-to ``x``. :func:`shifted_prelu` is RPReLU / DyPReLU's ``prelu(x - gamma, beta) + zeta``.
+to ``x``. :func:`shifted_prelu` is RPReLU / DyPReLU's ``prelu(x - gamma, beta) + zeta``, and
+:func:`prelu` its unshifted case.
 
 Training speed matters (a binary training step should cost little more than the float one),
 so each function is one autograd node built from in-place passes over a single temporary:
@@ -121,7 +122,8 @@ class _Sign(torch.autograd.Function):
 
 
 def sign_ste(x: Tensor) -> Tensor:
-    """Sign with the clipped straight-through estimator (BinaryNet, Courbariaux et al. 2016).
+    """Sign with the clipped straight-through estimator (BinaryNet, Courbariaux et al. 2016,
+    "Binarized Neural Networks").
 
     forward: ``+1 if x >= 0 else -1``; backward: ``d/dx = 1{|x| <= 1}`` (1 at ``|x| = 1``).
 
@@ -254,9 +256,17 @@ def shifted_prelu(x: Tensor, gamma: Tensor | None, beta: Tensor, zeta: Tensor | 
     ``x`` has rank >= 2 with channels on dim 1; ``beta`` is ``[C]`` (or ``[1]``, shared);
     ``gamma`` and ``zeta`` broadcast against ``x`` (``[1, C, 1, 1]``, or ``[N, C, 1, 1]`` per
     sample as in DyPReLU), ``None`` meaning 0. Gradients are the exact derivatives, with slope
-    1 at the kink ``x = gamma`` (the formula's upper branch); one fused autograd node replaces
-    torch's PReLU backward, which is an order of magnitude slower on CPU. Without shifts the
-    output equals ``torch.nn.functional.prelu(x, beta)`` exactly.
+    1 at the kink ``x = gamma`` (the formula's upper branch); with ``d = x - gamma`` and ``g``
+    the incoming gradient::
+
+        d L / d x      = g * (1 if d >= 0 else beta_c)
+        d L / d gamma  = -(d L / d x) summed over the axes gamma broadcasts along
+        d L / d beta_c = sum over n, h, w of g * min(d, 0)
+        d L / d zeta   = g summed over the axes zeta broadcasts along
+
+    One fused autograd node replaces torch's PReLU backward, which is an order of magnitude
+    slower on CPU. Without shifts the output equals ``torch.nn.functional.prelu(x, beta)``
+    exactly.
 
     >>> shifted_prelu(torch.tensor([[-2.0, 2.0]]), torch.zeros(1, 2), torch.full((2,), 0.25),
     ...               torch.ones(1, 2))
@@ -267,7 +277,9 @@ def shifted_prelu(x: Tensor, gamma: Tensor | None, beta: Tensor, zeta: Tensor | 
 
 def prelu(x: Tensor, weight: Tensor) -> Tensor:
     """PReLU (He et al. 2015; Bulat et al. 2019 put it in binary networks):
-    ``x if x >= 0 else weight_c * x``; :func:`shifted_prelu` without shifts.
+    ``x if x >= 0 else weight_c * x``; :func:`shifted_prelu` without shifts, so its backward is
+    ``d L / d x = g * (1 if x >= 0 else weight_c)`` and
+    ``d L / d weight_c = sum over n, h, w of g * min(x, 0)``.
 
     Same values as ``torch.nn.functional.prelu`` for inputs of rank >= 2, with a fused
     backward several times faster on CPU.
