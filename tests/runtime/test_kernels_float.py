@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from numpy.lib.stride_tricks import sliding_window_view
 
 from runtime.errors import InputError, InvalidModelError
+from runtime.kernels import conv as conv_kernels
 from runtime.kernels import (
     conv2d,
     dense,
@@ -106,20 +107,26 @@ def test_float_kernels_reject_bad_arguments():
         dense(prepare_dense(np.zeros((2, 3), np.float32)), np.zeros((1, 4), np.float32))
 
 
-@pytest.mark.parametrize(
-    ("size", "channels", "out_channels"),
-    [(6, 5, 7), (48, 16, 64)],  # the second is big enough to split its GEMM among threads
-)
-def test_conv2d_gives_the_same_result_on_one_and_all_threads(size, channels, out_channels):
+@pytest.mark.parametrize("threads", [2, 3])
+def test_conv2d_row_split_among_threads_matches_reference(threads, monkeypatch):
+    """The GEMM of a big conv is split into ``threads`` row blocks (rows * threads // t
+    boundaries); 1 * 47 * 47 = 2209 rows divide evenly by neither 2 nor 3, so a split that
+    drops or misplaces the remainder rows, or offsets a block, differs from the reference."""
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, size, size, channels)).astype(np.float32)
+    size, channels, out_channels = 47, 16, 64  # 2209 * 144 * 64 MACs: far above the split size
+    x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
     weight = rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32)
     plan = prepare_conv2d(weight, channels, (size, size), 1, 1)
+    monkeypatch.setattr(conv_kernels, "_pools", {})  # to see below that the split ran
     before = numba.get_num_threads()
+    if threads <= numba.config.NUMBA_NUM_THREADS:
+        numba.set_num_threads(threads)
+    else:  # fewer cores than `threads`: the split reads its thread count from numba
+        monkeypatch.setattr(numba, "get_num_threads", lambda: threads)
     try:
-        numba.set_num_threads(1)
-        single = conv2d(plan, x)
-        numba.set_num_threads(numba.config.NUMBA_NUM_THREADS)
-        np.testing.assert_allclose(conv2d(plan, x), single, rtol=1e-6, atol=1e-6)
+        got = conv2d(plan, x)
     finally:
         numba.set_num_threads(before)
+    assert list(conv_kernels._pools) == [threads]  # the split ran, with this many blocks
+    expected = naive_conv2d(x, weight, (1, 1), (1, 1), (1, 1), 1)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
