@@ -1,7 +1,7 @@
 """Swap ReLU-family activations for PReLU / RPReLU / DyPReLU (or drop them), per call site.
 
 Why: a ReLU right before a binarizer destroys the information, since ``sign(relu(x)) = +1``
-for every ``x`` (PAPERS.md); a ReLU right after a binary layer clips half of an already coarse
+for every ``x``; a ReLU right after a binary layer clips half of an already coarse
 signal. Bulat et al. 2019 use PReLU, ReActNet RPReLU, DyBNN DyPReLU; XNOR-Net and Bi-Real Net
 drop the activation.
 

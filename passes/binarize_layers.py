@@ -3,7 +3,8 @@
 Acts on the decisions :class:`passes.select.SelectLayers` left in ``node.meta``. Each binary
 layer is built with ``from_float`` (same hyper-parameters, weight and bias) and carries its own
 activation binarizer (built for its input channels) and weight-scale mode, so every layer
-computes ``conv(B(x), alpha_o * sign(W)) + bias`` (XNOR-Net; PAPERS.md "Weight binarization").
+computes ``conv(B(x), alpha_o * sign(W)) + bias`` (XNOR-Net; docs/OPERATORS.md, "Weight
+binarization and the binary layers").
 """
 
 from __future__ import annotations

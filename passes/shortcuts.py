@@ -1,8 +1,9 @@
 """Bi-Real shortcuts: one real-valued shortcut around each binary convolution.
 
-Bi-Real Net (Liu et al. 2018) and ReActNet's block (PAPERS.md: ``RSign -> BinaryConv -> BN ->
-(+ shortcut) -> RPReLU``) carry the real-valued input of every binary conv past it, so the
-information the sign throws away survives. For a binary conv with input ``x``:
+Bi-Real Net (Liu et al. 2018) and ReActNet's block (``RSign -> BinaryConv -> BN ->
+(+ shortcut) -> RPReLU``, Liu et al. 2020) carry the real-valued input of every binary conv
+past it, so the information the sign throws away survives (docs/OPERATORS.md, "Bi-Real
+shortcuts", has the forward and backward). For a binary conv with input ``x``:
 
 * the add goes right after the BatchNorm2d that is the conv's only reader (right after the conv
   when no BatchNorm follows), and every former reader of that output reads the sum instead, so

@@ -2,7 +2,8 @@
 
 A 3x3 stride-2 stem, then 13 depthwise-separable blocks (depthwise 3x3 conv -> BN -> ReLU6,
 pointwise 1x1 conv -> BN -> ReLU6), global average pooling and a linear classifier.
-ReActNet-A and DyBNN's MobileNet variant are built on this layout (PAPERS.md).
+ReActNet-A (Liu et al. 2020) and DyBNN's MobileNet variant (Zhang et al. 2021) are built on
+this layout.
 
 Example::
 

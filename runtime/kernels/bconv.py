@@ -14,7 +14,7 @@ at border pixels only, the precomputed popcount of the weights of each tap in th
 (what a zero word XORs to) and counts only the valid taps:
 ``out = n_valid_taps * C - 2 * (P - sum over padded taps of popcount(w[o, t]))``.
 
-Loop order (DESIGN.md): (batch, output row) in ``prange`` -> pairs of output columns -> the
+Loop order: (batch, output row) in ``prange`` -> pairs of output columns -> the
 patch's words -> output channels innermost. The weights are re-laid out at plan time to
 [kh * kw * Cw, O] (output channels contiguous), so the innermost loop is: broadcast word XOR
 a contiguous weight vector, popcount, add; LLVM vectorizes it (``vpopcntq`` on AVX-512

@@ -1,8 +1,9 @@
 """Threshold-and-pack: float activations -> bits, 64 channels per uint64 word.
 
 bit(c) = 1 (the value +1) where ``s[c] * x[c] >= s[c] * t[c]``, else 0 (the value -1): for
-s = +1 that is ``x >= t`` (sign(0) = +1, PAPERS.md), for s = -1 it is ``x <= t`` (a folded
-BatchNorm with a negative scale flips the comparison). Bit j of word w holds channel 64*w + j;
+s = +1 that is ``x >= t`` (sign(0) = +1, the convention of every training binarizer, see
+docs/OPERATORS.md), for s = -1 it is ``x <= t`` (a folded BatchNorm with a negative scale
+flips the comparison). Bit j of word w holds channel 64*w + j;
 bits past the last channel are 0 (docs/IR.md), so they XOR to 0 against weights packed the
 same way.
 """

@@ -1,4 +1,5 @@
-"""RPReLU and DyPReLU against a naive per-element reference of PAPERS.md's formula."""
+"""RPReLU and DyPReLU against a naive per-element reference of their formula
+(``beta (x - gamma) + zeta`` below ``gamma``, ``x - gamma + zeta`` above; docs/OPERATORS.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Forward values and gradients of the sign functions against their closed forms (PAPERS.md)."""
+"""Forward values and gradients of the sign functions against their closed forms
+(docs/OPERATORS.md, "Activation sign functions")."""
 
 from __future__ import annotations
 
