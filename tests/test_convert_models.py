@@ -10,25 +10,19 @@ from __future__ import annotations
 
 import operator
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
 import torch
+from model_state import randomize_batchnorm
 from torch import nn
 
 from binarize import models, recipes
 from binarize.convert import BinaryModel, convert
 from binarize.nn import BinaryConv2d, BinaryLinear, RPReLU, set_binarization
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread() -> Iterator[None]:
-    """Small models run far faster on one thread on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)
@@ -167,7 +161,7 @@ def test_rewrite_alone_reproduces_the_float_model(model_name: str, recipe: str) 
     case = CASES[model_name]
     torch.manual_seed(1)
     model = case.make()
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model, seed=2)
     model.eval()
     x = torch.randn(case.shape)
     bnn = convert(model, recipe, (x,), **_relu_equivalent(recipe, model_name))
@@ -197,24 +191,12 @@ def test_hourglass_converts_with_every_recipe_and_trains() -> None:
     bnn.train()
     bnn(x).square().mean().backward()
     assert all(p.grad is not None for p in bnn.parameters())
-    _randomize_batchnorm(model)
+    randomize_batchnorm(model, seed=2)
     model.eval()
     same = convert(model, "dybnn", (x,), **_relu_equivalent("dybnn", "hourglass"))
     set_binarization(same, activations=False, weights=False)
     with torch.no_grad():
         assert torch.equal(same.eval()(x), model(x))
-
-
-def _randomize_batchnorm(model: nn.Module) -> None:
-    generator = torch.Generator().manual_seed(2)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                size = module.num_features
-                module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(size, generator=generator) - 0.5)
 
 
 def test_replacement_activations_have_the_channels_of_their_site() -> None:

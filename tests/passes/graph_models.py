@@ -87,20 +87,6 @@ class MLP(nn.Module):
         return self.fc3(torch.relu(self.fc2(F.relu(self.fc1(x)))))
 
 
-def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters (eval-mode tests)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                size = module.num_features
-                module.running_mean.copy_(torch.rand(size, generator=generator) - 0.5)
-                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.weight.copy_(torch.rand(size, generator=generator) + 0.5)
-                module.bias.copy_(torch.rand(size, generator=generator) - 0.5)
-    return model
-
-
 def canonical(model: nn.Module, *inputs: torch.Tensor) -> fx.GraphModule:
     """``model`` traced and canonicalized (shapes recorded for ``inputs``)."""
     return run_passes(trace(model), [Canonicalize(tuple(inputs))])

@@ -8,9 +8,10 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from graph_models import basic_block, canonical, module_counts, op_counts, randomize_batchnorm
+from graph_models import basic_block, canonical, module_counts, op_counts
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_state import randomize_batchnorm
 from torch import nn
 
 from passes.base import module_of

@@ -5,9 +5,10 @@ from __future__ import annotations
 import operator
 
 import torch
-from graph_models import TinyResNet, basic_block, canonical, module_counts, randomize_batchnorm
+from graph_models import TinyResNet, basic_block, canonical, module_counts
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from model_state import randomize_batchnorm
 from torch import fx, nn
 
 from binarize.nn import set_binarization
