@@ -159,7 +159,7 @@ class Schedule:
     # ----------------------------------------------------------------------------- building
     @classmethod
     def from_config(cls, config: Mapping[str, Any] | Schedule | None) -> Schedule:
-        """Build a schedule from a recipe's config dict (see docs/CONTRACTS.md).
+        """Build a schedule from a recipe's `schedule` config dict (below).
 
         `{"stages": [{"name", "activations", "weights", "fraction" | "epochs",
         "weight_decay"}, ...], "progressive": None | {"lam_min", "lam_max", "ramp",

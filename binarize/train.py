@@ -15,6 +15,13 @@ What one call does, in order:
 
 Everything that makes it stop (a bad batch, a non-finite loss, an unwritable checkpoint
 folder) raises `binarize.TrainingError` and leaves the last good checkpoint as it was.
+
+What it relies on from `binarize.convert`'s `BinaryModel`: `bnn.schedule` is
+`Schedule.from_config(bnn.recipe.schedule)`; `bnn.recipe.distill` / `distill_options` pick the
+loss; `bnn.teacher` is held outside `parameters()` and `state_dict()`, so the optimizer, DDP
+and the checkpoints see the student only. Any other `nn.Module` trains too, on the labels and
+without a schedule unless one is passed. The math of the schedule (stages, lambda ramp) and of
+the losses is in docs/OPERATORS.md.
 """
 
 from __future__ import annotations
