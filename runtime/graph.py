@@ -3,9 +3,10 @@
 ``plan_graph(graph, arrays)`` turns the file's op list (docs/IR.md: the unfused computation)
 into a list of ``Step``s, each one kernel or numpy call:
 
-- **Fusion into kernel epilogues.** A producer (``bconv2d``, ``bdense``, ``conv2d``, ``dense``)
-  absorbs the chain that follows it, in this order, each stage optional:
-  ``affine -> add -> (prelu | rprelu | relu | leaky_relu) -> quantize``, as long as every
+- **Fusion into kernel epilogues.** A producer (an op whose registry declaration has fusion role
+  ``"producer"``: ``bconv2d``, ``bdense``, ``conv2d``, ``dense``) absorbs the chain that follows
+  it, in this order, each stage optional and filled by an op declared with that fusion role:
+  ``affine -> add -> activation (prelu | rprelu | relu | leaky_relu) -> quantize``, as long as every
   intermediate value has exactly one consumer and is not a graph output (so nobody else needs
   it). A float conv/dense with a bias keeps the bias as the epilogue's affine and absorbs no
   further ``affine``. ``relu`` and ``leaky_relu`` run as PReLU with slope 0 or the given slope.
@@ -27,18 +28,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
-from runtime import kernels, ops, pooling
+from runtime import kernels
+from runtime.registry import FUSION_STAGES, OpDef, all_ops
 from runtime.schema import Graph, Node, ValueInfo
 
-ACTIVATIONS = ("prelu", "rprelu", "relu", "leaky_relu")
 Run = Callable[[Sequence[np.ndarray]], np.ndarray]
-Params = Mapping[str, np.ndarray]
-Attrs = Mapping[str, Any]
-KernelCall = Callable[[np.ndarray, kernels.Epilogue, np.ndarray | None], np.ndarray]
 
 
 @dataclass
@@ -75,10 +72,11 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
     fused: set[int] = set()
     # binary producers first: where a float conv's chain and a binary conv's chain meet at the
     # same add (a downsampling shortcut), the add goes to the cheaper binary kernel epilogue
-    producers = [node for node in graph.nodes if node.op in PREPARE]
-    producers.sort(key=lambda node: (node.op not in ("bconv2d", "bdense"), node.index))
+    ops = all_ops()
+    producers = [node for node in graph.nodes if ops[node.op].fusion == "producer"]
+    producers.sort(key=lambda node: (not ops[node.op].integer_output, node.index))
     for node in producers:
-        chain = _grow_chain(node, uses, by_input, fused)
+        chain = _grow_chain(node, uses, by_input, fused, ops)
         fused.update(n.index for n in chain)
         chains[chain[-1].index] = chain
 
@@ -97,10 +95,11 @@ def _grow_chain(
     uses: Mapping[str, int],
     by_input: Mapping[str, list[Node]],
     taken: set[int],
+    ops: Mapping[str, OpDef],
 ) -> list[Node]:
     chain = [producer]
-    stages = ["affine", "add", "activation", "quantize"]
-    if producer.op in ("conv2d", "dense") and "bias" in producer.params:
+    stages = list(FUSION_STAGES)
+    if "bias" in producer.params:  # a float conv/dense bias is the epilogue's affine
         stages.remove("affine")
     while True:
         value = chain[-1].outputs[0]
@@ -108,7 +107,7 @@ def _grow_chain(
         if uses[value] != 1 or len(consumers) != 1:  # also stops at a graph output
             return chain
         consumer = consumers[0]
-        stage = "activation" if consumer.op in ACTIVATIONS else consumer.op
+        stage = ops[consumer.op].fusion
         if (
             consumer.index in taken
             or stage not in stages
@@ -127,72 +126,19 @@ def _param(arrays: Mapping[str, np.ndarray], node: Node, role: str) -> np.ndarra
 def _epilogue(
     chain: list[Node], channels: int, arrays: Mapping[str, np.ndarray]
 ) -> kernels.Epilogue:
-    """The kernel epilogue that computes the chain after its producer (docs: module top)."""
+    """The kernel epilogue that computes the chain after its producer (docs: module top):
+    each fused op's declaration says which ``make_epilogue`` options it sets."""
     options: dict[str, object] = {}
     producer = chain[0]
-    if producer.op in ("conv2d", "dense") and "bias" in producer.params:
+    if "bias" in producer.params:
         options["bias"] = _param(arrays, producer, "bias")
+    ops = all_ops()
     for node in chain[1:]:
-        if node.op == "affine":
-            options["scale"] = _param(arrays, node, "scale")
-            options["bias"] = _param(arrays, node, "bias")
-        elif node.op == "prelu":
-            options["prelu"] = _param(arrays, node, "weight")
-        elif node.op in ("relu", "leaky_relu"):
-            slope = node.attrs.get("negative_slope", 0.0)
-            options["prelu"] = np.full(1, slope, np.float32)
-        elif node.op == "rprelu":
-            options["rprelu"] = tuple(_param(arrays, node, r) for r in ("gamma", "zeta", "beta"))
-        elif node.op == "quantize":
-            options["quantize"] = (_param(arrays, node, "threshold"), _param(arrays, node, "sign"))
+        contribute = ops[node.op].epilogue
+        if contribute is not None:
+            params = {role: arrays[key] for role, key in node.params.items()}
+            options.update(contribute(params, node.attrs))
     return kernels.make_epilogue(channels, **options)
-
-
-def _prepare_bconv2d(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
-    a = node.attrs
-    plan = kernels.prepare_bconv(
-        weight,
-        a["in_channels"],
-        in_info.shape[1:],
-        a["kernel"],
-        a["stride"],
-        a["padding"],
-        a["pad_value"],
-    )
-    return lambda x, epilogue, residual: kernels.bconv2d(plan, x, epilogue, residual=residual)
-
-
-def _prepare_bdense(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
-    plan = kernels.prepare_bdense(weight, node.attrs["in_features"])
-    return lambda x, epilogue, residual: kernels.bdense(plan, x, epilogue, residual=residual)
-
-
-def _prepare_conv2d(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
-    a = node.attrs
-    plan = kernels.prepare_conv2d(
-        weight,
-        a["in_channels"],
-        in_info.shape[1:],
-        a["stride"],
-        a["padding"],
-        a["dilation"],
-        a["groups"],
-    )
-    return lambda x, epilogue, residual: kernels.conv2d(plan, x, epilogue, residual=residual)
-
-
-def _prepare_dense(node: Node, weight: np.ndarray, in_info: ValueInfo) -> KernelCall:
-    plan = kernels.prepare_dense(weight)
-    return lambda x, epilogue, residual: kernels.dense(plan, x, epilogue, residual=residual)
-
-
-# producer op -> prepare(node, weight, input info) -> call(x, epilogue, residual)
-PREPARE = {
-    "bconv2d": _prepare_bconv2d,
-    "bdense": _prepare_bdense,
-    "conv2d": _prepare_conv2d,
-    "dense": _prepare_dense,
-}
 
 
 def _fused_step(
@@ -202,7 +148,9 @@ def _fused_step(
     producer = chain[0]
     source = producer.inputs[0]
     epilogue = _epilogue(chain, values[producer.outputs[0]].channels, arrays)
-    call = PREPARE[producer.op](producer, _param(arrays, producer, "weight"), values[source])
+    prepare = all_ops()[producer.op].prepare
+    assert prepare is not None  # producers are declared with a kernel's prepare
+    call = prepare(producer, _param(arrays, producer, "weight"), values[source])
     adds = [node for node in chain if node.op == "add"]
     if not adds:
         inputs = [source]
@@ -240,41 +188,13 @@ def _single_step(
 ) -> Step:
     """One numpy or small-kernel call for an op that no producer absorbed."""
     params = {role: arrays[key] for role, key in node.params.items()}
-    function = SIMPLE_OPS[node.op]
+    function = all_ops()[node.op].run
+    assert function is not None  # every op that is not a producer is declared with run
 
     def run(xs: Sequence[np.ndarray]) -> np.ndarray:
         return function(xs, params, node.attrs)
 
     return Step([node], list(node.inputs), node.outputs[0], run, *_param_size([node], arrays))
-
-
-def _hyper_weights(p: Params) -> tuple[np.ndarray, ...]:
-    return p["fc1_weight"], p["fc1_bias"], p["fc2_weight"], p["fc2_bias"]
-
-
-# op -> f(inputs, params by role, parsed attrs); inputs are NHWC float or [N, F] arrays
-SIMPLE_OPS: dict[str, Callable[[Sequence[np.ndarray], Params, Attrs], np.ndarray]] = {
-    "quantize": lambda xs, p, a: ops.quantize(xs[0], p["threshold"], p.get("sign")),
-    "dyquantize": lambda xs, p, a: ops.dyquantize(xs[0], *_hyper_weights(p), a["activation"]),
-    "affine": lambda xs, p, a: ops.affine(xs[0], p["scale"], p["bias"]),
-    "prelu": lambda xs, p, a: ops.prelu(xs[0], p["weight"]),
-    "rprelu": lambda xs, p, a: ops.rprelu(xs[0], p["gamma"], p["zeta"], p["beta"]),
-    "dyprelu": lambda xs, p, a: ops.dyprelu(xs[0], *_hyper_weights(p), p["beta"], a["activation"]),
-    "relu": lambda xs, p, a: ops.relu(xs[0]),
-    "clamp": lambda xs, p, a: ops.clamp(xs[0], a["min"], a["max"]),
-    "leaky_relu": lambda xs, p, a: ops.leaky_relu(xs[0], a["negative_slope"]),
-    "add": lambda xs, p, a: ops.add(xs[0], xs[1]),
-    "concat": lambda xs, p, a: ops.concat(xs, a["axis"]),
-    "maxpool2d": lambda xs, p, a: pooling.maxpool2d(
-        xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
-    ),
-    "avgpool2d": lambda xs, p, a: pooling.avgpool2d(
-        xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]
-    ),
-    "global_avgpool": lambda xs, p, a: ops.global_avgpool(xs[0]),
-    "flatten": lambda xs, p, a: ops.flatten(xs[0]),
-    "upsample_nearest": lambda xs, p, a: ops.upsample_nearest(xs[0], a["scale"]),
-}
 
 
 def _assign_releases(steps: list[Step], outputs: set[str]) -> None:

@@ -1,13 +1,21 @@
-"""The typed form of a packed model's graph (docs/IR.md) and the size rules shared by the
-checker (runtime/validate.py) and the executor (runtime/graph.py).
+"""The IR data model, once for the writer (``binarize.pack``) and the reader (``runtime.load``).
 
-Shapes here are in the NCHW terms of the PyTorch graph without the batch dimension: ``(C, H, W)``
-for rank-4 values and ``(F,)`` for rank-2 ones; the runtime's NHWC layout is the executor's
-business (runtime/graph.py).
+A packed model is a :class:`Graph`: input and output :class:`TensorSpec`\\ s and a list of
+:class:`Node`\\ s in execution order, each ``outputs = op(inputs; attrs, params)`` with its op
+declared in ``runtime.registry``. Every value has a :class:`ValueInfo`: its kind (``"float"``:
+float32; ``"bits"``: channels packed into uint64 words) and its shape without the batch
+dimension, in the NCHW terms of the PyTorch graph: ``(C, H, W)`` for rank-4 values, ``(F,)``
+for rank-2 ones. The runtime's NHWC layout is the executor's business (``runtime.graph``).
+
+A node's ``params`` map a role (``"weight"``, ``"threshold"``...) to a numpy array on the
+writer's side; in a graph read from a file they map the role to the tensor's key, and the
+arrays come with it by key (``runtime.format.PackedModel``). ``Graph.to_file_parts`` turns the
+writer's form into the file's graph JSON and its named tensors (``docs/IR.md``).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +26,6 @@ VERSION = 1
 # No single value may hold more elements per sample than this: a guard against absurd attrs
 # (a 10^6 upsampling factor) before any buffer is allocated. ~1 GiB of float32 per sample.
 MAX_VALUE_ELEMENTS = 1 << 28
-HYPER_ACTIVATIONS = ("relu", "identity", "sigmoid", "tanh")
 PARAM_DTYPES = {"float32": np.float32, "uint64": np.uint64, "int8": np.int8, "uint8": np.uint8}
 
 
@@ -34,6 +41,11 @@ class ValueInfo:
     def channels(self) -> int:
         return self.shape[0]
 
+    @property
+    def rank(self) -> int:
+        """Rank with the batch dimension: 2 ([N, F]) or 4 ([N, C, H, W])."""
+        return len(self.shape) + 1
+
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -42,6 +54,9 @@ class TensorSpec:
     name: str
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
 
 
 @dataclass(frozen=True)
@@ -55,16 +70,20 @@ class ParamSpec:
 
 @dataclass
 class Node:
-    """One checked node: ``attrs`` hold parsed values with defaults filled in, ``params`` map a
-    role to a tensor key, ``index`` is the position in the file's node list."""
+    """One op of the graph: ``outputs = op(inputs; attrs, params)``.
 
-    index: int
+    ``params`` map a role to an array (writer) or to a tensor key (a graph read from a file);
+    ``attrs`` of a checked node hold the parsed values with the registry's defaults filled in;
+    ``index`` is the position in the file's node list (-1 while a writer builds the graph).
+    """
+
     op: str
     name: str
     inputs: list[str]
     outputs: list[str]
-    attrs: dict[str, Any]
-    params: dict[str, str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    index: int = -1
 
     @property
     def where(self) -> str:
@@ -73,12 +92,56 @@ class Node:
 
 @dataclass
 class Graph:
-    """A checked graph: nodes in execution order and the kind/shape of every value."""
+    """A whole network: input/output specs, nodes in execution order, every value's info."""
 
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
     nodes: list[Node]
     values: dict[str, ValueInfo] = field(default_factory=dict)
+
+    def producers(self) -> dict[str, Node]:
+        """Value name -> the node that writes it."""
+        return {out: node for node in self.nodes for out in node.outputs}
+
+    def use_counts(self) -> Counter[str]:
+        """Value name -> how many node inputs and graph outputs read it."""
+        counts: Counter[str] = Counter()
+        for node in self.nodes:
+            counts.update(node.inputs)
+        counts.update(spec.name for spec in self.outputs)
+        return counts
+
+    def to_file_parts(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """The graph JSON (``docs/IR.md``) and the tensors it names, keyed ``node.role``
+        (writer form: ``params`` hold arrays; float64 ones are stored as float32)."""
+        tensors: dict[str, np.ndarray] = {}
+        nodes = []
+        for node in self.nodes:
+            keys = {}
+            for role, array in node.params.items():
+                key = f"{node.name}.{role}"
+                if array.dtype == np.float64:  # folding runs in float64; the file holds float32
+                    array = array.astype(np.float32)
+                tensors[key] = np.ascontiguousarray(array)
+                keys[role] = key
+            nodes.append(
+                {
+                    "op": node.op,
+                    "name": node.name,
+                    "inputs": list(node.inputs),
+                    "outputs": list(node.outputs),
+                    "attrs": node.attrs,
+                    "params": keys,
+                }
+            )
+        graph = {
+            "format": FORMAT,
+            "version": VERSION,
+            "inputs": [spec.to_json() for spec in self.inputs],
+            "outputs": [{"name": s.name, "shape": list(s.shape)} for s in self.outputs],
+            "nodes": nodes,
+        }
+        return graph, tensors
 
 
 def is_int(value: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Check a packed model's graph against docs/IR.md before anything runs.
+"""Check a packed model's graph against its op declarations before anything runs.
 
 ``check_graph(graph, tensors)`` takes the JSON graph (already decoded) and the header of the
 file's tensors (``name -> (dtype, shape)``; no data needed) and returns a typed ``Graph`` whose
@@ -18,7 +18,7 @@ import numpy as np
 
 from runtime.errors import InvalidModelError
 from runtime.kernels.pack import WORD_BITS
-from runtime.op_checks import OPS, AttrReader, dims
+from runtime.registry import all_ops, dims
 from runtime.schema import (
     FORMAT,
     MAX_VALUE_ELEMENTS,
@@ -162,14 +162,16 @@ def _check_node(
     name = _name(obj["name"], f"{where}.name")
     op = obj["op"]
     where = f"node {index} {name!r} ({op})"
-    if not isinstance(op, str) or op not in OPS:
-        raise _fail(f"{where}: unknown op {op!r}; this runtime knows {sorted(OPS)}")
+    ops = all_ops()
+    if not isinstance(op, str) or op not in ops:
+        raise _fail(f"{where}: unknown op {op!r}; this runtime knows {sorted(ops)}")
+    definition = ops[op]
     if name in node_names:
         raise _fail(f"{where}: node name {name!r} is used twice")
     node_names.add(name)
     in_names = _names(obj["inputs"], f"{where} inputs")
     out_names = _names(obj["outputs"], f"{where} outputs")
-    arity, checker = OPS[op]
+    arity = definition.inputs.count
     if (arity is None and not in_names) or (arity is not None and len(in_names) != arity):
         expected = "one or more" if arity is None else str(arity)
         raise _fail(f"{where}: takes {expected} inputs, got {len(in_names)}")
@@ -190,9 +192,7 @@ def _check_node(
     if not isinstance(params, dict) or not all(isinstance(v, str) for v in params.values()):
         raise _fail(f"{where}: params must map roles to tensor keys (strings)")
 
-    reader = AttrReader(where, attrs)
-    out_value, param_specs = checker(reader, [values[n] for n in in_names])
-    parsed = reader.finish()
+    parsed, out_value, param_specs = definition.check(where, attrs, [values[n] for n in in_names])
     if math.prod(out_value.shape) > MAX_VALUE_ELEMENTS:
         raise _fail(
             f"{where}: output shape [N, {dims(out_value)}] is absurdly large "
@@ -200,7 +200,7 @@ def _check_node(
         )
     _check_params(where, params, param_specs, tensors)
     values[out_names[0]] = out_value
-    return Node(index, op, name, in_names, out_names, parsed, dict(params))
+    return Node(op, name, in_names, out_names, parsed, dict(params), index)
 
 
 def _check_params(

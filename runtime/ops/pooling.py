@@ -1,4 +1,5 @@
-"""Max and average pooling on NHWC float32 with PyTorch's exact semantics, one numba kernel.
+"""Max and average pooling on NHWC float32 with PyTorch's exact semantics, one numba kernel,
+and ``global_avgpool``.
 
 Window of output (oy, ox) along an axis: taps at ``o*s - p + k*d`` for k < kernel; taps outside
 the input are skipped (max pooling: padding is -inf; a window with no input pixel gives -inf,
@@ -11,10 +12,15 @@ channels innermost, where NHWC makes them contiguous.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 from numba import njit, prange
 
-from runtime.schema import pool_output_size
+from runtime.ops.common import window_attrs
+from runtime.registry import Attr, Attrs, Fail, Inputs, OpDef, register
+from runtime.schema import ValueInfo, pool_output_size
 
 
 @njit(cache=True, parallel=True)
@@ -60,17 +66,19 @@ def _run(x, kernel, stride, padding, dilation, ceil_mode, is_max, divisor):
     return out
 
 
-def maxpool2d(
-    x: np.ndarray,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    dilation: tuple[int, int],
-    ceil_mode: bool,
-) -> np.ndarray:
+def maxpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> np.ndarray:
     """torch.nn.functional.max_pool2d of an NHWC float32 tensor."""
     no_divisor = np.ones((1, 1), np.float32)
-    return _run(x, kernel, stride, padding, dilation, ceil_mode, True, no_divisor)
+    return _run(
+        xs[0],
+        a["kernel"],
+        a["stride"],
+        a["padding"],
+        a["dilation"],
+        a["ceil_mode"],
+        True,
+        no_divisor,
+    )
 
 
 def avgpool_divisor(
@@ -88,17 +96,81 @@ def avgpool_divisor(
     return (np.minimum(end, size) - np.maximum(start, 0)).astype(np.float32)
 
 
-def avgpool2d(
-    x: np.ndarray,
-    kernel: tuple[int, int],
-    stride: tuple[int, int],
-    padding: tuple[int, int],
-    ceil_mode: bool,
-    count_include_pad: bool,
-) -> np.ndarray:
+def avgpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> np.ndarray:
     """torch.nn.functional.avg_pool2d of an NHWC float32 tensor (no divisor_override)."""
+    x = xs[0]
+    kernel, stride, padding = a["kernel"], a["stride"], a["padding"]
+    ceil_mode, include = a["ceil_mode"], a["count_include_pad"]
     _, height, width, _ = x.shape
-    rows = avgpool_divisor(height, kernel[0], stride[0], padding[0], ceil_mode, count_include_pad)
-    cols = avgpool_divisor(width, kernel[1], stride[1], padding[1], ceil_mode, count_include_pad)
+    rows = avgpool_divisor(height, kernel[0], stride[0], padding[0], ceil_mode, include)
+    cols = avgpool_divisor(width, kernel[1], stride[1], padding[1], ceil_mode, include)
     divisor = np.ascontiguousarray(rows[:, None] * cols[None, :])
     return _run(x, kernel, stride, padding, (1, 1), ceil_mode, False, divisor)
+
+
+def _pool_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[int, ...]:
+    kernel, stride, padding = attrs["kernel"], attrs["stride"], attrs["padding"]
+    dilation = attrs.get("dilation", (1, 1))
+    c, h, w = ins[0].shape
+    out = []
+    for axis, size, k, s, p, d in zip(
+        ("height", "width"), (h, w), kernel, stride, padding, dilation
+    ):
+        if 2 * p > d * (k - 1) + 1:
+            raise fail(
+                f"padding {p} along {axis} is more than half the kernel {k}; torch rejects this too"
+            )
+        n = pool_output_size(size, k, s, p, d, attrs["ceil_mode"])
+        if n < 1:
+            raise fail(f"kernel {k} is larger than the padded input {axis} {size} + 2*{p}")
+        out.append(n)
+    return (c, out[0], out[1])
+
+
+def _pool_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
+    kh, kw = a["kernel"]
+    return math.prod(out.shape) * kh * kw
+
+
+_POOL_IN = Inputs("float", (4,))
+_CEIL = Attr("ceil_mode", "flag", default=False)
+
+register(
+    OpDef(
+        "maxpool2d",
+        "torch max_pool2d (padding = -inf); stride defaults to the kernel",
+        inputs=_POOL_IN,
+        attrs=(*window_attrs(stride_from_kernel=True), _CEIL),
+        infer=_pool_shape,
+        run=maxpool2d,
+        work=_pool_work,
+    )
+)
+
+register(
+    OpDef(
+        "avgpool2d",
+        "torch avg_pool2d; stride defaults to the kernel",
+        inputs=_POOL_IN,
+        attrs=(
+            *window_attrs(stride_from_kernel=True, dilation=False),
+            _CEIL,
+            Attr("count_include_pad", "flag", default=True),
+        ),
+        infer=_pool_shape,
+        run=avgpool2d,
+        work=_pool_work,
+    )
+)
+
+
+register(
+    OpDef(
+        "global_avgpool",
+        "adaptive_avg_pool2d(x, 1): [N, C, H, W] -> [N, C, 1, 1]",
+        inputs=_POOL_IN,
+        infer=lambda attrs, ins, fail: (ins[0].channels, 1, 1),
+        run=lambda xs, p, a: xs[0].mean(axis=(1, 2), keepdims=True, dtype=np.float32),
+        work=lambda a, i, o: math.prod(i[0].shape),
+    )
+)
