@@ -4,7 +4,7 @@ A checkpoint is a `torch.save` dict of tensors and plain data (read back with
 `weights_only=True`, so loading runs no pickled code), tagged with a format name and version.
 It is written to a temp file in the same folder, fsynced, renamed over the old one with
 `os.replace` and the folder fsynced: a crash at any point leaves the previous checkpoint or
-the new one, never a torn file.
+the new one, never a torn file, and the next write removes the temp files of killed runs.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from binarize.errors import TrainingError
+from runtime.atomic import write_atomic
 
 CHECKPOINT_NAME = "last.pt"
 CHECKPOINT_FORMAT = "binarize.checkpoint"
@@ -26,26 +27,17 @@ CHECKPOINT_VERSION = 1
 
 
 def save_checkpoint(state: Mapping[str, Any], path: str | Path) -> None:
-    """Write `state` with torch.save atomically: temp file, fsync, os.replace, fsync folder.
+    """Write `state` with torch.save atomically (`runtime.atomic.write_atomic`): a temp file
+    `.last.pt.<pid>-<random>.tmp`, fsync, os.replace, fsync of the folder.
 
-    A crash at any point leaves either the previous file or the new one, never a torn one.
+    A crash at any point leaves either the previous file or the new one, never a torn one;
+    the temp files of killed writers (their pid is gone) are removed by the next write.
     Raises TrainingError (the temp file removed) when the write fails.
     """
     path = Path(path)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(temp, "wb") as f:
-            torch.save(dict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-        folder = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomic(path, lambda handle: torch.save(dict(state), handle))
     except Exception as exc:
-        temp.unlink(missing_ok=True)
         raise TrainingError(
             f"cannot write checkpoint {path}: {exc}; the previous checkpoint is left as it "
             "was. Free disk space or choose a writable checkpoint_dir"

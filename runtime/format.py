@@ -18,12 +18,10 @@ Any failure raises ``runtime.InvalidModelError`` saying what and where.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from typing import Any
 import numpy as np
 import safetensors.numpy
 
+from runtime.atomic import write_atomic
 from runtime.errors import InvalidModelError
 from runtime.schema import PARAM_DTYPES, Graph
 from runtime.validate import check_graph, check_tensor_values
@@ -77,10 +76,12 @@ def write_model(
 ) -> bytes:
     """Check ``graph`` (the docs/IR.md JSON as a dict) with ``tensors`` and serialize them.
 
-    Returns the file's bytes; when ``path`` is given also writes them atomically: a temporary
-    file in the same folder, fsync, then ``os.replace``, so a crash mid-write leaves any
-    previous file intact. Raises ``InvalidModelError`` (nothing written) when the graph or the
-    tensors break the contract, i.e. exactly when ``runtime.load`` would refuse the result.
+    Returns the file's bytes; when ``path`` is given also writes them atomically
+    (``runtime.atomic.write_atomic``: a temporary sibling, fsync, then ``os.replace``), so a
+    crash mid-write leaves any previous file intact, and the temporary files of killed
+    writers are removed on the next write. Raises ``InvalidModelError`` (nothing written)
+    when the graph or the tensors break the contract, i.e. exactly when ``runtime.load``
+    would refuse the result; the ``OSError`` of a failed write.
     """
     arrays: dict[str, np.ndarray] = {}
     for key, array in tensors.items():
@@ -99,30 +100,8 @@ def write_model(
     check_tensor_values(checked, arrays)
     data = safetensors.numpy.save(arrays, metadata={METADATA_KEY: text})
     if path is not None:
-        write_atomic(Path(path), data)
+        write_atomic(path, lambda handle: handle.write(data))
     return data
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary sibling, fsync and ``os.replace``."""
-    folder = path.parent if str(path.parent) else Path(".")
-    fd, temp_name = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temp_name)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself where the OS allows it
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def _read_bytes(source: Source) -> bytes:
