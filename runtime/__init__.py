@@ -10,8 +10,16 @@ contract between the two.
 
 from __future__ import annotations
 
-from runtime.errors import InputError, InvalidModelError, RuntimeModelError
+from runtime.errors import InputError, InvalidModelError, RuntimeModelError, ThreadingLayerError
 from runtime.model import Model, load
 from runtime.schema import TensorSpec
 
-__all__ = ["InputError", "InvalidModelError", "Model", "RuntimeModelError", "TensorSpec", "load"]
+__all__ = [
+    "InputError",
+    "InvalidModelError",
+    "Model",
+    "RuntimeModelError",
+    "TensorSpec",
+    "ThreadingLayerError",
+    "load",
+]

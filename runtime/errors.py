@@ -21,3 +21,8 @@ class InvalidModelError(RuntimeModelError, ValueError):
 class InputError(RuntimeModelError, ValueError):
     """An array given to ``Model.predict`` does not match the model's input spec (type, dtype,
     rank, shape, memory layout, empty batch, or non-finite values)."""
+
+
+class ThreadingLayerError(RuntimeModelError, RuntimeError):
+    """``Model.predict`` cannot run its parallel kernels in this process: it was forked from
+    one that had already started numba's GNU OpenMP threading layer (see runtime/threads.py)."""
