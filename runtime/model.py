@@ -4,15 +4,18 @@ model = runtime.load("model.bnn", threads=2)
 model.inputs            # (TensorSpec(name="input", shape=(None, 3, 224, 224)),)
 y = model.predict(x)    # x float32 [N, 3, 224, 224], C-contiguous, finite
 print(model.summary())
+print(model.profile(x).table())   # per-step time, share, MACs, MACs per cycle
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 
 import numba
 import numpy as np
 
+from runtime import profile as profiling
 from runtime.errors import InputError
 from runtime.format import PackedModel, Source, read_model
 from runtime.graph import Step, plan_graph
@@ -32,8 +35,9 @@ def load(source: Source, threads: int | None = None) -> Model:
     """Read, validate and plan a packed model from a path or bytes.
 
     ``threads``: numba threads used by this model's ``predict`` calls (1 to
-    ``numba.config.NUMBA_NUM_THREADS``; None = numba's current setting); numpy's OpenBLAS runs
-    single-threaded meanwhile (see runtime/threads.py). Both are restored after each call.
+    ``numba.config.NUMBA_NUM_THREADS``; None = numba's current setting); numpy's BLAS runs
+    single-threaded meanwhile. Both are restored after each call, also when several threads
+    predict at once (see runtime/threads.py).
     Raises ``InvalidModelError`` for a bad file, before any kernel runs or activation buffer
     is allocated.
     """
@@ -91,8 +95,9 @@ class Model:
         """Run the network on float32 inputs; any batch size N >= 1.
 
         ``x``: one array for a single-input model, else a sequence in ``inputs`` order or a
-        mapping by input name. Each must be a C-contiguous float32 numpy array of shape
-        [N, C, H, W] (or [N, F]) matching the input spec, with finite values; anything else
+        mapping by input name. Each must be a C-contiguous float32 numpy array (not a masked
+        array) of shape [N, C, H, W] (or [N, F]) matching the input spec, with finite values
+        (checked in blocks, without a batch-sized temporary); anything else
         raises ``InputError`` (nothing is silently converted). Returns float32 arrays, rank-4
         ones in NCHW: one array for a single-output model, else a tuple in ``outputs`` order.
         """
@@ -107,16 +112,60 @@ class Model:
         )
         return results[0] if len(results) == 1 else results
 
-    def _run(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """One pass of the plan over a batch chunk; outputs in ``outputs`` order, NCHW."""
+    def profile(
+        self, x: Inputs, repeats: int = 10, clock_hz: float | None = None
+    ) -> profiling.Profile:
+        """Time each step of the plan on ``x`` (checked like ``predict``'s input).
+
+        Runs one untimed ``predict`` (warm-up), then ``repeats`` timed passes; each step's
+        time is its minimum over the passes. ``clock_hz`` sets the clock for MACs per cycle
+        (default: /proc/cpuinfo, see runtime/profile.py). Returns a ``Profile``; print its
+        ``table()``.
+        """
+        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeats must be a positive integer, got {repeats!r}")
+        arrays = self._check_inputs(x)
+        batch = arrays[0].shape[0]
+        self.predict(arrays)
+        best = [float("inf")] * len(self._steps)
+        best_wall = float("inf")
+        for _ in range(repeats):
+            times = [0.0] * len(self._steps)
+            start = time.perf_counter()
+            for first in range(0, batch, CHUNK):
+                self._run([a[first : first + CHUNK] for a in arrays], times)
+            best_wall = min(best_wall, time.perf_counter() - start)
+            best = [min(b, t) for b, t in zip(best, times)]
+        return profiling.build_profile(
+            self._steps,
+            self._graph.values,
+            best,
+            best_wall,
+            batch=batch,
+            threads=self.threads or numba.get_num_threads(),
+            repeats=repeats,
+            clock_hz=clock_hz,
+        )
+
+    def _run(
+        self, arrays: list[np.ndarray], step_times: list[float] | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """One pass of the plan over a batch chunk; outputs in ``outputs`` order, NCHW.
+        With ``step_times`` (one float per step), each step's duration is added to its entry."""
         env: dict[str, np.ndarray] = {}
         for spec, array in zip(self._graph.inputs, arrays):
             env[spec.name] = (
                 np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
             )
         with thread_limits(self.threads):
-            for step in self._steps:
-                env[step.output] = step.run([env[name] for name in step.inputs])
+            for i, step in enumerate(self._steps):
+                inputs = [env[name] for name in step.inputs]
+                if step_times is None:
+                    env[step.output] = step.run(inputs)
+                else:
+                    start = time.perf_counter()
+                    env[step.output] = step.run(inputs)
+                    step_times[i] += time.perf_counter() - start
                 for name in step.release:
                     del env[name]
         return tuple(
@@ -203,6 +252,12 @@ def _check_array(spec: TensorSpec, array: object) -> None:
         raise InputError(
             f"{where} must be a numpy float32 array {expected}, got {type(array).__name__}"
         )
+    if isinstance(array, np.ma.MaskedArray):
+        raise InputError(
+            f"{where} is a masked array; the model has no notion of missing values and would "
+            "read the masked entries too: pass x.filled(value) (or np.asarray(x) to use the "
+            "data underneath the mask)"
+        )
     if array.dtype != np.float32:
         raise InputError(
             f"{where} has dtype {array.dtype} but the model expects float32; convert with "
@@ -225,5 +280,20 @@ def _check_array(spec: TensorSpec, array: object) -> None:
             f"{where} is not C-contiguous (a transposed or strided view); pass "
             "np.ascontiguousarray(x)"
         )
-    if not np.isfinite(array).all():
+    if not _all_finite(array):
         raise InputError(f"{where} contains NaN or Inf values; the model expects finite inputs")
+
+
+FINITE_BLOCK = 1 << 18
+"""``_all_finite`` checks this many values at a time (1 MiB of float32, a 256 KiB boolean
+temporary), so checking a multi-GB batch needs no batch-sized boolean copy."""
+
+
+def _all_finite(array: np.ndarray) -> bool:
+    """Whether every value of a C-contiguous array is finite, in blocks of ``FINITE_BLOCK``
+    values (stops at the first block with a NaN or Inf)."""
+    flat = array.reshape(-1)
+    return all(
+        np.isfinite(flat[start : start + FINITE_BLOCK]).all()
+        for start in range(0, flat.size, FINITE_BLOCK)
+    )

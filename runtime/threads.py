@@ -87,7 +87,7 @@ def _tbb_library_path() -> str | None:
     return next((str(file.locate()) for file in files if file.name == name), None)
 
 
-def _layer_in_use() -> str | None:
+def layer_in_use() -> str | None:
     """Numba's threading layer once a parallel loop has run in this process (or its parent)."""
     try:
         return numba.threading_layer()
@@ -100,7 +100,7 @@ def make_tbb_available() -> bool:
 
     Does nothing if a layer was chosen or already started. Returns whether it loaded TBB.
     """
-    if numba.config.THREADING_LAYER != "default" or _layer_in_use() is not None:
+    if numba.config.THREADING_LAYER != "default" or layer_in_use() is not None:
         return False
     path = _tbb_library_path()
     if path is None:
@@ -182,7 +182,7 @@ def _after_fork_in_child() -> None:
     if _active_predicts:
         _restore_blas()
     _active_predicts = 0
-    if sys.platform.startswith("linux") and _layer_in_use() == "omp":
+    if sys.platform.startswith("linux") and layer_in_use() == "omp":
         _forked_from_gnu_openmp = True
 
 
