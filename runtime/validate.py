@@ -99,9 +99,15 @@ def check_graph(graph: Any, tensors: Mapping[str, tuple[str, tuple[int, ...]]]) 
     top = _object(graph, "graph metadata", ("format", "version", "inputs", "outputs", "nodes"))
     if top["format"] != FORMAT:
         raise _fail(f"graph format is {top['format']!r}, expected {FORMAT!r}: not a binarize model")
-    if top["version"] != VERSION:
+    version = top["version"]
+    if type(version) is not int:  # JSON true and 1.0 equal 1 in Python but are not version 1
         raise _fail(
-            f"graph version is {top['version']!r}; this runtime reads version {VERSION}: "
+            f"graph version must be an integer, got {version!r} ({type(version).__name__}); "
+            f"this runtime reads version {VERSION}: re-pack the model with binarize.pack"
+        )
+    if version != VERSION:
+        raise _fail(
+            f"graph version is {version!r}; this runtime reads version {VERSION}: "
             "re-pack the model with a matching binarize or upgrade the runtime"
         )
     for key in ("inputs", "outputs", "nodes"):
