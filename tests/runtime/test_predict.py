@@ -8,7 +8,7 @@ import pytest
 from rt_builder import IRBuilder
 
 import runtime
-from runtime.threads import _openblas
+from runtime.threads import blas_threads
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,10 @@ BAD_INPUTS = {
     "empty batch": (lambda: np.zeros((0, 3, 5, 4), np.float32), "empty batch"),
     "non-contiguous": (lambda: good(4)[::2], "not C-contiguous"),
     "nan": (nan_input, "NaN or Inf"),
+    "masked nan": (
+        lambda: np.ma.masked_invalid(nan_input()),
+        "is a masked array; the model has no notion of missing values",
+    ),
     "inf": (inf_input, "NaN or Inf"),
     "wrong name": (lambda: {"image": good()}, "missing ['input'], unknown ['image']"),
     "two arrays": (lambda: [good(), good()], "got 2 inputs"),
@@ -99,21 +103,20 @@ def test_summary_lists_fused_steps_params_and_totals(model):
 def test_threads_apply_during_predict_and_are_restored():
     b = IRBuilder(seed=1)
     b.output(b.affine(b.bconv2d(b.quantize(b.input([2, 3, 3])), 2)))
-    blas = _openblas()
-    assert blas is not None, "numpy's OpenBLAS was not found: the BLAS thread limit is a no-op"
-    before = numba.get_num_threads(), blas[1]()
+    before = numba.get_num_threads(), blas_threads()
+    assert before[1], "threadpoolctl found no BLAS in numpy: the BLAS thread limit is a no-op"
     seen = []
     model = runtime.load(b.to_bytes(), threads=1)
     original = model.plan[-1].run
 
     def spy(xs):
-        seen.append((numba.get_num_threads(), blas[1]()))
+        seen.append((numba.get_num_threads(), set(blas_threads().values())))
         return original(xs)
 
     model.plan[-1].run = spy
     model.predict(np.zeros((1, 2, 3, 3), np.float32))
-    assert seen == [(1, 1)]
-    assert (numba.get_num_threads(), blas[1]()) == before
+    assert seen == [(1, {1})]
+    assert (numba.get_num_threads(), blas_threads()) == before
     with pytest.raises(ValueError, match="threads must be an integer from 1"):
         runtime.load(b.to_bytes(), threads=0)
 
@@ -133,3 +136,21 @@ def test_large_batches_run_in_chunks_with_the_same_result(model) -> None:
     alone = np.concatenate([model.predict(x[i : i + 1]) for i in range(len(x))])
     assert together.shape == (2 * CHUNK + 7, 6)
     np.testing.assert_array_equal(together, alone)
+
+
+def test_finiteness_check_of_a_big_batch_needs_no_batch_sized_temporary(model) -> None:
+    """A 16 MB batch with one NaN in its last sample: the check finds it with temporaries far
+    below the 4 MB a whole-batch boolean mask would take (numpy reports its buffers to
+    tracemalloc), and before any kernel allocates an activation."""
+    import tracemalloc
+
+    x = np.zeros((70_000, 3, 5, 4), np.float32)  # 4.2 M values, 16.8 MB
+    x[-1, -1, -1, -1] = np.nan
+    tracemalloc.start()
+    try:
+        with pytest.raises(runtime.InputError, match="NaN or Inf"):
+            model.predict(x)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000, f"the finiteness check allocated {peak:,} bytes at its peak"
