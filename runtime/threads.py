@@ -51,26 +51,30 @@ numpy's BLAS one thread; both are put back afterwards:
   predict runs, other numpy code in the process also gets a single BLAS thread, and a change
   to the BLAS setting made meanwhile is overwritten by the restore.
 
-BLAS is reached through threadpoolctl (OpenBLAS, MKL, BLIS, FlexiBLAS on any OS), one
-``ThreadpoolController`` made at the first predict (making one scans the loaded libraries:
-1.9 ms, so not per call). Measured per predict, save + set + restore: 6.8 us through
-threadpoolctl's library controllers against 4.0 us for the former hand-written ctypes
-lookup of OpenBLAS's own functions, 0.3% of the smallest predict above; its
-``limit()`` context manager would cost 21 us.
+OpenBLAS is reached through ctypes (the library numpy itself loaded, found in
+/proc/self/maps or numpy's bundled ``numpy.libs``); where it cannot be found (another BLAS,
+another OS) the BLAS side is left alone. threadpoolctl (which also knows MKL and BLIS) was
+tried and not taken: in its version 3.8 the OpenBLAS controller lets only the first Python
+thread that set a limit change it again (its "controlling thread") and silently ignores the
+others, so a predict in a worker thread could neither set nor restore the count; making its
+controller scans the loaded libraries (1.9 ms, so once, not per call) and its ``limit()``
+costs 21 us per predict against 4 us for the ctypes calls (measured here).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import glob
 import importlib.metadata
 import os
 import sys
 import threading
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import numba
+import numpy as np
 
 from runtime.errors import ThreadingLayerError
 
@@ -130,33 +134,69 @@ def _check_fork_safety() -> None:
 
 
 # -- BLAS threads: one process-wide setting, saved by the first of concurrent predicts ----------
+_SET_NAMES = (
+    "scipy_openblas_set_num_threads64_",
+    "scipy_openblas_set_num_threads",
+    "openblas_set_num_threads64_",
+    "openblas_set_num_threads",
+)
+_GET_NAMES = tuple(name.replace("_set_", "_get_") for name in _SET_NAMES)
+
+
+def _candidate_libraries() -> list[str]:
+    paths: list[str] = []
+    with contextlib.suppress(OSError), open("/proc/self/maps") as maps:
+        for line in maps:
+            path = line.split()[-1]
+            if "openblas" in os.path.basename(path) and path not in paths:
+                paths.append(path)
+    bundled = os.path.dirname(np.__file__) + ".libs"
+    paths.extend(p for p in glob.glob(os.path.join(bundled, "*openblas*")) if p not in paths)
+    return paths
+
+
+@functools.cache
+def _openblas() -> tuple[Callable[[int], None], Callable[[], int]] | None:
+    """(set_num_threads, get_num_threads) of numpy's OpenBLAS, or None if not found."""
+    np.dot(np.ones(2), np.ones(2))  # make sure numpy's BLAS is loaded before looking for it
+    for path in _candidate_libraries():
+        try:
+            library = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for set_name, get_name in zip(_SET_NAMES, _GET_NAMES):
+            if hasattr(library, set_name) and hasattr(library, get_name):
+                setter, getter = getattr(library, set_name), getattr(library, get_name)
+                setter.argtypes, setter.restype = [ctypes.c_int], None
+                getter.argtypes, getter.restype = [], ctypes.c_int
+                return setter, getter
+    return None
+
+
+def blas_threads() -> int | None:
+    """numpy's OpenBLAS thread count now (None where OpenBLAS was not found)."""
+    blas = _openblas()
+    return None if blas is None else blas[1]()
+
+
+def set_blas_threads(count: int) -> None:
+    """Set numpy's OpenBLAS thread count for the process (no-op where it was not found)."""
+    blas = _openblas()
+    if blas is not None:
+        blas[0](count)
+
+
 _blas_lock = threading.Lock()
 _active_predicts = 0
-_blas_controllers: tuple[Any, ...] | None = None
-_saved_blas: list[tuple[Any, int]] = []
-
-
-def blas_threads() -> dict[str, int]:
-    """Current thread count of each BLAS library numpy loaded, by library path."""
-    return {lib.filepath: lib.get_num_threads() for lib in _controllers()}
-
-
-def _controllers() -> tuple[Any, ...]:
-    global _blas_controllers
-    if _blas_controllers is None:
-        from threadpoolctl import ThreadpoolController
-
-        _blas_controllers = tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
-    return _blas_controllers
+_saved_blas: int | None = None
 
 
 def _enter_blas() -> None:
-    global _active_predicts
+    global _active_predicts, _saved_blas
     with _blas_lock:
         if _active_predicts == 0:
-            _saved_blas[:] = [(lib, lib.get_num_threads()) for lib in _controllers()]
-            for lib, _ in _saved_blas:
-                lib.set_num_threads(1)
+            _saved_blas = blas_threads()
+            set_blas_threads(1)
         _active_predicts += 1
 
 
@@ -169,9 +209,10 @@ def _leave_blas() -> None:
 
 
 def _restore_blas() -> None:
-    for lib, threads in _saved_blas:
-        lib.set_num_threads(threads)
-    _saved_blas.clear()
+    global _saved_blas
+    if _saved_blas is not None:
+        set_blas_threads(_saved_blas)
+    _saved_blas = None
 
 
 def _after_fork_in_child() -> None:

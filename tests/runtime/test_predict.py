@@ -104,18 +104,18 @@ def test_threads_apply_during_predict_and_are_restored():
     b = IRBuilder(seed=1)
     b.output(b.affine(b.bconv2d(b.quantize(b.input([2, 3, 3])), 2)))
     before = numba.get_num_threads(), blas_threads()
-    assert before[1], "threadpoolctl found no BLAS in numpy: the BLAS thread limit is a no-op"
+    assert before[1] is not None, "numpy's OpenBLAS was not found: the BLAS limit is a no-op"
     seen = []
     model = runtime.load(b.to_bytes(), threads=1)
     original = model.plan[-1].run
 
     def spy(xs):
-        seen.append((numba.get_num_threads(), set(blas_threads().values())))
+        seen.append((numba.get_num_threads(), blas_threads()))
         return original(xs)
 
     model.plan[-1].run = spy
     model.predict(np.zeros((1, 2, 3, 3), np.float32))
-    assert seen == [(1, {1})]
+    assert seen == [(1, 1)]
     assert (numba.get_num_threads(), blas_threads()) == before
     with pytest.raises(ValueError, match="threads must be an integer from 1"):
         runtime.load(b.to_bytes(), threads=0)
