@@ -1,0 +1,82 @@
+"""``python -m runtime info|bench|profile`` in a subprocess: each verb prints its sections."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rt_builder import IRBuilder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory) -> Path:
+    b = IRBuilder(seed=5)
+    h = b.rprelu(b.affine(b.bconv2d(b.quantize(b.input([3, 6, 6])), 8)))
+    b.output(b.dense(b.unary("flatten", b.unary("global_avgpool", h)), 4))
+    path = tmp_path_factory.mktemp("cli") / "tiny.bnn"
+    path.write_bytes(b.to_bytes())
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "runtime", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_info_prints_inputs_outputs_op_counts_sizes_and_the_plan(model_file):
+    result = cli("info", str(model_file))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert f"({model_file.stat().st_size:,} bytes)" in out
+    assert "inputs:\n  input [N, 3, 6, 6] float32" in out
+    assert "outputs:\n  v6 [N, 4] float32" in out
+    assert "ops: 7 nodes in 5 steps" in out
+    for op in ("bconv2d: 1", "quantize: 1", "rprelu: 1", "dense: 1", "global_avgpool: 1"):
+        assert f"  {op}\n" in out
+    assert "parameters: " in out and "plan:" in out and "bconv2d+affine+rprelu" in out
+
+
+def test_bench_prints_a_latency_row_per_threads_and_batch(model_file):
+    result = cli("bench", str(model_file), "--batch", "1", "4", "--threads", "1", "--repeats", "3")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == [
+        "threads", "batch", "min", "ms", "median", "ms", "min", "ms/sample", "samples/s",
+    ]  # fmt: skip
+    assert [line.split()[:2] for line in lines[2:4]] == [["1", "1"], ["1", "4"]]
+    best, median = (float(v) for v in lines[2].split()[2:4])
+    assert 0 < best <= median
+    assert "min and median of 3 calls after one warm-up; numba layer:" in lines[4]
+
+
+def test_profile_prints_the_per_step_table(model_file):
+    result = cli("profile", str(model_file), "--batch", "2", "--threads", "1", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert out.splitlines()[0].split()[:5] == ["#", "op", "name", "ms", "share"]
+    assert "bconv2d+affine+rprelu" in out and "total" in out
+    assert "batch 2, 1 thread(s), min of 2 repeats" in out
+    assert f"{2 * 6 * 6 * 8 * 9 * 3:,}" in out  # the bconv2d's binary MACs
+
+
+def test_bad_file_and_bad_options_exit_2_with_a_message(tmp_path, model_file):
+    missing = cli("info", str(tmp_path / "missing.bnn"))
+    assert missing.returncode == 2 and "No such file" in missing.stderr
+    garbage = tmp_path / "garbage.bnn"
+    garbage.write_bytes(b"not a model")
+    invalid = cli("bench", str(garbage))
+    assert invalid.returncode == 2 and "python -m runtime bench:" in invalid.stderr
+    zero = cli("bench", str(model_file), "--batch", "0")
+    assert zero.returncode == 2 and "expected a positive integer, got '0'" in zero.stderr
