@@ -21,6 +21,19 @@ learnable     ``scale_o``, a Parameter initialised to mean|W_o|      to ``scale`
 none          1                                                      --
 ============  ====================================================  ===========================
 
+Backward to the latent weights, with ``G = d L / d W_b``, ``s = sign(W)``, ``n = C kh kw`` (or
+``C``) weights per output channel and ``ste = 1{|W| <= 1}``::
+
+    detached:   d L / d W[o, k] = G[o, k] alpha_o ste[o, k]
+    attached:   the detached term + sgn(W[o, k]) / n * sum_j G[o, j] s[o, j]
+    learnable:  d L / d W[o, k] = G[o, k] scale_o ste[o, k]
+                d L / d scale_o = sum_k G[o, k] s[o, k]
+    none:       d L / d W[o, k] = G[o, k] ste[o, k]
+
+(``sgn``, the derivative of ``|W|``, is 0 at 0; the attached line is XNOR-Net's gradient through
+its analytic scale). The input gets the conv / linear gradient, then ``B``'s surrogate
+gradient. docs/OPERATORS.md has the papers' titles.
+
 ``binarize_weights = False`` keeps ``W`` float (stage 1 of the two-step schedule of Bulat et al.
 2019 and ReActNet: binary activations, real weights). Only zero padding is allowed, since the
 packed runtime reproduces exactly that.
