@@ -6,6 +6,12 @@ compute::
 
     y = conv(B(x), W_b) + bias        W_b = alpha_o * sign(W)     (XNOR-Net, Rastegari 2016)
 
+evaluated as ``alpha_o * conv(B(x), sign(W)) + bias`` (the same number, one scale per output
+channel; :mod:`binarize.nn.scaled_products`): the ``+-1`` sum is computed exactly and scaled
+once, so it equals the packed runtime's popcount sum times ``alpha`` in training and in eval
+-- a sum that is exactly 0 stays 0 and the next sign sees ``+1`` on both sides -- while the
+gradients to ``x``, ``W`` and ``alpha`` are those of the first line.
+
 ``B`` is the ``input_binarizer`` (any :class:`~binarize.nn.binarizers.Binarizer`, a name from
 :data:`~binarize.nn.binarizers.BINARIZERS`, or ``None`` for a float input). ``sign`` is
 :func:`~binarize.nn.functional.weight_sign` (``sign(0) = +1``, clipped STE ``1{|W| <= 1}`` back
@@ -35,8 +41,11 @@ its analytic scale). The input gets the conv / linear gradient, then ``B``'s sur
 gradient. docs/OPERATORS.md has the papers' titles.
 
 ``binarize_weights = False`` keeps ``W`` float (stage 1 of the two-step schedule of Bulat et al.
-2019 and ReActNet: binary activations, real weights). Only zero padding is allowed, since the
-packed runtime reproduces exactly that.
+2019 and ReActNet: binary activations, real weights): ``y = conv(B(x), W) + bias``, a float
+convolution that nothing packs, so not exact by nature. A disabled binarizer (or a
+progressive one still in its ``tanh`` phase, or ``input_binarizer=None``) gives a float
+``B(x)``: the product is then float too, computed the same way. Only zero padding is allowed,
+since the packed runtime reproduces exactly that.
 
 Example::
 
@@ -56,6 +65,7 @@ from torch import Tensor, nn
 
 from binarize.nn.binarizers import make_binarizer
 from binarize.nn.functional import weight_sign
+from binarize.nn.scaled_products import scaled_conv2d, scaled_linear
 
 __all__ = ["WEIGHT_SCALES", "BinaryConv2d", "BinaryLinear"]
 
@@ -119,8 +129,9 @@ class _BinaryWeights:
         return torch.ones(self.weight.shape[0], device=self.weight.device, dtype=self.weight.dtype)
 
     def binary_weight(self) -> Tensor:
-        """``alpha_o * sign(W)`` broadcast over ``W``'s shape, or ``W`` itself when
-        ``binarize_weights`` is ``False``."""
+        """``W_b = alpha_o * sign(W)`` broadcast over ``W``'s shape, or ``W`` itself when
+        ``binarize_weights`` is ``False``: the weight ``forward`` multiplies by, for inspection
+        (``forward`` applies ``alpha`` to the exact ``sign(W)`` product instead)."""
         if not self.binarize_weights:
             return self.weight
         signs = weight_sign(self.weight)
@@ -192,8 +203,13 @@ class BinaryConv2d(_BinaryWeights, nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.input_binarizer(x)
-        weight = self.binary_weight()
-        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        geometry = (self.stride, self.padding, self.dilation, self.groups)
+        if not self.binarize_weights:  # stage 1: float weights, a float convolution
+            return F.conv2d(x, self.weight, self.bias, *geometry)
+        signs = weight_sign(self.weight)
+        if self.weight_scale == "none":
+            return F.conv2d(x, signs, self.bias, *geometry)
+        return scaled_conv2d(x, signs, self.weight_scale_values(), self.bias, *geometry)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}"
@@ -254,7 +270,13 @@ class BinaryLinear(_BinaryWeights, nn.Linear):
         self._reset_scale()
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(self.input_binarizer(x), self.binary_weight(), self.bias)
+        x = self.input_binarizer(x)
+        if not self.binarize_weights:  # stage 1: float weights, a float product
+            return F.linear(x, self.weight, self.bias)
+        signs = weight_sign(self.weight)
+        if self.weight_scale == "none":
+            return F.linear(x, signs, self.bias)
+        return scaled_linear(x, signs, self.weight_scale_values(), self.bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._binary_repr()}"

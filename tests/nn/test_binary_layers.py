@@ -1,4 +1,9 @@
-"""BinaryConv2d / BinaryLinear against F.conv2d / F.linear on explicitly binarized tensors."""
+"""BinaryConv2d / BinaryLinear against F.conv2d / F.linear on explicitly binarized tensors.
+
+The layers compute ``alpha_o * conv(sign(x), sign(W)) + bias`` (the +-1 sum exact, scaled
+once); the gradients are checked against the textbook ``conv(sign(x), alpha_o * sign(W))``,
+written out here as the reference.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +25,9 @@ from binarize.nn import (
     binarizers,
     binary_layers,
     set_binarization,
+    weight_sign,
 )
+from binarize.nn.scaled_products import scaled_conv2d, scaled_linear
 
 SCALES = ["detached", "attached", "learnable", "none"]
 
@@ -47,9 +54,9 @@ def test_conv_forward_is_conv_of_signs_with_per_channel_scale(scale, stride, bia
     x = torch.randn(2, 4, 7, 7, dtype=torch.float64)
     w = layer.weight.detach()
     alpha = _alpha_reference(w, scale)
-    expected = F.conv2d(
-        _sign(x), alpha[:, None, None, None] * _sign(w), layer.bias, stride=stride, padding=1
-    )
+    sums = F.conv2d(_sign(x), _sign(w), stride=stride, padding=1)
+    bias_term = 0 if layer.bias is None else layer.bias[:, None, None]
+    expected = alpha[:, None, None] * sums + bias_term
     torch.testing.assert_close(layer(x), expected)
     torch.testing.assert_close(layer.weight_scale_values(), alpha)
 
@@ -61,8 +68,158 @@ def test_linear_forward_is_matmul_of_signs_with_per_row_scale(scale):
     x = torch.randn(3, 12, dtype=torch.float64)
     w = layer.weight.detach()
     alpha = _alpha_reference(w, scale)
-    expected = _sign(x) @ (alpha[:, None] * _sign(w)).T + layer.bias
+    expected = alpha * (_sign(x) @ _sign(w).T) + layer.bias
     torch.testing.assert_close(layer(x), expected)
+
+
+@pytest.mark.parametrize("scale", ["detached", "attached", "learnable"])
+def test_float32_sums_are_exact_and_the_scale_is_applied_once(scale):
+    """A 64 -> 16 1x1 conv: about 10% of the +-1 sums are exactly 0; the float32 output is
+    ``alpha * sum`` rounded once (the float64 product of an integer below 2^11 and a float32
+    alpha is exact), so a zero sum is exactly 0 and the next sign gives +1."""
+    torch.manual_seed(0)
+    layer = BinaryConv2d(64, 16, 1, bias=False, weight_scale=scale)
+    x = torch.randn(8, 64, 9, 9)
+    sums = F.conv2d(_sign(x).double(), _sign(layer.weight.detach()).double())
+    alpha = layer.weight_scale_values().detach().double()[:, None, None]
+    y = layer(x)
+    assert torch.equal(y, (alpha * sums).float())
+    assert (sums == 0).double().mean() > 0.05
+    assert torch.equal(_sign(y[sums == 0]), torch.ones_like(y[sums == 0]))
+    linear = BinaryLinear(64, 16, bias=False, weight_scale=scale)
+    h = torch.randn(500, 64)
+    sums = _sign(h).double() @ _sign(linear.weight.detach()).double().T
+    alpha = linear.weight_scale_values().detach().double()
+    assert torch.equal(linear(h), (alpha * sums).float())
+    assert (sums == 0).double().mean() > 0.05
+
+
+def _textbook(layer: BinaryConv2d | BinaryLinear, x: torch.Tensor) -> torch.Tensor:
+    """The reference formulation: ``B(x)`` times ``W_b = alpha_o * sign(W)``, autograd'ed."""
+    bits = layer.input_binarizer(x)
+    if not layer.binarize_weights:
+        weight = layer.weight
+    else:
+        weight = weight_sign(layer.weight)
+        if layer.weight_scale != "none":
+            alpha = layer.weight_scale_values()
+            weight = weight * alpha.view(-1, *([1] * (weight.dim() - 1)))
+    if isinstance(layer, BinaryLinear):
+        return F.linear(bits, weight, layer.bias)
+    geometry = (layer.stride, layer.padding, layer.dilation, layer.groups)
+    return F.conv2d(bits, weight, layer.bias, *geometry)
+
+
+def _gradients(layer, forward, x, upstream) -> dict[str, torch.Tensor]:
+    layer.zero_grad(set_to_none=True)
+    x = x.detach().clone().requires_grad_()
+    forward(layer, x).backward(upstream)
+    grads = {name: p.grad for name, p in layer.named_parameters() if p.grad is not None}
+    return {"x": x.grad, **grads}
+
+
+CONVS = {
+    "3x3-stride2": {"kernel_size": 3, "stride": 2, "padding": 1},
+    "1x1-groups2": {"kernel_size": 1, "groups": 2},
+    "3x3-dilated": {"kernel_size": 3, "padding": 2, "dilation": 2},
+    "2x2-same": {"kernel_size": 2, "padding": "same"},
+    "3x3-valid": {"kernel_size": 3, "padding": "valid"},
+}
+
+
+# Each scale mode with another binarizer (thresholds: none, learned, per sample).
+BINARIZER_FOR = {"detached": "dysign", "attached": "ste", "learnable": "rsign", "none": "approx"}
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize("geometry", list(CONVS), ids=list(CONVS))
+def test_conv_gradients_equal_the_textbook_formulation(geometry, scale):
+    torch.manual_seed(0)
+    binarizer = BINARIZER_FOR[scale]
+    layer = BinaryConv2d(4, 6, **CONVS[geometry], input_binarizer=binarizer, weight_scale=scale)
+    layer = layer.double()
+    with torch.no_grad():
+        layer.weight.mul_(6)  # some |W| > 1: the STE mask matters
+        if binarizer == "dysign":
+            layer.input_binarizer.fc2.weight.normal_(0, 0.3)
+    x = torch.randn(3, 4, 7, 7, dtype=torch.float64)
+    y = layer(x)
+    upstream = torch.randn_like(y)
+    torch.testing.assert_close(y, _textbook(layer, x))
+    got = _gradients(layer, BinaryConv2d.forward, x, upstream)
+    expected = _gradients(layer, _textbook, x, upstream)
+    assert got.keys() == expected.keys()
+    assert {"x", "weight", "bias"} <= got.keys() and ("scale" in got) == (scale == "learnable")
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+        assert got[name].abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("scale", SCALES)
+def test_linear_gradients_equal_the_textbook_formulation(scale, bias):
+    torch.manual_seed(0)
+    layer = BinaryLinear(12, 5, bias=bias, input_binarizer="rsign", weight_scale=scale).double()
+    with torch.no_grad():
+        layer.weight.mul_(6)
+    x = torch.randn(7, 12, dtype=torch.float64)
+    upstream = torch.randn(7, 5, dtype=torch.float64)
+    got = _gradients(layer, BinaryLinear.forward, x, upstream)
+    expected = _gradients(layer, _textbook, x, upstream)
+    assert got.keys() == expected.keys() and ("bias" in got) == bias
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_float32_gradients_match_the_textbook_formulation_to_rounding():
+    torch.manual_seed(0)
+    layer = BinaryConv2d(16, 32, 3, padding=1, input_binarizer="approx", weight_scale="attached")
+    x = torch.randn(4, 16, 10, 10)
+    upstream = torch.randn(4, 32, 10, 10)
+    got = _gradients(layer, BinaryConv2d.forward, x, upstream)
+    expected = _gradients(layer, _textbook, x, upstream)
+    for name in ("x", "weight", "bias"):
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
+@pytest.mark.parametrize("geometry", list(CONVS), ids=list(CONVS))
+def test_scaled_conv2d_backward_passes_gradcheck(geometry):
+    """The autograd Function against finite differences; as a function of its float inputs
+    (signs included) it is bilinear, so the check is exact up to float64 rounding."""
+    options = dict(CONVS[geometry])
+    kernel, groups = options.pop("kernel_size"), options.get("groups", 1)
+    stride, padding = options.get("stride", 1), options.get("padding", 0)
+    dilation = options.get("dilation", 1)
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    inputs = (leaf(1, 2, 5, 5), leaf(2, 2 // groups, kernel, kernel), leaf(2), leaf(2))
+    pairs = [(stride, stride), padding if isinstance(padding, str) else (padding, padding)]
+
+    def f(x, signs, alpha, bias):
+        return scaled_conv2d(x, signs, alpha, bias, pairs[0], pairs[1], (dilation,) * 2, groups)
+
+    assert torch.autograd.gradcheck(f, inputs, fast_mode=True)
+    x, signs, alpha, bias = inputs
+    reference = F.conv2d(
+        x, signs * alpha[:, None, None, None], bias, pairs[0], pairs[1], dilation, groups
+    )
+    torch.testing.assert_close(f(*inputs), reference)
+
+
+def test_scaled_linear_backward_passes_gradcheck_on_batched_inputs():
+    gen = torch.Generator().manual_seed(0)
+
+    def leaf(*shape):
+        return torch.randn(shape, generator=gen, dtype=torch.float64).requires_grad_()
+
+    inputs = (leaf(2, 3, 5), leaf(4, 5), leaf(4), leaf(4))
+    assert torch.autograd.gradcheck(scaled_linear, inputs)
+    assert torch.autograd.gradcheck(lambda x, s, a: scaled_linear(x, s, a, None), inputs[:3])
 
 
 @pytest.mark.parametrize("scale", ["detached", "none", "learnable"])
@@ -162,6 +319,26 @@ def test_stage_one_binarizes_activations_only():
     x = torch.randn(1, 3, 6, 6)
     assert torch.equal(layer(x), F.conv2d(_sign(x), layer.weight, layer.bias))
     assert layer.binary_weight() is layer.weight
+
+
+@pytest.mark.parametrize("scale", ["attached", "learnable"])
+def test_weights_only_stage_scales_a_float_input_product(scale):
+    """Binarizers disabled, weights binary: ``alpha * conv(x, sign(W)) + bias`` on the float
+    ``x``, with the textbook gradients."""
+    torch.manual_seed(0)
+    layer = BinaryConv2d(3, 4, 3, padding=1, input_binarizer="rsign", weight_scale=scale)
+    layer = layer.double()
+    set_binarization(layer, activations=False, weights=True)
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    alpha = layer.weight_scale_values().detach()[:, None, None]
+    sums = F.conv2d(x, _sign(layer.weight.detach()), padding=1)
+    torch.testing.assert_close(layer(x), alpha * sums + layer.bias.detach()[:, None, None])
+    upstream = torch.randn(2, 4, 6, 6, dtype=torch.float64)
+    got = _gradients(layer, BinaryConv2d.forward, x, upstream)
+    expected = _gradients(layer, _textbook, x, upstream)
+    assert "input_binarizer.alpha" not in got
+    for name in got:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
 
 
 def test_input_binarizer_by_name_module_or_none():

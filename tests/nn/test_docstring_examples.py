@@ -17,6 +17,7 @@ MODULES = [
     "binarize.nn.channelwise",
     "binarize.nn.functional",
     "binarize.nn.layers",
+    "binarize.nn.scaled_products",
     "binarize.models",
     "binarize.models.hourglass",
     "binarize.models.mobilenet",
