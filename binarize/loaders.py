@@ -93,9 +93,21 @@ def loader_length(loader: DataLoader) -> int:
             "the training DataLoader has no length (an IterableDataset?); finetune needs "
             "the number of steps per epoch to place the schedule and the lr decay"
         ) from exc
-    if n == 0:
-        raise TrainingError("the training data yields no batch; give it at least one sample")
+    require_batches(loader, "the training data", "give it at least one sample")
     return n
+
+
+def require_batches(loader: DataLoader, what: str, hint: str) -> None:
+    """Raise TrainingError when `loader` has a length and it is 0 (it would yield nothing).
+
+    A loader without a length is checked while it is read (`finetune` counts the samples).
+    """
+    try:
+        empty = len(loader) == 0
+    except TypeError:
+        return
+    if empty:
+        raise TrainingError(f"{what} yields no batch; {hint}")
 
 
 def unpack_batch(batch: Any, where: str) -> tuple[Tensor, Tensor]:

@@ -42,6 +42,7 @@ from torch.utils.data import (
 )
 from tqdm import tqdm
 
+from binarize import options as opt
 from binarize.checkpoint import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
@@ -52,7 +53,7 @@ from binarize.checkpoint import (
     seed_everything,
     set_rng_state,
 )
-from binarize.distill import LabelLoss, TrainingLoss, make_loss
+from binarize.distill import KINDS, LabelLoss, TrainingLoss, make_loss
 from binarize.errors import TrainingError
 from binarize.loaders import (
     Data,
@@ -60,6 +61,7 @@ from binarize.loaders import (
     check_inputs,
     check_targets,
     loader_length,
+    require_batches,
     set_epoch,
     unpack_batch,
 )
@@ -161,28 +163,16 @@ def finetune(
         progress: show a tqdm bar with the loss and metric (rank 0 only).
 
     Returns the History of every epoch, earlier runs' epochs included when resuming.
-    Raises TrainingError on bad batches, a NaN/Inf loss or an unwritable checkpoint folder.
+    Raises TrainingError on a bad option (each is checked before anything runs: a
+    non-integer or < 1 `epochs`/`batch_size`, an `lr` that is not finite and > 0, an unknown
+    name, CUDA asked for but absent), a model on the meta device, bad batches, an empty
+    `val_data`, a NaN/Inf loss or an unwritable checkpoint folder.
     """
-    if epochs <= 0:
-        raise TrainingError(f"epochs must be >= 1, got {epochs}")
-    options = _Options(
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        lr_schedule=lr_schedule,
-        weight_decay=weight_decay,
-        distill=distill,
-        distill_options=distill_options,
-        loss=loss,
-        checkpoint_dir=checkpoint_dir,
-        seed=seed,
-        device=device,
-        progress=progress,
-    )
-    run = _Run(bnn, options, schedule, metric)
+    options = _Options.of(locals())
+    _check_model(bnn)
+    run = _Run(bnn, options)
     try:
-        return run.fit(train_data, val_data, resume=resume)
+        return run.fit(train_data, val_data)
     finally:
         run.close()
 
@@ -204,39 +194,59 @@ def evaluate(
     model = model.to(device)
     loader = as_loader(data, batch_size, shuffle=False, seed=0, rank=0, world=1)
     name, metric_fn = _resolve_metric(metric)
-    totals = _evaluate(model, loader, loss or LabelLoss(), metric_fn, device)
+    totals = _evaluate(model, loader, loss or LabelLoss(), metric_fn, device, "the data")
     return _averages(totals, name)
 
 
-@dataclass(frozen=True)
-class _Options:
-    """The arguments of `finetune` that `_Run` reads (documented there)."""
+def _check_model(bnn: nn.Module) -> None:
+    if not isinstance(bnn, nn.Module):
+        raise TrainingError(f"finetune trains an nn.Module, got a {type(bnn).__name__}")
+    for name, tensor in [*bnn.named_parameters(), *bnn.named_buffers()]:
+        if tensor.device.type == "meta":
+            raise TrainingError(
+                f"the model's {name} is on the meta device and holds no data; materialize "
+                "it first (model.to_empty(device='cpu'), then load_state_dict or an init)"
+            )
 
-    epochs: int
-    lr: float
-    batch_size: int
-    optimizer: str
-    lr_schedule: str
-    weight_decay: float | None
-    distill: str | None
-    distill_options: Mapping[str, Any] | None
-    loss: TrainingLoss | None
-    checkpoint_dir: str | Path | None
-    seed: int
-    device: str | torch.device
-    progress: bool
+
+def _check_metric(name: str, value: Any) -> str | None:
+    if value is None or value == "accuracy" or callable(value):
+        return None
+    return f"{name} {value!r} is unknown; use 'accuracy', None or a callable"
+
+
+_Options = opt.options_type(
+    finetune,
+    {
+        "epochs": opt.whole(1, "the number of passes over train_data"),
+        "lr": opt.real(0, "the peak learning rate, e.g. 1e-3", strict=True),
+        "batch_size": opt.whole(1, "the samples per step when finetune batches the data"),
+        "optimizer": opt.one_of(_OPTIMIZERS),
+        "lr_schedule": opt.one_of(_LR_SCHEDULES),
+        "weight_decay": opt.optional(
+            opt.real(0, "the conv weights' decay, or None for the schedule's", strict=False)
+        ),
+        "schedule": opt.instance((Schedule, Mapping, type(None)), "a Schedule, a dict or None"),
+        "distill": opt.one_of(("recipe", None, *KINDS)),
+        "distill_options": opt.instance((Mapping, type(None)), "a dict of make_loss options"),
+        "loss": opt.optional_callable("a callable loss(output, inputs, targets)"),
+        "metric": _check_metric,
+        "checkpoint_dir": opt.instance(
+            (str, os.PathLike, type(None)), "a folder path (str or pathlib.Path) or None"
+        ),
+        "resume": opt.flag,
+        "seed": opt.whole(None, "the seed of torch, numpy and random"),
+        "device": opt.device,
+        "progress": opt.flag,
+    },
+)
+"""`finetune`'s keyword-only arguments, checked; `_Run` reads them (documented there)."""
 
 
 class _Run:
     """One `finetune` call: the objects it builds and the loop over epochs."""
 
-    def __init__(
-        self,
-        bnn: nn.Module,
-        options: _Options,
-        schedule: Schedule | Mapping[str, Any] | None,
-        metric: str | Metric | None,
-    ) -> None:
+    def __init__(self, bnn: nn.Module, options: Any) -> None:
         self.bnn = bnn
         self.options = options
         self.device = torch.device(options.device)
@@ -245,8 +255,8 @@ class _Run:
             self.device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", self.rank)))
             torch.cuda.set_device(self.device)
         self.is_main = self.rank == 0
-        self.metric_name, self.metric_fn = _resolve_metric(metric)
-        self.schedule = _resolve_schedule(bnn, schedule)
+        self.metric_name, self.metric_fn = _resolve_metric(options.metric)
+        self.schedule = _resolve_schedule(bnn, options.schedule)
         self.loss_fn, self.val_loss_fn = self._losses()
         self.checkpoint = checkpoint_path(options.checkpoint_dir, self.is_main)
         self.step = 0
@@ -279,7 +289,7 @@ class _Run:
             dist.destroy_process_group()
 
     # ------------------------------------------------------------------------------ loop
-    def fit(self, train_data: Data, val_data: Data | None, *, resume: bool) -> History:
+    def fit(self, train_data: Data, val_data: Data | None) -> History:
         o = self.options
         train_loader = as_loader(
             train_data, o.batch_size, shuffle=True, seed=o.seed, rank=self.rank,
@@ -290,6 +300,10 @@ class _Run:
             val_loader = as_loader(
                 val_data, o.batch_size, shuffle=False, seed=o.seed, rank=self.rank,
                 world=self.world,
+            )
+            require_batches(
+                val_loader, "val_data",
+                "give it at least one sample, or pass val_data=None to train without validation",
             )
         steps_per_epoch = loader_length(train_loader)
         total_steps = o.epochs * steps_per_epoch
@@ -302,7 +316,7 @@ class _Run:
         if self.schedule is not None:
             self.schedule.on_train_begin(self.bnn, total_steps, steps_per_epoch)
         history, start_epoch = History(), 0
-        if resume and self.checkpoint is not None and self.checkpoint.exists():
+        if o.resume and self.checkpoint is not None and self.checkpoint.exists():
             history, start_epoch = self._load(steps_per_epoch)
         model = self._wrap_ddp()
         self.step = start_epoch * steps_per_epoch
@@ -396,13 +410,10 @@ class _Run:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         o = self.options
-        name = o.optimizer
-        if name not in _OPTIMIZERS:
-            raise TrainingError(f"optimizer {name!r} is unknown; use one of {list(_OPTIMIZERS)}")
         decay = o.weight_decay
         if decay is None:
             decay = 0.0 if self.schedule is None else (self.schedule.weight_decay() or 0.0)
-        return _OPTIMIZERS[name](param_groups(self.bnn, decay), lr=o.lr)
+        return _OPTIMIZERS[o.optimizer](param_groups(self.bnn, decay), lr=o.lr)
 
     def _wrap_ddp(self) -> nn.Module:
         if self.world == 1:
@@ -435,7 +446,9 @@ class _Run:
         keys = ["val_loss"] + ([f"val_{self.metric_name}"] if self.metric_name else [])
         if loader is None:
             return dict.fromkeys(keys)
-        totals = _evaluate(self.bnn, loader, self.val_loss_fn, self.metric_fn, self.device)
+        totals = _evaluate(
+            self.bnn, loader, self.val_loss_fn, self.metric_fn, self.device, "val_data"
+        )
         averages = _averages(self._all_reduce(totals), self.metric_name)
         return {f"val_{k}": v for k, v in averages.items()}
 
@@ -567,10 +580,6 @@ def _accuracy(output: Tensor, targets: Tensor) -> Tensor:
 
 
 def _lr_factor(name: str, total_steps: int) -> Callable[[int], float]:
-    if name not in _LR_SCHEDULES:
-        raise TrainingError(
-            f"lr_schedule {name!r} is unknown; use one of {list(_LR_SCHEDULES)}"
-        )
     shape = _LR_SCHEDULES[name]
     return lambda step: shape(min(step / total_steps, 1.0))
 
@@ -590,8 +599,13 @@ def _evaluate(
     loss_fn: TrainingLoss,
     metric_fn: Metric | None,
     device: torch.device,
+    what: str,
 ) -> Tensor:
-    """Sums over `loader` of [loss * n, metric * n, n], in eval mode without gradients."""
+    """Sums over `loader` of [loss * n, metric * n, n], in eval mode without gradients.
+
+    Raises TrainingError when `loader` (`what`, for the message) yields no sample: a mean
+    over nothing would read as a perfect loss of 0.
+    """
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
@@ -605,6 +619,11 @@ def _evaluate(
             metric = float(metric_fn(output, y)) if metric_fn is not None else 0.0
             totals += torch.tensor([float(loss_fn(output, x, y)) * n, metric * n, n])
     model.train(was_training)
+    if totals[2] == 0:
+        raise TrainingError(
+            f"{what} yields no sample, so there is nothing to average; give it at least one "
+            "batch"
+        )
     return totals
 
 
