@@ -23,7 +23,7 @@ What the other packages rely on:
 * ``binarize.pack`` exports the hard network and warns about parts still in a soft training
   state: a binarizer with ``enabled = False``, a progressive ``lam < lam_max``, a binary
   layer with ``binarize_weights = False``.
-* ``passes.lower`` recognises the binarizers by type: ``SignSTE`` / ``ApproxSign`` /
+* ``binarize.pack``'s lowering recognises the binarizers by type: ``SignSTE`` / ``ApproxSign`` /
   ``ProgressiveSign`` become a threshold-0 ``quantize`` node, ``RSign`` one with threshold
   ``alpha``, ``DySign`` a ``dyquantize`` node carrying ``fc1`` / ``fc2`` and ``activation``
   (likewise ``DyPReLU``); a binary layer's scale is read through ``weight_scale_values()``.

@@ -109,7 +109,7 @@ class Binarizer(nn.Module):
     def static_threshold(self) -> Tensor | None:
         """Per-channel threshold ``[C]`` for a static learnable one (RSign, detached), ``None``
         when the threshold is 0 (plain sign); DySign, whose threshold is per sample, raises.
-        (``passes.lower`` reads the parameters of each binarizer type itself.)"""
+        (``binarize.pack`` reads the parameters of each binarizer type itself.)"""
         return None
 
     def forward(self, x: Tensor) -> Tensor:
