@@ -32,6 +32,16 @@ from binarize.nn.scaled_products import scaled_conv2d, scaled_linear
 SCALES = ["detached", "attached", "learnable", "none"]
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tensors here are tiny: a second thread only adds synchronisation (tens of ms per
+    op on a loaded machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _sign(t: torch.Tensor) -> torch.Tensor:
     return torch.where(t >= 0, 1.0, -1.0).to(t.dtype)
 
