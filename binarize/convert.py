@@ -14,17 +14,18 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import fx, nn
 
+from binarize import recipes
 from binarize.errors import ConversionError
+from binarize.recipes import Recipe
 from binarize.schedule import Schedule
-
-if TYPE_CHECKING:
-    from binarize.recipes import Recipe
-    from passes.trace import LeafSpec
+from passes.base import run_passes
+from passes.shapes import input_tuple
+from passes.trace import LeafSpec, trace
 
 
 class BinaryModel(nn.Module):
@@ -92,25 +93,26 @@ def convert(
         leaf_modules: module types or qualified names to keep as opaque calls when tracing
             (for modules FX cannot trace; their layers stay float).
         concrete_args: fixed values for non-tensor forward arguments (``fx.Tracer.trace``).
-        overrides: recipe fields to change, e.g. ``shortcuts=False``,
+        overrides: recipe fields or flat keywords to change (``Recipe.replace``; the
+            keywords are ``binarize.recipes.KEYWORDS``), e.g. ``shortcuts=False``,
             ``activation="prelu"``, ``activation_init=0.0``, ``keep_float=["layer4.1.conv2"]``,
-            ``binarize=[...]`` (see :class:`~binarize.recipes.Recipe`).
+            ``binarize=[...]``.
 
     Returns:
         A :class:`BinaryModel` in the same training mode as ``model``.
 
     Raises:
-        ConversionError: unknown recipe or option, untraceable model (the message names the
+        ConversionError: ``model`` is not an ``nn.Module``; unknown recipe or option, or a
+            value the option's class rejects; untraceable model (the message names the
             module and the line), or a layer the recipe cannot binarize.
     """
-    # Imported here, not at the top: `import binarize` loads this module, and the passes
-    # import binarize.errors, so a top-level import would make `import passes.x` circular.
-    from binarize import recipes
-    from passes.base import run_passes
-    from passes.shapes import input_tuple
-    from passes.trace import trace
-
-    chosen = recipe if isinstance(recipe, recipes.Recipe) else recipes.get(recipe)
+    if not isinstance(model, nn.Module):
+        raise ConversionError(
+            f"convert needs a torch.nn.Module, got a {type(model).__name__}. What to do: wrap "
+            "the computation in an nn.Module whose forward does it, or pass the model itself "
+            "rather than its output or its forward method."
+        )
+    chosen = recipe if isinstance(recipe, Recipe) else recipes.get(recipe)
     if overrides:
         chosen = chosen.replace(**overrides)
     if example_inputs is None:

@@ -17,7 +17,10 @@ The teacher runs frozen: eval mode, `requires_grad=False`, under `torch.no_grad(
 
 from __future__ import annotations
 
-from typing import Protocol
+import inspect
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -155,6 +158,35 @@ def make_loss(
     return DistillationLoss(
         teacher, kind, temperature=temperature, label_weight=label_weight
     )
+
+
+@dataclass(frozen=True)
+class Distillation:
+    """The loss a recipe fine-tunes with (checked when built; `binarize.finetune` reads it).
+
+    Attributes:
+        kind: None (cross-entropy on the labels), "distributional", "kd" or "mse".
+        options: keyword arguments of `make_loss` for that kind (`temperature`,
+            `label_weight`).
+    """
+
+    kind: str | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind is not None and self.kind not in KINDS:
+            raise TrainingError(f"Distillation.kind {self.kind!r} is not one of {[None, *KINDS]}")
+        accepted = [
+            name
+            for name, parameter in inspect.signature(make_loss).parameters.items()
+            if parameter.kind is parameter.KEYWORD_ONLY
+        ]
+        if not isinstance(self.options, Mapping) or set(self.options) - set(accepted):
+            raise TrainingError(
+                f"Distillation.options {self.options!r} do not fit make_loss, which accepts "
+                f"{accepted}"
+            )
+        object.__setattr__(self, "options", dict(self.options))
 
 
 def _check_same_shape(student: Tensor, teacher: Tensor, kind: str) -> None:

@@ -1,9 +1,23 @@
-"""Recipes: a named list of graph passes plus the defaults that configure them.
+"""Recipes: a named pipeline of graph passes, composed of the option objects of those passes.
 
-A :class:`Recipe` says how ``binarize.convert`` rewrites a float model (which binarizer, which
-weight scale, which activation replaces ReLU and where, whether Bi-Real shortcuts are added,
-which layers stay float) and how ``binarize.finetune`` trains it (the stage schedule and the
-distillation loss). Five are registered, after their papers (PAPERS.md is the authority):
+A :class:`Recipe` says how ``binarize.convert`` rewrites a float model and how
+``binarize.finetune`` trains it. It holds one option object per part, each declared and
+checked in the module that owns it:
+
+=============  =====================================  =========================================
+part           option class                           what it decides
+=============  =====================================  =========================================
+selection      ``passes.select.LayerSelection``       which convs/linears become binary
+binarizer      ``passes.binarize_layers``             activation binarizer and weight scale
+               ``.BinarizerOptions``
+activations    ``passes.activations``                 what replaces ReLU, and where
+               ``.ActivationOptions``
+shortcut       ``passes.shortcuts.ShortcutOptions``   Bi-Real shortcuts around binary convs
+schedule       ``binarize.schedule.Schedule``         training stages and the lambda ramp
+distillation   ``binarize.distill.Distillation``      the fine-tuning loss
+=============  =====================================  =========================================
+
+Five recipes are registered, after their papers (the operators' math is in docs/OPERATORS.md):
 
 ========  ==============  ========  ===================  =========  ==========  ===============
 recipe    binarizer       scale     activation (scope)   shortcuts  stages      distillation
@@ -16,7 +30,9 @@ dybnn     dysign (approx) detached  DyPReLU (binary)     yes        2           
 ========  ==============  ========  ===================  =========  ==========  ===============
 
 Derive one with ``get("dybnn").replace(shortcuts=False)`` (or pass the same keywords to
-``convert``), or build a :class:`Recipe` and :func:`register` it.
+``convert``): the flat keywords users write (:data:`KEYWORDS`) each set one field of one part;
+``recipe.shortcuts`` and the other flat names read them back. Or build a :class:`Recipe` from
+option objects and :func:`register` it.
 """
 
 from __future__ import annotations
@@ -24,20 +40,19 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from binarize.errors import ConversionError
-from binarize.nn import BINARIZERS, WEIGHT_SCALES
-from passes.activations import ACTIVATIONS, SCOPES, SwapActivations
+from binarize.distill import Distillation
+from binarize.errors import BinarizeError, ConversionError
+from binarize.schedule import ProgressiveRamp, Schedule, Stage
+from passes.activations import ActivationOptions, SwapActivations
 from passes.base import GraphPass
-from passes.binarize_layers import BinarizeLayers
+from passes.binarize_layers import BinarizeLayers, BinarizerOptions
 from passes.canonicalize import Canonicalize
-from passes.select import LayerSelection, SelectLayers, Selector
-from passes.shortcuts import AddShortcuts
-
-DISTILL_KINDS = ("distributional", "kd", "mse")
+from passes.select import LayerSelection, SelectLayers
+from passes.shortcuts import AddShortcuts, ShortcutOptions
 
 DEFAULT_PASSES: tuple[str, ...] = (
     "canonicalize",  # one module per activation site, no in-place ops, shapes recorded
@@ -47,42 +62,42 @@ DEFAULT_PASSES: tuple[str, ...] = (
     "shortcuts",  # last: wraps each binary conv, including the activation placement
 )
 
+PARTS: dict[str, type] = {
+    "selection": LayerSelection,
+    "binarizer": BinarizerOptions,
+    "activations": ActivationOptions,
+    "shortcut": ShortcutOptions,
+    "schedule": Schedule,
+    "distillation": Distillation,
+}
+"""The option class of each part of a recipe."""
 
-def one_stage(weight_decay: float = 0.0) -> dict[str, Any]:
-    """A single stage with activations and weights binary from the first step."""
-    stage = {"name": "binary", "activations": True, "weights": True, "fraction": 1.0}
-    return {"stages": [{**stage, "weight_decay": weight_decay}], "progressive": None}
+KEYWORDS: dict[str, tuple[str, str]] = {
+    "keep_first": ("selection", "keep_first"),
+    "keep_last": ("selection", "keep_last"),
+    "keep_grouped": ("selection", "keep_grouped"),
+    "keep_projections": ("selection", "keep_projections"),
+    "keep_float": ("selection", "keep_float"),
+    "binarize": ("selection", "binarize"),
+    "activation_binarizer": ("binarizer", "kind"),
+    "weight_scale": ("binarizer", "weight_scale"),
+    "binarizer_options": ("binarizer", "options"),
+    "activation": ("activations", "kind"),
+    "activation_init": ("activations", "init"),
+    "activation_scope": ("activations", "scope"),
+    "activation_options": ("activations", "options"),
+    "shortcuts": ("shortcut", "add"),
+    "distill": ("distillation", "kind"),
+    "distill_options": ("distillation", "options"),
+}
+"""The flat keywords of :meth:`Recipe.replace` and ``convert(**overrides)``: each is the field
+of one part (``activation="prelu"`` is ``recipe.activations.kind``). ``schedule`` is a part
+itself (a ``Schedule`` or its config dict)."""
 
 
-def two_stages(
-    weight_decay: tuple[float, float] = (1e-5, 0.0), progressive: bool = False
-) -> dict[str, Any]:
-    """Reverse-order initialisation (Bulat 2019; ReActNet): activations first, then weights.
-
-    ReActNet's weight decay is 1e-5 in stage 1 and 0 in stage 2. ``progressive`` adds Bulat's
-    tanh(lambda x) ramp, geometric from 1 to 1024 within each stage (PAPERS.md's defaults).
-    """
-    return {
-        "stages": [
-            {
-                "name": "activations",
-                "activations": True,
-                "weights": False,
-                "fraction": 0.5,
-                "weight_decay": weight_decay[0],
-            },
-            {
-                "name": "weights",
-                "activations": True,
-                "weights": True,
-                "fraction": 0.5,
-                "weight_decay": weight_decay[1],
-            },
-        ],
-        "progressive": (
-            {"lam_min": 1.0, "lam_max": 1024.0, "ramp": "geometric"} if progressive else None
-        ),
-    }
+def one_stage() -> Schedule:
+    """A single stage with activations and weights binary from the first step, no decay."""
+    return Schedule(stages=(Stage("binary", fraction=1.0, weight_decay=0.0),))
 
 
 @dataclass(frozen=True)
@@ -92,95 +107,103 @@ class Recipe:
     Attributes:
         name, description, source: registry key, one line, and the paper it follows.
         passes: pass names in order (keys of :data:`PASSES`).
-        activation_binarizer: ``"ste"``, ``"approx"``, ``"progressive"``, ``"rsign"``,
-            ``"dysign"``: the input binarizer of every binary layer.
-        weight_scale: ``"detached"``, ``"attached"``, ``"learnable"``, ``"none"``.
-        activation: what replaces the in-scope ReLU-family activations: ``"prelu"``,
-            ``"rprelu"``, ``"dyprelu"``, ``"identity"`` (drop them) or None (keep them).
-        activation_init: initial negative slope of the replacement (0 makes it ReLU).
-        activation_scope: ``"inputs"``, ``"binary"`` or ``"all"`` (see passes.activations).
-        shortcuts: add a Bi-Real shortcut around every binary conv whose shapes allow.
-        keep_first, keep_last, keep_grouped, keep_projections, keep_float, binarize: the layer
-            selection (see passes.select).
-        binarizer_options, activation_options: extra constructor arguments (e.g.
-            ``{"reduction": 8}`` for DySign / DyPReLU).
-        schedule: config of ``binarize.schedule.Schedule.from_config``.
-        distill: ``"distributional"``, ``"kd"``, ``"mse"`` or None (labels only).
-        distill_options: keyword arguments of ``binarize.distill.make_loss``.
+        selection, binarizer, activations, shortcut, schedule, distillation: the option
+            objects of the parts (:data:`PARTS`); ``schedule`` may be given as
+            ``Schedule.from_config``'s dict.
+
+    The flat keywords (:data:`KEYWORDS`) read as attributes: ``recipe.activation`` is
+    ``recipe.activations.kind``, ``recipe.shortcuts`` is ``recipe.shortcut.add``.
     """
 
     name: str
     description: str
     source: str
     passes: tuple[str, ...] = DEFAULT_PASSES
-    activation_binarizer: str = "approx"
-    weight_scale: str = "detached"
-    activation: str | None = "prelu"
-    activation_init: float = 0.25
-    activation_scope: str = "binary"
-    shortcuts: bool = False
-    keep_first: bool = True
-    keep_last: bool = True
-    keep_grouped: bool = True
-    keep_projections: bool = True
-    keep_float: tuple[Selector, ...] = ()
-    binarize: tuple[Selector, ...] = ()
-    binarizer_options: Mapping[str, Any] = field(default_factory=dict)
-    activation_options: Mapping[str, Any] = field(default_factory=dict)
-    schedule: Mapping[str, Any] = field(default_factory=one_stage)
-    distill: str | None = None
-    distill_options: Mapping[str, Any] = field(default_factory=dict)
+    selection: LayerSelection = field(default_factory=LayerSelection)
+    binarizer: BinarizerOptions = field(default_factory=BinarizerOptions)
+    activations: ActivationOptions = field(default_factory=ActivationOptions)
+    shortcut: ShortcutOptions = field(default_factory=ShortcutOptions)
+    schedule: Schedule = field(default_factory=one_stage)
+    distillation: Distillation = field(default_factory=Distillation)
 
     def __post_init__(self) -> None:
-        for name in ("passes", "keep_float", "binarize"):
-            value = getattr(self, name)
-            if isinstance(value, (str, type)):
-                value = (value,)
-            object.__setattr__(self, name, tuple(value))
-        checks = (
-            ("passes", self.passes, tuple(PASSES)),
-            ("activation_binarizer", (self.activation_binarizer,), tuple(BINARIZERS)),
-            ("weight_scale", (self.weight_scale,), WEIGHT_SCALES),
-            ("activation", (self.activation,), (*ACTIVATIONS, None)),
-            ("activation_scope", (self.activation_scope,), SCOPES),
-            ("distill", (self.distill,), (*DISTILL_KINDS, None)),
-        )
-        for field_name, values, allowed in checks:
-            bad = [value for value in values if value not in allowed]
-            if bad:
+        passes = (self.passes,) if isinstance(self.passes, str) else tuple(self.passes)
+        object.__setattr__(self, "passes", passes)
+        unknown = [name for name in passes if name not in PASSES]
+        if unknown:
+            raise ConversionError(
+                f"recipe {self.name!r}: passes {unknown} are not among {list(PASSES)}."
+            )
+        if not isinstance(self.schedule, Schedule):
+            schedule = self._checked("schedule", Schedule.from_config, self.schedule)
+            object.__setattr__(self, "schedule", schedule)
+        for part, kind in PARTS.items():
+            value = getattr(self, part)
+            if not isinstance(value, kind):
+                keywords = [key for key, (owner, _) in KEYWORDS.items() if owner == part]
+                close = difflib.get_close_matches(part, keywords, n=1)
+                hint = f" Did you mean {close[0]!r}?" if close else ""
                 raise ConversionError(
-                    f"recipe {self.name!r}: {field_name} {bad[0]!r} is not one of {allowed}."
+                    f"recipe {self.name!r}: {part} must be a {kind.__name__}, got {value!r}."
+                    f"{hint} What to do: build a {kind.__name__}, or use its flat keywords "
+                    f"{keywords}."
                 )
 
+    def __getattr__(self, name: str) -> Any:
+        """The flat keywords read through to their part (``recipe.activation``)."""
+        if name in KEYWORDS:
+            part, attribute = KEYWORDS[name]
+            if part in self.__dict__:
+                return getattr(self.__dict__[part], attribute)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def replace(self, **changes: Any) -> Recipe:
-        """A copy with some fields changed, e.g. ``replace(shortcuts=False)``.
+        """A copy with some parts or flat keywords changed, e.g. ``replace(shortcuts=False)``.
 
         Raises:
-            ConversionError: a name is not a recipe field, or a value is not allowed.
+            ConversionError: a name is neither a recipe field nor a flat keyword (with a
+                did-you-mean), or the option class that owns a value rejects it.
         """
         fields = [item.name for item in dataclasses.fields(self)]
-        unknown = [name for name in changes if name not in fields]
+        known = [*fields, *KEYWORDS]
+        unknown = [name for name in changes if name not in known]
         if unknown:
-            hints = {name: difflib.get_close_matches(name, fields, n=1) for name in unknown}
+            # The flat keywords are what users write: suggest one of them before a part.
+            hints = {
+                name: difflib.get_close_matches(name, KEYWORDS, n=1)
+                or difflib.get_close_matches(name, fields, n=1)
+                for name in unknown
+            }
             close = "; ".join(
                 f"{name!r}: did you mean {hint[0]!r}?" for name, hint in hints.items() if hint
             )
             raise ConversionError(
                 f"unknown recipe option(s) {unknown} for recipe {self.name!r}. {close} "
-                f"The options are {fields}."
+                f"The options are {known}."
             )
-        return dataclasses.replace(self, **changes)
+        direct = {name: value for name, value in changes.items() if name in fields}
+        by_part: dict[str, dict[str, Any]] = {}
+        for keyword, value in changes.items():
+            if keyword in KEYWORDS:
+                part, attribute = KEYWORDS[keyword]
+                by_part.setdefault(part, {})[attribute] = value
+        for part, values in by_part.items():
+            given = ", ".join(
+                f"{key}={value!r}"
+                for key, value in changes.items()
+                if key in KEYWORDS and KEYWORDS[key][0] == part
+            )
+            base = direct.get(part, getattr(self, part))
+            direct[part] = self._checked(given, dataclasses.replace, base, **values)
+        return dataclasses.replace(self, **direct)
 
-    def layer_selection(self) -> LayerSelection:
-        """The selection rules of the ``select`` pass."""
-        return LayerSelection(
-            keep_first=self.keep_first,
-            keep_last=self.keep_last,
-            keep_grouped=self.keep_grouped,
-            keep_projections=self.keep_projections,
-            keep_float=self.keep_float,
-            binarize=self.binarize,
-        )
+    def _checked(self, given: str, build: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``build(*args, **kwargs)``, with the option class's error re-raised as a
+        ConversionError that names this recipe and what was ``given``."""
+        try:
+            return build(*args, **kwargs)
+        except BinarizeError as error:
+            raise ConversionError(f"recipe {self.name!r}: {given}: {error}") from error
 
     def build_passes(self, example_inputs: tuple[Any, ...]) -> list[GraphPass]:
         """The pipeline: one pass object per name in ``passes`` (those the recipe turns off,
@@ -193,21 +216,12 @@ PassBuilder = Callable[[Recipe, tuple[Any, ...]], GraphPass | None]
 
 PASSES: dict[str, PassBuilder] = {
     "canonicalize": lambda recipe, inputs: Canonicalize(inputs),
-    "select": lambda recipe, inputs: SelectLayers(recipe.layer_selection()),
-    "binarize_layers": lambda recipe, inputs: BinarizeLayers(
-        recipe.activation_binarizer, recipe.weight_scale, recipe.binarizer_options
-    ),
+    "select": lambda recipe, inputs: SelectLayers(recipe.selection),
+    "binarize_layers": lambda recipe, inputs: BinarizeLayers(recipe.binarizer),
     "activations": lambda recipe, inputs: (
-        None
-        if recipe.activation is None
-        else SwapActivations(
-            recipe.activation,
-            recipe.activation_init,
-            recipe.activation_scope,
-            recipe.activation_options,
-        )
+        None if recipe.activations.kind is None else SwapActivations(recipe.activations)
     ),
-    "shortcuts": lambda recipe, inputs: AddShortcuts() if recipe.shortcuts else None,
+    "shortcuts": lambda recipe, inputs: AddShortcuts() if recipe.shortcut.add else None,
 }
 """Pass builders by the names recipes list: each makes the pass a recipe asks for."""
 
@@ -236,16 +250,17 @@ def names() -> list[str]:
     return list(_REGISTRY)
 
 
+# Two stages (Bulat 2019; ReActNet): activations binary with float weights, then both, with
+# ReActNet's conv weight decay 1e-5 then 0 -- the Schedule defaults. Bulat's progressive
+# tanh(lambda x) ramp goes geometrically from 1 to 1024 within each stage.
 register(
     Recipe(
         name="xnor",
         description="XNOR-Net: sign with clipped STE, weights alpha*sign(W) with a gradient "
         "through alpha, ReLUs feeding binary layers dropped, no added shortcuts.",
         source="Rastegari et al. 2016, XNOR-Net (arXiv 1603.05279)",
-        activation_binarizer="ste",
-        weight_scale="attached",
-        activation="identity",
-        activation_scope="inputs",
+        binarizer=BinarizerOptions("ste", weight_scale="attached"),
+        activations=ActivationOptions("identity", scope="inputs"),
     )
 )
 register(
@@ -254,9 +269,9 @@ register(
         description="Bi-Real Net: approx-sign gradient, detached scale, a real-valued shortcut "
         "around every binary conv, no activation in the binary part.",
         source="Liu et al. 2018, Bi-Real Net (arXiv 1808.00278)",
-        activation_binarizer="approx",
-        activation="identity",
-        shortcuts=True,
+        binarizer=BinarizerOptions("approx"),
+        activations=ActivationOptions("identity"),
+        shortcut=ShortcutOptions(add=True),
     )
 )
 register(
@@ -265,11 +280,10 @@ register(
         description="Bulat 2019: progressive tanh(lambda x) -> sign, PReLU for ReLU, reverse-order "
         "two-stage training, Hinton KD from the float teacher.",
         source="Bulat et al. 2019, Improved training of binary networks (arXiv 1904.05868)",
-        activation_binarizer="progressive",
-        activation="prelu",
-        schedule=two_stages(progressive=True),
-        distill="kd",
-        distill_options={"temperature": 4.0, "label_weight": 1.0},
+        binarizer=BinarizerOptions("progressive"),
+        activations=ActivationOptions("prelu"),
+        schedule=Schedule(progressive=ProgressiveRamp()),
+        distillation=Distillation("kd", {"temperature": 4.0, "label_weight": 1.0}),
     )
 )
 register(
@@ -278,11 +292,11 @@ register(
         description="ReActNet: RSign and RPReLU (learnable shifts), Bi-Real shortcuts, two stages "
         "(weight decay 1e-5 then 0), distributional loss from the float teacher.",
         source="Liu et al. 2020, ReActNet (arXiv 2003.03488)",
-        activation_binarizer="rsign",
-        activation="rprelu",
-        shortcuts=True,
-        schedule=two_stages(),
-        distill="distributional",
+        binarizer=BinarizerOptions("rsign"),
+        activations=ActivationOptions("rprelu"),
+        shortcut=ShortcutOptions(add=True),
+        schedule=Schedule(),
+        distillation=Distillation("distributional"),
     )
 )
 register(
@@ -290,10 +304,10 @@ register(
         name="dybnn",
         description="DyBNN: ReActNet with per-sample thresholds, DySign and DyPReLU.",
         source="Zhang et al. 2021, Dynamic Binary Neural Network (arXiv 2110.05185)",
-        activation_binarizer="dysign",
-        activation="dyprelu",
-        shortcuts=True,
-        schedule=two_stages(),
-        distill="distributional",
+        binarizer=BinarizerOptions("dysign"),
+        activations=ActivationOptions("dyprelu"),
+        shortcut=ShortcutOptions(add=True),
+        schedule=Schedule(),
+        distillation=Distillation("distributional"),
     )
 )

@@ -15,6 +15,9 @@ Conversion (``binarize.convert`` runs a recipe's list of these, in this order):
 * ``activations``: ``SwapActivations``: ReLU family -> PReLU / RPReLU / DyPReLU / identity in
   the binary part of the network.
 * ``shortcuts``: ``AddShortcuts``: a Bi-Real shortcut around every binary conv whose shape allows.
+* ``options``: the checks the option class of each pass (``LayerSelection``,
+  ``BinarizerOptions``, ``ActivationOptions``, ``ShortcutOptions``) runs once, when built;
+  ``binarize.recipes`` composes those objects.
 
 Freezing (``binarize.pack``): ``fold`` and ``lower`` (student graph -> the runtime's op list,
 ``ir``).

@@ -25,7 +25,7 @@ reproduces them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,45 +35,68 @@ from binarize.errors import ConversionError
 from binarize.nn import BinaryConv2d, BinaryLinear, DyPReLU, PReLU, RPReLU
 from passes.base import PassResult, consumers, module_of, producers, tensor_shape, walk
 from passes.canonicalize import ACTIVATION_TYPES
+from passes.options import check_choice, check_constructor_options, check_number
 from passes.select import is_weight_node
 
-ACTIVATIONS: dict[str, Callable[..., nn.Module] | None] = {
-    "prelu": lambda channels, init, **options: PReLU(channels, init, **options),
-    "rprelu": lambda channels, init, **options: RPReLU(channels, init, **options),
-    "dyprelu": lambda channels, init, **options: DyPReLU(channels, init=init, **options),
+ACTIVATIONS: dict[str, type[nn.Module] | None] = {
+    "prelu": PReLU,
+    "rprelu": RPReLU,
+    "dyprelu": DyPReLU,
     "identity": None,
 }
-"""Replacement activations by name; ``"identity"`` removes the activation."""
+"""Replacement activations by name, each built as ``cls(channels, init=init, **options)``;
+``"identity"`` removes the activation."""
 
 SCOPES = ("inputs", "binary", "all")
 
 
-@dataclass
-class SwapActivations:
-    """Pass: replace the in-scope activations with ``activation`` (see the module docstring).
+@dataclass(frozen=True)
+class ActivationOptions:
+    """Which activations the ``activations`` pass replaces, and with what (checked when built).
 
-    Args:
-        activation: ``"prelu"``, ``"rprelu"``, ``"dyprelu"`` or ``"identity"``.
-        init: initial negative slope of the replacement (``beta`` / PReLU weight).
-        scope: ``"inputs"``, ``"binary"`` or ``"all"``.
-        options: extra constructor arguments (e.g. ``{"reduction": 8}`` for DyPReLU).
+    Attributes:
+        kind: ``"prelu"``, ``"rprelu"``, ``"dyprelu"``, ``"identity"`` (drop them) or None
+            (keep the model's own: the pass is not run).
+        init: initial negative slope of the replacement (PReLU weight / ``beta``; 0 makes it
+            ReLU at the start).
+        scope: ``"inputs"``, ``"binary"`` or ``"all"`` (see the module docstring).
+        options: extra keyword arguments of the replacement's constructor (e.g.
+            ``{"reduction": 8}`` for DyPReLU).
     """
 
-    activation: str = "prelu"
+    kind: str | None = "prelu"
     init: float = 0.25
     scope: str = "binary"
     options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("ActivationOptions", "kind", self.kind, [*sorted(ACTIVATIONS), None])
+        check_number("ActivationOptions", "init", self.init)
+        check_choice("ActivationOptions", "scope", self.scope, SCOPES)
+        factory = ACTIVATIONS.get(self.kind) if self.kind is not None else None
+        options = check_constructor_options(
+            "ActivationOptions", "options", self.options, str(self.kind), factory, ("init",)
+        )
+        object.__setattr__(self, "options", options)
+
+
+@dataclass
+class SwapActivations:
+    """Pass: replace the in-scope activations as ``options`` say (see the module docstring).
+
+    Raises:
+        ConversionError: ``options.kind`` is None (that keeps the model's activations: leave
+            the pass out of the pipeline instead).
+    """
+
+    options: ActivationOptions = field(default_factory=ActivationOptions)
     name: str = "activations"
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATIONS:
+        if self.options.kind is None:
             raise ConversionError(
-                f"unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)} "
-                "(or activation=None to keep the model's own)."
-            )
-        if self.scope not in SCOPES:
-            raise ConversionError(
-                f"unknown activation_scope {self.scope!r}; choose one of {SCOPES}."
+                "SwapActivations needs an activation kind; ActivationOptions.kind=None keeps the "
+                "model's activations. What to do: leave this pass out of the pipeline."
             )
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
@@ -90,16 +113,18 @@ class SwapActivations:
 
     def in_scope(self, gm: fx.GraphModule, node: fx.Node) -> bool:
         """Whether the activation at ``node`` is one this pass swaps."""
-        if self.scope == "all":
+        scope = self.options.scope
+        if scope == "all":
             return True
         stop = lambda other: is_weight_node(gm, other)  # noqa: E731
         binary = lambda found: any(_is_binary(gm, other) for other in found)  # noqa: E731
         if binary(walk(node, consumers, stop)):
             return True
-        return self.scope == "binary" and binary(walk(node, producers, stop))
+        return scope == "binary" and binary(walk(node, producers, stop))
 
     def _replace(self, gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> None:
-        factory = ACTIVATIONS[self.activation]
+        options = self.options
+        factory = ACTIVATIONS[str(options.kind)]
         if factory is None:
             node.replace_all_uses_with(node.args[0])
             gm.graph.erase_node(node)
@@ -107,21 +132,19 @@ class SwapActivations:
         shape = tensor_shape(node)
         if shape is None or len(shape) not in (2, 4):
             raise ConversionError(
-                f"activation {node.target!r} has output shape {shape}; {self.activation} needs "
+                f"activation {node.target!r} has output shape {shape}; {options.kind} needs "
                 "a recorded [N, C] or [N, C, H, W] shape to size its per-channel parameters. "
                 "What to do: run the 'canonicalize' pass (it records shapes) before this one; "
                 "for other ranks keep the model's activations with activation=None."
             )
         weight = next(iter(gm.parameters()), None)
-        factory_options = dict(self.options)
-        if weight is not None:
-            factory_options.update(device=weight.device, dtype=weight.dtype)
+        placement = {} if weight is None else {"device": weight.device, "dtype": weight.dtype}
         try:
-            replacement = factory(shape[1], self.init, **factory_options)
-        except TypeError as error:
+            replacement = factory(shape[1], init=options.init, **options.options, **placement)
+        except ValueError as error:
             raise ConversionError(
-                f"activation_options {dict(self.options)} do not fit {self.activation!r}: "
-                f"{error}. What to do: pass only its constructor's keyword arguments."
+                f"ActivationOptions.options {dict(options.options)}: {options.kind!r} rejects "
+                f"them ({error}). What to do: fix that value."
             ) from error
         gm.add_submodule(str(node.target), replacement.train(module.training))
 

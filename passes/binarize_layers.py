@@ -18,6 +18,7 @@ from torch import fx, nn
 from binarize.errors import ConversionError
 from binarize.nn import BINARIZERS, WEIGHT_SCALES, BinaryConv2d, BinaryLinear, make_binarizer
 from passes.base import PassResult, module_of
+from passes.options import check_choice, check_constructor_options
 from passes.select import META_KEY, Decision
 
 _BINARY_OF: dict[type[nn.Module], type[BinaryConv2d] | type[BinaryLinear]] = {
@@ -26,33 +27,40 @@ _BINARY_OF: dict[type[nn.Module], type[BinaryConv2d] | type[BinaryLinear]] = {
 }
 
 
-@dataclass
-class BinarizeLayers:
-    """Pass: swap every layer selected as binary for its binary counterpart.
+@dataclass(frozen=True)
+class BinarizerOptions:
+    """How every binary layer binarizes its input and its weights (checked when built).
 
-    Args:
-        activation_binarizer: binarizer name (``"ste"``, ``"approx"``, ``"progressive"``,
-            ``"rsign"``, ``"dysign"``), built per layer for its input channels.
-        weight_scale: ``"detached"``, ``"attached"``, ``"learnable"`` or ``"none"``.
-        binarizer_options: extra constructor arguments of the binarizer (e.g.
-            ``{"reduction": 8}`` for DySign).
+    Attributes:
+        kind: the activation binarizer (a key of ``binarize.nn.BINARIZERS``: ``"ste"``,
+            ``"approx"``, ``"progressive"``, ``"rsign"``, ``"dysign"``), built per layer for
+            its input channels.
+        weight_scale: ``"detached"``, ``"attached"``, ``"learnable"`` or ``"none"`` (see
+            ``binarize.nn.BinaryConv2d``).
+        options: extra keyword arguments of the binarizer's constructor (e.g.
+            ``{"reduction": 8}`` for DySign, ``{"backward": "ste"}`` for RSign).
     """
 
-    activation_binarizer: str = "ste"
+    kind: str = "approx"
     weight_scale: str = "detached"
-    binarizer_options: Mapping[str, Any] = field(default_factory=dict)
-    name: str = "binarize_layers"
+    options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.activation_binarizer not in BINARIZERS:
-            raise ConversionError(
-                f"unknown activation_binarizer {self.activation_binarizer!r}; choose one of "
-                f"{sorted(BINARIZERS)}."
-            )
-        if self.weight_scale not in WEIGHT_SCALES:
-            raise ConversionError(
-                f"unknown weight_scale {self.weight_scale!r}; choose one of {WEIGHT_SCALES}."
-            )
+        check_choice("BinarizerOptions", "kind", self.kind, sorted(BINARIZERS))
+        check_choice("BinarizerOptions", "weight_scale", self.weight_scale, WEIGHT_SCALES)
+        options = check_constructor_options(
+            "BinarizerOptions", "options", self.options, self.kind, BINARIZERS[self.kind], ()
+        )
+        object.__setattr__(self, "options", options)
+
+
+@dataclass
+class BinarizeLayers:
+    """Pass: swap every layer selected as binary for its binary counterpart, binarized as
+    ``options`` say."""
+
+    options: BinarizerOptions = field(default_factory=BinarizerOptions)
+    name: str = "binarize_layers"
 
     def __call__(self, gm: fx.GraphModule) -> PassResult:
         modified = False
@@ -74,19 +82,17 @@ class BinarizeLayers:
     def binary_layer(self, layer: nn.Module) -> BinaryConv2d | BinaryLinear:
         """The binary counterpart of ``layer`` with this pass's binarizer and weight scale."""
         channels = layer.in_channels if isinstance(layer, nn.Conv2d) else layer.in_features
+        options = self.options
         try:
-            binarizer = make_binarizer(
-                self.activation_binarizer, channels, **self.binarizer_options
-            )
-        except TypeError as error:
+            binarizer = make_binarizer(options.kind, channels, **options.options)
+        except ValueError as error:
             raise ConversionError(
-                f"binarizer_options {dict(self.binarizer_options)} do not fit the "
-                f"{self.activation_binarizer!r} binarizer: {error}. What to do: pass only its "
-                "constructor's keyword arguments (see binarize.nn.binarizers)."
+                f"BinarizerOptions.options {dict(options.options)}: the {options.kind!r} "
+                f"binarizer rejects them ({error}). What to do: fix that value."
             ) from error
         binary = _BINARY_OF[type(layer)].from_float(
             layer,
             input_binarizer=binarizer.to(device=layer.weight.device, dtype=layer.weight.dtype),
-            weight_scale=self.weight_scale,
+            weight_scale=options.weight_scale,
         )
         return binary.train(layer.training)

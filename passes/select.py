@@ -16,10 +16,10 @@ layered like torch.ao's ``QConfigMapping``, each level overriding the one before
 5. module name: string entries equal to the layer's qualified name or to an enclosing
    module's (``"layer4"`` covers every layer inside it); the longest such name wins.
 
-At the regex and type levels ``keep_float`` wins over ``binarize``; the same name in both lists
-is an error. Asking for a layer that cannot be binarized (another layer kind, groups > 1,
-dilation > 1, non-zero padding mode) by type or by exact name raises
-:class:`binarize.ConversionError`.
+At the regex and type levels ``keep_float`` wins over ``binarize`` when different entries match;
+the same entry in both lists is an error (:class:`LayerSelection` checks its rules when built).
+Asking for a layer that cannot be binarized (another layer kind, groups > 1, dilation > 1,
+non-zero padding mode) by type or by exact name raises :class:`binarize.ConversionError`.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from torch import fx, nn
 
 from binarize.errors import ConversionError
 from passes.base import PassResult, consumers, is_add, module_of, producers, walk
+from passes.options import check_flag
+from passes.spellings import binary_conv_unsupported
 
 META_KEY = "binarize.select"
 
@@ -86,6 +88,52 @@ class LayerSelection:
     keep_float: tuple[Selector, ...] = ()
     binarize: tuple[Selector, ...] = ()
 
+    def __post_init__(self) -> None:
+        """Check every rule once; a single name or type becomes a one-entry tuple.
+
+        Raises:
+            ConversionError: a flag that is not a bool, an entry that is neither a module
+                type nor a string, a string that is not a valid regular expression, or the
+                same entry in both ``keep_float`` and ``binarize``.
+        """
+        for name in ("default", "keep_first", "keep_last", "keep_grouped", "keep_projections"):
+            check_flag("LayerSelection", name, getattr(self, name))
+        for name in ("keep_float", "binarize"):
+            entries = getattr(self, name)
+            if isinstance(entries, (str, type)) or not isinstance(entries, Iterable):
+                entries = (entries,)
+            entries = tuple(entries)
+            for entry in entries:
+                _check_selector(name, entry)
+            object.__setattr__(self, name, entries)
+        both = [entry for entry in self.keep_float if entry in self.binarize]
+        if both:
+            raise ConversionError(
+                f"LayerSelection: {_label(both[0])!r} is listed in both keep_float and binarize. "
+                "What to do: list it in one of them."
+            )
+
+
+def _check_selector(name: str, entry: object) -> None:
+    if isinstance(entry, type):
+        return
+    if not isinstance(entry, str):
+        raise ConversionError(
+            f"LayerSelection.{name} entry {entry!r} is neither a module type nor a string (a "
+            "qualified module name or a regular expression over qualified names)."
+        )
+    try:
+        re.compile(entry)
+    except re.error as error:
+        raise ConversionError(
+            f"LayerSelection.{name} entry {entry!r} is not a module name nor a valid regular "
+            f"expression ({error}). What to do: check the spelling, or escape it with re.escape."
+        ) from error
+
+
+def _label(entry: Selector) -> str:
+    return entry.__name__ if isinstance(entry, type) else entry
+
 
 def is_weight_node(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node`` calls a weight layer (conv, linear, ... or any binary layer)."""
@@ -96,19 +144,13 @@ def is_weight_node(gm: fx.GraphModule, node: fx.Node) -> bool:
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why ``module`` has no binary counterpart, or None when it can be binarized.
 
-    The packed runtime's ``bconv2d`` handles groups 1, dilation 1 and zero padding only.
+    What the runtime's binary convolution can run is described once, in
+    ``passes.spellings.binary_conv_unsupported`` (the export reads the same description).
     """
     if type(module) not in BINARIZABLE_TYPES:
         names = ", ".join(kind.__name__ for kind in BINARIZABLE_TYPES)
         return f"{type(module).__name__} has no binary version (only {names} do)"
-    if isinstance(module, nn.Conv2d):
-        if module.groups != 1:
-            return f"groups={module.groups} (binary convolutions support groups=1 only)"
-        if tuple(module.dilation) != (1, 1):
-            return f"dilation={module.dilation} (binary convolutions support dilation 1 only)"
-        if module.padding_mode != "zeros":
-            return f"padding_mode={module.padding_mode!r} (binary convolutions pad with zeros)"
-    return None
+    return binary_conv_unsupported(module)
 
 
 @dataclass
@@ -195,14 +237,9 @@ class SelectLayers:
         if not matches:
             return None
         used.update(str(entry) for entry, _ in matches)
-        longest = max(len(str(entry)) for entry, _ in matches)
-        chosen = {(str(entry), binary) for entry, binary in matches if len(str(entry)) == longest}
-        if len(chosen) > 1:
-            raise ConversionError(
-                f"{sorted(chosen)[0][0]!r} is listed in both keep_float and binarize. What to "
-                "do: list it in one of them."
-            )
-        ((entry, binary),) = chosen
+        # The longest name is unique: two names enclosing `target` with the same length are
+        # the same name, and LayerSelection rejects a name listed in both lists.
+        entry, binary = max(matches, key=lambda match: len(str(match[0])))
         if binary and unsupported:
             if entry == target:
                 raise _cannot_binarize(target, unsupported, "its exact name")

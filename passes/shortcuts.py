@@ -26,8 +26,24 @@ from torch import fx, nn
 
 from binarize.nn import BinaryConv2d
 from passes.base import PassResult, add_module_node, is_add, module_nodes, module_of, tensor_shape
+from passes.options import check_flag
 
 _NORM_TYPES = (nn.BatchNorm2d,)
+
+
+@dataclass(frozen=True)
+class ShortcutOptions:
+    """Whether a pipeline adds Bi-Real shortcuts (checked when built).
+
+    Attributes:
+        add: run :class:`AddShortcuts`: one real-valued shortcut around every binary conv
+            whose shapes allow one.
+    """
+
+    add: bool = False
+
+    def __post_init__(self) -> None:
+        check_flag("ShortcutOptions", "add", self.add)
 
 
 @dataclass

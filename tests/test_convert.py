@@ -161,18 +161,28 @@ def test_unknown_layer_kind_to_binarize_names_the_module() -> None:
     ("kwargs", "pattern"),
     [
         ({"recipe": "xnr"}, r"unknown recipe 'xnr'.*'xnor'"),
-        ({"shortcut": False}, r"option\(s\) \['shortcut'\].*did you mean 'shortcuts'"),
-        ({"activation": "gelu"}, r"activation 'gelu' is not one of"),
+        ({"shortcutz": False}, r"option\(s\) \['shortcutz'\].*did you mean 'shortcuts'"),
+        ({"shortcut": False}, r"shortcut must be a ShortcutOptions.*Did you mean 'shortcuts'"),
+        ({"activation": "gelu"}, r"activation='gelu': ActivationOptions\.kind 'gelu' is not"),
         ({"example_inputs": None}, r"needs example_inputs"),
         ({"example_inputs": torch.randn(2, 3, 16, 16)}, r"does not run on (?s:.*)node %conv1"),
-        ({"binarizer_options": {"depth": 2}}, r"binarizer_options \{'depth': 2\} do not fit"),
-        ({"activation_options": {"depth": 2}}, r"activation_options \{'depth': 2\} do not fit"),
+        ({"binarizer_options": {"depth": 2}}, r"binarizer_options=.*\['depth'\] are not"),
+        ({"activation_options": {"depth": 2}}, r"activation_options=.*DyPReLU accepts"),
+        ({"binarizer_options": {"activation": "gelu"}}, r"'dysign' binarizer rejects them"),
+        ({"activation_options": {"activation": "gelu"}}, r"'dyprelu' rejects them"),
     ],
 )  # fmt: skip
 def test_bad_arguments_are_reported(kwargs: dict[str, object], pattern: str) -> None:
     arguments: dict[str, object] = {"recipe": "dybnn", "example_inputs": x16, **kwargs}
     with pytest.raises(ConversionError, match=pattern):
         convert(SmallCNN(), **arguments)
+
+
+def test_convert_needs_a_module() -> None:
+    with pytest.raises(ConversionError, match=r"convert needs a torch.nn.Module, got a function"):
+        convert(lambda x: x, "xnor", x16)
+    with pytest.raises(ConversionError, match=r"got a Tensor"):
+        convert(SmallCNN()(x16), "xnor", x16)
 
 
 def test_checkpoints_restore_into_a_fresh_conversion_and_deepcopy_works() -> None:

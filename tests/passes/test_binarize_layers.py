@@ -10,19 +10,20 @@ from torch import fx, nn
 from binarize.errors import ConversionError
 from binarize.nn import BinaryConv2d, BinaryLinear, DySign, RSign, SignSTE
 from passes.base import module_of, run_passes
-from passes.binarize_layers import BinarizeLayers
+from passes.binarize_layers import BinarizeLayers, BinarizerOptions
 from passes.select import LayerSelection, SelectLayers
 
 x8 = torch.randn(2, 3, 8, 8)
 
 
 def binarized(model: nn.Module, x: torch.Tensor, **options: object) -> fx.GraphModule:
-    return run_passes(canonical(model, x), [SelectLayers(), BinarizeLayers(**options)])
+    passes = [SelectLayers(), BinarizeLayers(BinarizerOptions(**options))]
+    return run_passes(canonical(model, x), passes)
 
 
 def test_selected_convs_become_binary_and_the_rest_stay() -> None:
     model = TinyResNet()
-    gm = binarized(model, x8, activation_binarizer="rsign", weight_scale="attached")
+    gm = binarized(model, x8, kind="rsign", weight_scale="attached")
     counts = module_counts(gm)
     assert counts["BinaryConv2d"] == 4
     assert counts["Conv2d"] == 2 and counts["Linear"] == 1  # stem, downsample; classifier
@@ -37,8 +38,8 @@ def test_selected_convs_become_binary_and_the_rest_stay() -> None:
 
 
 def test_binary_linear_gets_a_binarizer_for_its_features() -> None:
-    gm = binarized(MLP(), torch.randn(4, 12), activation_binarizer="dysign",
-                   binarizer_options={"reduction": 4, "min_hidden": 2})  # fmt: skip
+    gm = binarized(MLP(), torch.randn(4, 12), kind="dysign",
+                   options={"reduction": 4, "min_hidden": 2})  # fmt: skip
     assert module_counts(gm) == {"Linear": 2, "BinaryLinear": 1, "ReLU": 2}
     layer = gm.get_submodule("fc2")
     assert isinstance(layer, BinaryLinear) and isinstance(layer.input_binarizer, DySign)
@@ -54,7 +55,7 @@ def test_nothing_selected_changes_nothing() -> None:
 
 
 def test_binary_layer_output_matches_formula() -> None:
-    gm = binarized(TinyResNet().eval(), x8, activation_binarizer="ste")
+    gm = binarized(TinyResNet().eval(), x8, kind="ste")
     layer = gm.get_submodule("layer1.conv1")
     assert isinstance(layer.input_binarizer, SignSTE)
     x = torch.randn(1, 8, 4, 4)
@@ -65,10 +66,14 @@ def test_binary_layer_output_matches_formula() -> None:
 
 
 def test_bad_options_and_missing_selection_are_reported() -> None:
-    with pytest.raises(ConversionError, match="unknown activation_binarizer 'sgn'"):
-        BinarizeLayers(activation_binarizer="sgn")
-    with pytest.raises(ConversionError, match="unknown weight_scale"):
-        BinarizeLayers(weight_scale="mean")
+    with pytest.raises(ConversionError, match=r"BinarizerOptions\.kind 'sgn' is not one of"):
+        BinarizerOptions(kind="sgn")
+    with pytest.raises(ConversionError, match=r"BinarizerOptions\.weight_scale 'mean'"):
+        BinarizerOptions(weight_scale="mean")
+    with pytest.raises(ConversionError, match=r"fit 'dysign': \['depth'\] are not.*DySign accepts"):
+        BinarizerOptions(kind="dysign", options={"depth": 2})
+    with pytest.raises(ConversionError, match=r"'rsign' binarizer rejects them"):
+        binarized(TinyResNet(), x8, kind="rsign", options={"backward": "sgn"})
     with pytest.raises(ConversionError, match="'select' pass must run before"):
         BinarizeLayers()(canonical(TinyResNet(), x8))
 

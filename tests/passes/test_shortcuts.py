@@ -12,7 +12,7 @@ from model_state import randomize_batchnorm
 from torch import fx, nn
 
 from binarize.nn import set_binarization
-from passes.activations import SwapActivations
+from passes.activations import ActivationOptions, SwapActivations
 from passes.base import module_of, run_passes
 from passes.binarize_layers import BinarizeLayers
 from passes.select import LayerSelection, SelectLayers
@@ -23,7 +23,7 @@ x8 = torch.randn(2, 3, 8, 8)
 
 def with_shortcuts(model: nn.Module, x: torch.Tensor = x8, **rules: object) -> fx.GraphModule:
     passes = [SelectLayers(LayerSelection(**rules)), BinarizeLayers(),
-              SwapActivations("rprelu"), AddShortcuts()]  # fmt: skip
+              SwapActivations(ActivationOptions("rprelu")), AddShortcuts()]  # fmt: skip
     return run_passes(canonical(model, x), passes)
 
 
