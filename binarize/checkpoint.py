@@ -9,8 +9,8 @@ the new one, never a torn file, and the next write removes the temp files of kil
 
 from __future__ import annotations
 
-import os
 import random
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -69,11 +69,11 @@ def checkpoint_path(folder: str | Path | None, is_main: bool) -> Path | None:
         return None
     folder = Path(folder)
     if is_main:
-        probe = folder / f".write-test-{os.getpid()}"
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            probe.write_bytes(b"")
-            probe.unlink()
+            # an unnamed file where the OS allows it (O_TMPFILE): a kill leaves nothing behind
+            with tempfile.TemporaryFile(dir=folder) as probe:
+                probe.write(b"")
         except OSError as exc:
             raise TrainingError(
                 f"checkpoint_dir {folder} is not writable ({exc}); choose another folder or "

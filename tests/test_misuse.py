@@ -109,6 +109,13 @@ def test_a_read_only_folder_is_a_conversion_error(
         binarize.pack(bnn, (X,), path=read_only_folder / "model.bnn")
 
 
+def test_a_read_only_checkpoint_folder_is_a_training_error(read_only_folder: Path) -> None:
+    with pytest.raises(TrainingError, match=r"checkpoint_dir .*read-only is not writable"):
+        binarize.finetune(small_net(), DATA, epochs=1, checkpoint_dir=read_only_folder,
+                          progress=False)
+    assert list(read_only_folder.iterdir()) == []
+
+
 def test_a_failed_write_is_a_conversion_error_and_keeps_the_old_file(
     bnn: binarize.BinaryModel, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
