@@ -9,7 +9,8 @@ conv binary with its own shortcut (Bi-Real Net):
 RPReLU after the add as in ReActNet/DyBNN (Bi-Real itself has none; it costs one fused
 epilogue step here). Downsampling shortcuts stay float in Bi-Real/ReActNet style:
 AvgPool2d(2) -> 1x1 conv -> BN (affine). Head: global average pool -> flatten -> float fc
-(512 -> 1000). Built from numpy arrays with the packer's IR nodes (passes/ir.py, no torch).
+(512 -> 1000). Built from numpy arrays with the registry's node builder
+(runtime.registry.make_node, no torch).
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from passes.ir import IRNode, Program
+from runtime.registry import make_node
+from runtime.schema import Graph, Node, TensorSpec
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 
@@ -26,13 +28,13 @@ STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 class _Writer:
     def __init__(self, seed: int) -> None:
         self.rng = np.random.default_rng(seed)
-        self.nodes: list[IRNode] = []
+        self.nodes: list[Node] = []
 
     def f32(self, *shape: int, scale: float = 1.0) -> np.ndarray:
         return (self.rng.standard_normal(shape) * scale).astype(np.float32)
 
     def add(self, op: str, name: str, inputs: list[str], attrs=None, params=None) -> str:
-        self.nodes.append(IRNode(op, name, inputs, [name], attrs or {}, params or {}))
+        self.nodes.append(make_node(op, name, inputs, attrs, params))
         return name
 
     def affine(self, name: str, x: str, channels: int) -> str:
@@ -145,9 +147,9 @@ def bireal18(num_classes: int = 1000, size: int = 224, seed: int = 0):
             "bias": w.f32(num_classes, scale=0.01),
         },
     )
-    program = Program(
-        inputs=[{"name": "input", "shape": [None, 3, size, size], "dtype": "float32"}],
-        outputs=[{"name": logits, "shape": [None, num_classes]}],
+    program = Graph(
+        inputs=[TensorSpec("input", (None, 3, size, size))],
+        outputs=[TensorSpec(logits, (None, num_classes))],
         nodes=w.nodes,
     )
     return program.to_file_parts()

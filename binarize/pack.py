@@ -3,8 +3,8 @@
     packed = binarize.pack(bnn, example_inputs=(x,), path="model.bnn")
     y = runtime.load(packed).predict(x.numpy())
 
-Pipeline: ``passes.lower`` (student graph -> op list: binary layers become
-quantize + bconv2d/bdense + affine, BatchNorm becomes affine) -> ``passes.fold`` (merge
+Pipeline: ``passes.export.lower`` (student graph -> op list: binary layers become
+quantize + bconv2d/bdense + affine, BatchNorm becomes affine) -> ``passes.export.fold`` (merge
 affines; fold an affine feeding a binarizer into its integer threshold) -> ``runtime.format``
 (safetensors container, graph JSON and format version in its metadata, atomic write).
 """
@@ -27,7 +27,7 @@ from binarize.nn import Binarizer, binary_layers
 from runtime.format import write_model
 
 if TYPE_CHECKING:
-    from passes.ir import Program
+    from runtime.schema import Graph
 
 
 def _student(model: nn.Module) -> fx.GraphModule:
@@ -150,10 +150,9 @@ def _soft_parts(student: nn.Module) -> list[str]:
 
 def lower_for_runtime(
     bnn: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
-) -> Program:
+) -> Graph:
     """The folded op list ``pack`` writes (useful to inspect what the runtime will run)."""
-    from passes.fold import fold  # passes import binarize.nn: load them on use, not at import
-    from passes.lower import lower
+    from passes.export import fold, lower  # passes import binarize.nn: load them on use
 
     student = _student(bnn)
     _check_weights(student)

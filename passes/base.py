@@ -7,16 +7,15 @@ order by :func:`run_passes`, which checks and tidies the module after each one.
 
 from __future__ import annotations
 
-import operator
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-import torch
 from torch import fx, nn
 
 from binarize.errors import ConversionError
+from passes import spellings
 
 
 @dataclass
@@ -65,8 +64,8 @@ def run_passes(gm: fx.GraphModule, passes: Iterable[GraphPass]) -> fx.GraphModul
 # ---- node and module helpers shared by the passes -------------------------------------------
 
 #: Functions and methods that add two tensors elementwise (residual connections).
-ADD_TARGETS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add)
-ADD_METHODS: tuple[str, ...] = ("add", "add_")
+ADD_TARGETS: tuple[Any, ...] = spellings.ADD_FUNCTIONS
+ADD_METHODS: tuple[str, ...] = spellings.ADD_METHODS
 
 
 def module_of(gm: fx.GraphModule, node: fx.Node) -> nn.Module | None:

@@ -19,15 +19,13 @@ value, so every later reader of ``x`` is pointed at the new node.
 from __future__ import annotations
 
 import copy
-import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-import torch.nn.functional as F
 from torch import fx, nn
 
+from passes import spellings
 from passes.base import (
     PassResult,
     add_module_node,
@@ -37,96 +35,17 @@ from passes.base import (
     unique_target,
 )
 from passes.shapes import RecordShapes
+from passes.spellings import ACTIVATION_TYPES, ActivationForm, clamp_module
 
-#: Activation module types that canonical graphs use (matched by exact type).
-ACTIVATION_TYPES: tuple[type[nn.Module], ...] = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardtanh)
+__all__ = ["ACTIVATION_TYPES", "ActivationsToModules", "Canonicalize", "OutOfPlace", "clamp_module"]
 
-_INPLACE_OPERATORS = {
-    operator.iadd: operator.add,
-    operator.isub: operator.sub,
-    operator.imul: operator.mul,
-    operator.itruediv: operator.truediv,
-}
-_INPLACE_METHODS = {"add_": "add", "sub_": "sub", "mul_": "mul", "div_": "div"}
+_FUNCTIONS = spellings.ACTIVATION_FUNCTIONS
+_METHODS = spellings.ACTIVATION_METHODS
+_INPLACE_OPERATORS = spellings.INPLACE_FUNCTIONS
+_INPLACE_METHODS = spellings.INPLACE_METHODS
 
 
-def clamp_module(low: float | None, high: float | None) -> nn.Module | None:
-    """The activation module equal to ``clamp(x, low, high)``, or None when there is none.
-
-    ``clamp(x, 0)`` is ReLU, ``clamp(x, 0, 6)`` is ReLU6, any other two constant bounds are
-    Hardtanh(low, high); a one-sided clamp at a non-zero bound stays as it is.
-    """
-    if low == 0 and high is None:
-        return nn.ReLU()
-    if low == 0 and high == 6:
-        return nn.ReLU6()
-    if low is not None and high is not None:
-        return nn.Hardtanh(float(low), float(high))
-    return None
-
-
-@dataclass(frozen=True)
-class _Form:
-    """How to read one activation spelling: its parameters (after the input) and defaults."""
-
-    params: tuple[tuple[str, Any], ...]
-    make: Callable[..., nn.Module | None]
-    always_inplace: bool = False
-
-
-_RELU = _Form((("inplace", False),), lambda inplace: nn.ReLU())
-_RELU_PLAIN = _Form((), lambda: nn.ReLU())
-_RELU_ = _Form((), lambda: nn.ReLU(), always_inplace=True)
-_RELU6 = _Form((("inplace", False),), lambda inplace: nn.ReLU6())
-_HARDTANH = _Form(
-    (("min_val", -1.0), ("max_val", 1.0), ("inplace", False)),
-    lambda min_val, max_val, inplace: clamp_module(min_val, max_val),
-)
-_HARDTANH_ = _Form(
-    (("min_val", -1.0), ("max_val", 1.0)),
-    lambda min_val, max_val: clamp_module(min_val, max_val),
-    always_inplace=True,
-)
-_LEAKY = _Form(
-    (("negative_slope", 0.01), ("inplace", False)),
-    lambda negative_slope, inplace: nn.LeakyReLU(float(negative_slope)),
-)
-_LEAKY_ = _Form(
-    (("negative_slope", 0.01),),
-    lambda negative_slope: nn.LeakyReLU(float(negative_slope)),
-    always_inplace=True,
-)
-_CLAMP = _Form((("min", None), ("max", None)), lambda min, max: clamp_module(min, max))
-_CLAMP_ = _Form(
-    (("min", None), ("max", None)), lambda min, max: clamp_module(min, max), always_inplace=True
-)
-
-_FUNCTIONS: dict[Any, _Form] = {
-    F.relu: _RELU,
-    torch.relu: _RELU_PLAIN,
-    torch.relu_: _RELU_,
-    F.relu_: _RELU_,
-    F.relu6: _RELU6,
-    F.hardtanh: _HARDTANH,
-    F.hardtanh_: _HARDTANH_,
-    F.leaky_relu: _LEAKY,
-    F.leaky_relu_: _LEAKY_,
-    torch.clamp: _CLAMP,
-    torch.clip: _CLAMP,
-    torch.clamp_: _CLAMP_,
-    torch.clip_: _CLAMP_,
-}
-_METHODS: dict[str, _Form] = {
-    "relu": _RELU_PLAIN,
-    "relu_": _RELU_,
-    "clamp": _CLAMP,
-    "clip": _CLAMP,
-    "clamp_": _CLAMP_,
-    "clip_": _CLAMP_,
-}
-
-
-def _bind(form: _Form, node: fx.Node) -> dict[str, Any] | None:
+def _bind(form: ActivationForm, node: fx.Node) -> dict[str, Any] | None:
     """The form's parameters read from the node's args/kwargs; None if one is a graph value."""
     values = dict(form.params)
     for (name, _), value in zip(form.params, node.args[1:]):

@@ -35,6 +35,8 @@ class BinarizeTracer(fx.Tracer):
 
     def __init__(self, leaf_modules: Iterable[LeafSpec] = ()) -> None:
         super().__init__()
+        # every node keeps the user's source line, so a later error can point at it
+        self.record_stack_traces = True
         leaves = list(leaf_modules)
         self.leaf_types = tuple(leaf for leaf in leaves if isinstance(leaf, type))
         self.leaf_names = frozenset(leaf for leaf in leaves if isinstance(leaf, str))

@@ -357,11 +357,13 @@ def op_table() -> str:
         flow = f"{count} {op.inputs.kind} (rank {ranks}) -> {op.output_kind}"
         attrs = ", ".join(a.describe() for a in op.attrs)
         params = ", ".join(
-            f"{p.role} {p.dtype}" + ("" if p.required else " (optional)") for p in op.params
+            f"{p.role} {p.dtype}{p.doc}" + ("" if p.required else " (optional)") for p in op.params
         )
         rows.append(f"| `{op.name}` | {flow} | {attrs} | {params} | {op.semantics} |")
     return "\n".join(rows)
 
 
-if __name__ == "__main__":
-    print(op_table())
+if __name__ == "__main__":  # the module run as a script is a copy: ask the imported one
+    from runtime import registry
+
+    print(registry.op_table())

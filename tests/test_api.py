@@ -9,7 +9,7 @@ import sys
 
 def test_public_functions_are_not_shadowed_by_submodules() -> None:
     code = (
-        "import binarize.pack, binarize.summary, binarize.convert, passes.lower, binarize\n"
+        "import binarize.pack, binarize.summary, binarize.convert, passes.export.lower, binarize\n"
         "for name in ('convert', 'pack', 'summary', 'finetune'):\n"
         "    assert callable(getattr(binarize, name)), name\n"
     )

@@ -1,4 +1,4 @@
-"""passes.fold and the bit packing of passes.lower, against direct evaluation."""
+"""passes.export.fold and the bit packing of passes.export.lower, against direct evaluation."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from passes.fold import fold, fold_threshold
-from passes.ir import IRNode, Program
-from passes.lower import pack_sign_bits
+from passes.export import fold, fold_threshold, pack_sign_bits
+from runtime.schema import Graph, Node, TensorSpec
 
 
 def _unpack(words: np.ndarray, channels: int) -> np.ndarray:
@@ -71,13 +70,13 @@ def test_fold_threshold_integer_inputs_decide_the_same_bits(
         assert (s * x >= s * t) == expected, (x, scale, bias, threshold, sign, t, s)
 
 
-def _chain_program(scale1, bias1, scale2, bias2, threshold) -> Program:
+def _chain_program(scale1, bias1, scale2, bias2, threshold) -> Graph:
     c = len(scale1)
     nodes = [
-        IRNode("bconv2d", "acc", ["x"], ["acc"], {}, {}),
-        IRNode("affine", "a1", ["acc"], ["a1"], {"channels": c}, {"scale": scale1, "bias": bias1}),
-        IRNode("affine", "a2", ["a1"], ["a2"], {"channels": c}, {"scale": scale2, "bias": bias2}),
-        IRNode(
+        Node("bconv2d", "acc", ["x"], ["acc"], {}, {}),
+        Node("affine", "a1", ["acc"], ["a1"], {"channels": c}, {"scale": scale1, "bias": bias1}),
+        Node("affine", "a2", ["a1"], ["a2"], {"channels": c}, {"scale": scale2, "bias": bias2}),
+        Node(
             "quantize",
             "q",
             ["a2"],
@@ -85,11 +84,9 @@ def _chain_program(scale1, bias1, scale2, bias2, threshold) -> Program:
             {"channels": c},
             {"threshold": threshold, "sign": np.ones(c, dtype=np.int8)},
         ),
-        IRNode("bconv2d", "out", ["q"], ["out"], {}, {}),
+        Node("bconv2d", "out", ["q"], ["out"], {}, {}),
     ]
-    return Program(
-        [{"name": "x", "shape": [None, c]}], [{"name": "out", "shape": [None, c]}], nodes
-    )
+    return Graph([TensorSpec("x", (None, c))], [TensorSpec("out", (None, c))], nodes)
 
 
 def test_fold_merges_affines_into_one_integer_threshold() -> None:
@@ -111,8 +108,8 @@ def test_fold_keeps_an_affine_that_is_read_twice() -> None:
     rng = np.random.default_rng(1)
     c = 3
     program = _chain_program(*(rng.normal(size=c) for _ in range(5)))
-    program.nodes.append(IRNode("add", "sum", ["a2", "a2"], ["sum"]))
-    program.outputs.append({"name": "sum", "shape": [None, c]})
+    program.nodes.append(Node("add", "sum", ["a2", "a2"], ["sum"]))
+    program.outputs.append(TensorSpec("sum", (None, c)))
     fold(program)
     ops = [n.op for n in program.nodes]
     assert ops.count("affine") == 1  # merged a1.a2, but not folded into the quantize

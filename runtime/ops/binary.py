@@ -43,7 +43,7 @@ register(
         attrs=(channels_attr(),),
         params=(
             per_channel("threshold"),
-            Param("sign", "int8", lambda a, i: ((a["channels"],),), required=False),
+            Param("sign", "int8", lambda a, i: ((a["channels"],),), required=False, doc="[C]"),
         ),
         output_kind="bits",
         infer=_quantize_shape,

@@ -45,7 +45,7 @@ def per_channel(role: str, doc: str = "", required: bool = True, shared: bool = 
     def shapes(attrs: Attrs, ins: Sequence[ValueInfo]) -> tuple[tuple[int, ...], ...]:
         return ((attrs["channels"],), (1,)) if shared else ((attrs["channels"],),)
 
-    return Param(role, "float32", shapes, required, doc)
+    return Param(role, "float32", shapes, required, doc or ("[C] or [1]" if shared else "[C]"))
 
 
 def conv_size(

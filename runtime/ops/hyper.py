@@ -35,11 +35,12 @@ def hyper_params(heads: int) -> tuple[Param, ...]:
     def rule(make):
         return lambda attrs, ins: (make(attrs["channels"], attrs["hidden"]),)
 
+    rows = f"{heads}C" if heads > 1 else "C"
     return (
-        Param("fc1_weight", "float32", rule(lambda c, h: (h, c))),
-        Param("fc1_bias", "float32", rule(lambda c, h: (h,))),
-        Param("fc2_weight", "float32", rule(lambda c, h: (heads * c, h))),
-        Param("fc2_bias", "float32", rule(lambda c, h: (heads * c,))),
+        Param("fc1_weight", "float32", rule(lambda c, h: (h, c)), doc="[Hd, C]"),
+        Param("fc1_bias", "float32", rule(lambda c, h: (h,)), doc="[Hd]"),
+        Param("fc2_weight", "float32", rule(lambda c, h: (heads * c, h)), doc=f"[{rows}, Hd]"),
+        Param("fc2_bias", "float32", rule(lambda c, h: (heads * c,)), doc=f"[{rows}]"),
     )
 
 

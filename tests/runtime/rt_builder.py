@@ -8,7 +8,8 @@
     graph, tensors = b.build()          # or b.to_bytes()
 
 Every method appends one node with random parameters and returns the new value's name; the
-builder tracks NCHW shapes (without batch) so parameters get the right sizes.
+builder asks the runtime's op registry for each value's kind and shape (NCHW without batch),
+so parameters get the right sizes and a builder bug shows up as the registry's error.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from runtime.format import write_model
-from runtime.schema import pool_output_size
+from runtime.registry import get
+from runtime.schema import ValueInfo
 
 
 def pack_pm1(signs: np.ndarray) -> np.ndarray:
@@ -43,11 +45,13 @@ class IRBuilder:
         self.nodes: list[dict[str, Any]] = []
         self.tensors: dict[str, np.ndarray] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
+        self.kinds: dict[str, str] = {}
 
     # -- plumbing ---------------------------------------------------------------------------
     def input(self, shape: list[int], name: str = "input") -> str:
         self.inputs.append({"name": name, "shape": [None, *shape], "dtype": "float32"})
         self.shapes[name] = tuple(shape)
+        self.kinds[name] = "float"
         return name
 
     def output(self, value: str) -> str:
@@ -58,11 +62,13 @@ class IRBuilder:
         self,
         op: str,
         inputs: list[str],
-        shape: tuple[int, ...],
         attrs: dict[str, Any] | None = None,
         params: dict[str, np.ndarray] | None = None,
     ) -> str:
+        """Append ``op``; its output's kind and shape come from the registry's declaration."""
         index = len(self.nodes)
+        ins = [ValueInfo(self.kinds[x], self.shapes[x]) for x in inputs]
+        _, value, _ = get(op).check(f"builder node {index}", attrs or {}, ins)
         name = f"n{index}.{op}"
         out = f"v{index}"
         keys = {}
@@ -79,7 +85,8 @@ class IRBuilder:
                 "params": keys,
             }
         )
-        self.shapes[out] = tuple(shape)
+        self.shapes[out] = value.shape
+        self.kinds[out] = value.kind
         return out
 
     def build(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -111,7 +118,7 @@ class IRBuilder:
         params = {"threshold": self.f32(c, scale=0.3)}
         if signed:
             params["sign"] = self.signs(c)
-        return self.node("quantize", [x], self.shapes[x], {"channels": c}, params)
+        return self.node("quantize", [x], {"channels": c}, params)
 
     def _hyper(self, c: int, heads: int, hidden: int) -> dict[str, np.ndarray]:
         return {
@@ -124,7 +131,7 @@ class IRBuilder:
     def dyquantize(self, x: str, hidden: int = 4, activation: str = "relu") -> str:
         c = self.shapes[x][0]
         attrs = {"channels": c, "hidden": hidden, "activation": activation}
-        return self.node("dyquantize", [x], self.shapes[x], attrs, self._hyper(c, 1, hidden))
+        return self.node("dyquantize", [x], attrs, self._hyper(c, 1, hidden))
 
     def bconv2d(
         self,
@@ -135,9 +142,8 @@ class IRBuilder:
         padding: int = 1,
         pad_value: int = 0,
     ) -> str:
-        c, h, w = self.shapes[x]
+        c = self.shapes[x][0]
         weight = pack_pm1(self.signs(out_channels, kernel, kernel, c))
-        oh, ow = ((s + 2 * padding - kernel) // stride + 1 for s in (h, w))
         attrs = {
             "in_channels": c,
             "out_channels": out_channels,
@@ -146,13 +152,13 @@ class IRBuilder:
             "padding": [padding, padding],
             "pad_value": pad_value,
         }
-        return self.node("bconv2d", [x], (out_channels, oh, ow), attrs, {"weight": weight})
+        return self.node("bconv2d", [x], attrs, {"weight": weight})
 
     def bdense(self, x: str, out_features: int) -> str:
         (f,) = self.shapes[x]
         weight = pack_pm1(self.signs(out_features, f))
         attrs = {"in_features": f, "out_features": out_features}
-        return self.node("bdense", [x], (out_features,), attrs, {"weight": weight})
+        return self.node("bdense", [x], attrs, {"weight": weight})
 
     def conv2d(
         self,
@@ -165,12 +171,10 @@ class IRBuilder:
         groups: int = 1,
         bias: bool = True,
     ) -> str:
-        c, h, w = self.shapes[x]
+        c = self.shapes[x][0]
         params = {"weight": self.f32(out_channels, c // groups, kernel, kernel, scale=0.3)}
         if bias:
             params["bias"] = self.f32(out_channels)
-        span = dilation * (kernel - 1) + 1
-        oh, ow = ((s + 2 * padding - span) // stride + 1 for s in (h, w))
         attrs = {
             "in_channels": c,
             "out_channels": out_channels,
@@ -180,7 +184,7 @@ class IRBuilder:
             "dilation": [dilation, dilation],
             "groups": groups,
         }
-        return self.node("conv2d", [x], (out_channels, oh, ow), attrs, params)
+        return self.node("conv2d", [x], attrs, params)
 
     def dense(self, x: str, out_features: int, bias: bool = True) -> str:
         (f,) = self.shapes[x]
@@ -188,17 +192,17 @@ class IRBuilder:
         if bias:
             params["bias"] = self.f32(out_features)
         attrs = {"in_features": f, "out_features": out_features}
-        return self.node("dense", [x], (out_features,), attrs, params)
+        return self.node("dense", [x], attrs, params)
 
     def affine(self, x: str) -> str:
         c = self.shapes[x][0]
         params = {"scale": self.f32(c, scale=0.2), "bias": self.f32(c)}
-        return self.node("affine", [x], self.shapes[x], {"channels": c}, params)
+        return self.node("affine", [x], {"channels": c}, params)
 
     def prelu(self, x: str, shared: bool = False) -> str:
         c = self.shapes[x][0]
         weight = self.f32(1 if shared else c, scale=0.3)
-        return self.node("prelu", [x], self.shapes[x], {"channels": c}, {"weight": weight})
+        return self.node("prelu", [x], {"channels": c}, {"weight": weight})
 
     def rprelu(self, x: str) -> str:
         c = self.shapes[x][0]
@@ -207,30 +211,23 @@ class IRBuilder:
             "zeta": self.f32(c, scale=0.3),
             "beta": self.f32(c, scale=0.3),
         }
-        return self.node("rprelu", [x], self.shapes[x], {"channels": c}, params)
+        return self.node("rprelu", [x], {"channels": c}, params)
 
     def dyprelu(self, x: str, hidden: int = 4, activation: str = "relu") -> str:
         c = self.shapes[x][0]
         params = {**self._hyper(c, 2, hidden), "beta": self.f32(c, scale=0.3)}
         attrs = {"channels": c, "hidden": hidden, "activation": activation}
-        return self.node("dyprelu", [x], self.shapes[x], attrs, params)
+        return self.node("dyprelu", [x], attrs, params)
 
     def unary(self, op: str, x: str, **attrs: Any) -> str:
         """relu, clamp (min, max), leaky_relu (negative_slope), global_avgpool, flatten."""
-        shape = self.shapes[x]
-        if op == "global_avgpool":
-            shape = (shape[0], 1, 1)
-        elif op == "flatten":
-            shape = (int(np.prod(shape)),)
-        return self.node(op, [x], shape, attrs)
+        return self.node(op, [x], attrs)
 
     def add(self, a: str, b: str) -> str:
-        return self.node("add", [a, b], self.shapes[a])
+        return self.node("add", [a, b])
 
     def concat(self, xs: list[str], axis: int = 1) -> str:
-        shape = list(self.shapes[xs[0]])
-        shape[axis - 1] = sum(self.shapes[x][axis - 1] for x in xs)
-        return self.node("concat", xs, tuple(shape), {"axis": axis})
+        return self.node("concat", xs, {"axis": axis})
 
     def pool(
         self,
@@ -242,9 +239,7 @@ class IRBuilder:
         ceil_mode: bool = False,
         **extra: Any,
     ) -> str:
-        c, h, w = self.shapes[x]
         dilation = extra.get("dilation", 1)
-        oh, ow = (pool_output_size(s, kernel, stride, padding, dilation, ceil_mode) for s in (h, w))
         attrs = {
             "kernel": [kernel, kernel],
             "stride": [stride, stride],
@@ -254,8 +249,7 @@ class IRBuilder:
         }
         if "dilation" in extra:
             attrs["dilation"] = [dilation, dilation]
-        return self.node(op, [x], (c, oh, ow), attrs)
+        return self.node(op, [x], attrs)
 
     def upsample(self, x: str, sh: int, sw: int) -> str:
-        c, h, w = self.shapes[x]
-        return self.node("upsample_nearest", [x], (c, h * sh, w * sw), {"scale": [sh, sw]})
+        return self.node("upsample_nearest", [x], {"scale": [sh, sw]})

@@ -1,4 +1,8 @@
-"""A naive reference interpreter of docs/IR.md, written independently of the runtime.
+"""A naive reference interpreter of docs/IR.md, written independently of the runtime's kernels.
+
+Only the meaning of each node's attrs (their defaults) comes from the runtime's op registry,
+the one place that declares them; ``REFERENCE`` holds one naive function per registry op, and
+``tests/runtime/test_registry.py`` checks that it covers every op.
 
 It works in NCHW like the PyTorch graph, keeps binary values as +-1 float arrays (never packed
 bits), unpacks the weights bit by bit, and computes convolutions tap by tap and pools window by
@@ -15,6 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from runtime import registry
+from runtime.schema import ValueInfo
 
 
 def unpack_pm1(words: np.ndarray, channels: int) -> np.ndarray:
@@ -110,127 +117,145 @@ def _avgpool(x, kernel, stride, padding, ceil_mode, count_include_pad):
     return out
 
 
+def _quantize(xs, p, a):
+    x = xs[0]
+    rank = x.ndim
+    t = _channel(p["threshold"], rank)[None]
+    s = _channel(p.get("sign", np.ones(x.shape[1], np.int8)), rank)[None]
+    return np.where(s * x >= s * t, 1.0, -1.0), np.abs(x.astype(np.float64) - t).min()
+
+
+def _dyquantize(xs, p, a):
+    x = xs[0]
+    alpha = _hyper(x, p, a["activation"])
+    t = alpha.reshape(*alpha.shape, *(1,) * (x.ndim - 2))
+    return np.where(x >= t, 1.0, -1.0), np.abs(x.astype(np.float64) - t).min()
+
+
+def _bconv2d(xs, p, a):
+    weight = unpack_pm1(p["weight"], a["in_channels"]).transpose(0, 3, 1, 2)
+    return _conv_taps(xs[0], weight, a["stride"], a["padding"], (1, 1), float(a["pad_value"]))
+
+
+def _conv2d(xs, p, a):
+    x, g = xs[0], a["groups"]
+    w = p["weight"].astype(np.float64)
+    cg, og = x.shape[1] // g, w.shape[0] // g
+    y = np.concatenate(
+        [
+            _conv_taps(
+                x[:, i * cg : (i + 1) * cg],
+                w[i * og : (i + 1) * og],
+                a["stride"],
+                a["padding"],
+                a["dilation"],
+                0.0,
+            )
+            for i in range(g)
+        ],
+        axis=1,
+    )
+    return y + p["bias"].reshape(-1, 1, 1) if "bias" in p else y
+
+
+def _dense(xs, p, a):
+    y = xs[0].astype(np.float64) @ p["weight"].T.astype(np.float64)
+    return y + p["bias"] if "bias" in p else y
+
+
+def _rprelu(xs, p, a, gamma=None, zeta=None):
+    x = xs[0]
+    rank = x.ndim
+    if gamma is None:
+        gamma, zeta = _channel(p["gamma"], rank), _channel(p["zeta"], rank)
+    beta = _channel(p["beta"], rank)
+    return np.where(x >= gamma, (x - gamma) + zeta, beta * (x - gamma) + zeta)
+
+
+def _dyprelu(xs, p, a):
+    x = xs[0]
+    h = _hyper(x, p, a["activation"])
+    c = x.shape[1]
+    extra = (1,) * (x.ndim - 2)
+    return _rprelu(xs, p, a, h[:, :c].reshape(-1, c, *extra), h[:, c:].reshape(-1, c, *extra))
+
+
+def _clamp(xs, p, a):
+    y = xs[0].copy()
+    if a["min"] is not None:
+        y = np.maximum(y, np.float32(a["min"]))
+    if a["max"] is not None:
+        y = np.minimum(y, np.float32(a["max"]))
+    return y
+
+
+def _upsample_nearest(xs, p, a):
+    x = xs[0]
+    sh, sw = a["scale"]
+    rows = np.arange(x.shape[2] * sh) // sh
+    cols = np.arange(x.shape[3] * sw) // sw
+    return x[:, :, rows][:, :, :, cols]
+
+
+# op -> f(inputs NCHW, params by role, attrs parsed by the registry (defaults filled in));
+# the quantize ops also return their smallest |value - threshold|
+REFERENCE: dict[str, Any] = {
+    "quantize": _quantize,
+    "dyquantize": _dyquantize,
+    "bconv2d": _bconv2d,
+    "bdense": lambda xs, p, a: (
+        xs[0].astype(np.float64) @ unpack_pm1(p["weight"], a["in_features"]).T
+    ),
+    "conv2d": _conv2d,
+    "dense": _dense,
+    "affine": lambda xs, p, a: (
+        xs[0] * _channel(p["scale"], xs[0].ndim) + _channel(p["bias"], xs[0].ndim)
+    ),
+    "prelu": lambda xs, p, a: np.where(
+        xs[0] >= 0, xs[0], _channel(p["weight"], xs[0].ndim) * xs[0]
+    ),
+    "rprelu": _rprelu,
+    "dyprelu": _dyprelu,
+    "relu": lambda xs, p, a: np.maximum(xs[0], np.float32(0)),
+    "clamp": _clamp,
+    "leaky_relu": lambda xs, p, a: np.where(
+        xs[0] >= 0, xs[0], np.float32(a["negative_slope"]) * xs[0]
+    ),
+    "add": lambda xs, p, a: xs[0] + xs[1],
+    "concat": lambda xs, p, a: np.concatenate(xs, axis=a["axis"]),
+    "maxpool2d": lambda xs, p, a: _maxpool(
+        xs[0], a["kernel"], a["stride"], a["padding"], a["dilation"], a["ceil_mode"]
+    ),
+    "avgpool2d": lambda xs, p, a: _avgpool(
+        xs[0], a["kernel"], a["stride"], a["padding"], a["ceil_mode"], a["count_include_pad"]
+    ),
+    "global_avgpool": lambda xs, p, a: xs[0].astype(np.float64).mean(axis=(2, 3), keepdims=True),
+    "flatten": lambda xs, p, a: xs[0].reshape(xs[0].shape[0], -1),
+    "upsample_nearest": _upsample_nearest,
+}
+QUANTIZERS = ("quantize", "dyquantize")
+
+
 def run_reference(
     graph: dict[str, Any], tensors: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
 ) -> tuple[list[np.ndarray], float]:
     """Evaluate the graph on NCHW float32 inputs; returns (outputs in order, smallest
-    |value - threshold| seen by any quantize/dyquantize)."""
+    |value - threshold| seen by any quantize/dyquantize). Attrs are read through the op's
+    registry declaration (its defaults), so the file's meaning is defined once."""
     env = dict(inputs)
+    kinds = {name: "float" for name in inputs}
     margin = np.inf
     for node in graph["nodes"]:
-        a = node.get("attrs", {})
         p = {role: tensors[key] for role, key in node.get("params", {}).items()}
         xs = [env[name] for name in node["inputs"]]
-        x = xs[0]
         op = node["op"]
-        rank = x.ndim
-        if op in ("quantize", "dyquantize"):
-            if op == "quantize":
-                t = _channel(p["threshold"], rank)[None]
-                s = _channel(p.get("sign", np.ones(x.shape[1], np.int8)), rank)[None]
-            else:
-                alpha = _hyper(x, p, a.get("activation", "relu"))
-                t = alpha.reshape(*alpha.shape, *(1,) * (rank - 2))
-                s = np.ones_like(t)
-            margin = min(margin, float(np.abs(x.astype(np.float64) - t).min()))
-            y = np.where(s * x >= s * t, 1.0, -1.0).astype(np.float32)
-        elif op == "bconv2d":
-            weight = unpack_pm1(p["weight"], a["in_channels"]).transpose(0, 3, 1, 2)
-            y = _conv_taps(
-                x,
-                weight,
-                a.get("stride", [1, 1]),
-                a.get("padding", [0, 0]),
-                (1, 1),
-                float(a.get("pad_value", 0)),
-            ).astype(np.float32)
-        elif op == "bdense":
-            y = x.astype(np.float64) @ unpack_pm1(p["weight"], a["in_features"]).T
-            y = y.astype(np.float32)
-        elif op == "conv2d":
-            g = a.get("groups", 1)
-            w = p["weight"].astype(np.float64)
-            cg, og = x.shape[1] // g, w.shape[0] // g
-            y = np.concatenate(
-                [
-                    _conv_taps(
-                        x[:, i * cg : (i + 1) * cg],
-                        w[i * og : (i + 1) * og],
-                        a.get("stride", [1, 1]),
-                        a.get("padding", [0, 0]),
-                        a.get("dilation", [1, 1]),
-                        0.0,
-                    )
-                    for i in range(g)
-                ],
-                axis=1,
-            )
-            if "bias" in p:
-                y = y + p["bias"].reshape(-1, 1, 1)
-            y = y.astype(np.float32)
-        elif op == "dense":
-            y = x.astype(np.float64) @ p["weight"].T.astype(np.float64)
-            y = (y + p["bias"] if "bias" in p else y).astype(np.float32)
-        elif op == "affine":
-            y = x * _channel(p["scale"], rank) + _channel(p["bias"], rank)
-        elif op == "prelu":
-            y = np.where(x >= 0, x, _channel(p["weight"], rank) * x)
-        elif op in ("rprelu", "dyprelu"):
-            if op == "rprelu":
-                gamma, zeta = _channel(p["gamma"], rank), _channel(p["zeta"], rank)
-            else:
-                h = _hyper(x, p, a.get("activation", "relu"))
-                c = x.shape[1]
-                extra = (1,) * (rank - 2)
-                gamma = h[:, :c].reshape(-1, c, *extra)
-                zeta = h[:, c:].reshape(-1, c, *extra)
-            beta = _channel(p["beta"], rank)
-            y = np.where(x >= gamma, (x - gamma) + zeta, beta * (x - gamma) + zeta)
-        elif op == "relu":
-            y = np.maximum(x, np.float32(0))
-        elif op == "clamp":
-            lo, hi = a.get("min"), a.get("max")
-            y = x.copy()
-            if lo is not None:
-                y = np.maximum(y, np.float32(lo))
-            if hi is not None:
-                y = np.minimum(y, np.float32(hi))
-        elif op == "leaky_relu":
-            y = np.where(x >= 0, x, np.float32(a.get("negative_slope", 0.01)) * x)
-        elif op == "add":
-            y = xs[0] + xs[1]
-        elif op == "concat":
-            y = np.concatenate(xs, axis=a.get("axis", 1))
-        elif op == "maxpool2d":
-            k = a["kernel"]
-            y = _maxpool(
-                x,
-                k,
-                a.get("stride", k),
-                a.get("padding", [0, 0]),
-                a.get("dilation", [1, 1]),
-                a.get("ceil_mode", False),
-            )
-        elif op == "avgpool2d":
-            k = a["kernel"]
-            y = _avgpool(
-                x,
-                k,
-                a.get("stride", k),
-                a.get("padding", [0, 0]),
-                a.get("ceil_mode", False),
-                a.get("count_include_pad", True),
-            )
-        elif op == "global_avgpool":
-            y = x.astype(np.float64).mean(axis=(2, 3), keepdims=True).astype(np.float32)
-        elif op == "flatten":
-            y = x.reshape(x.shape[0], -1)
-        elif op == "upsample_nearest":
-            sh, sw = a["scale"]
-            rows = np.arange(x.shape[2] * sh) // sh
-            cols = np.arange(x.shape[3] * sw) // sw
-            y = x[:, :, rows][:, :, :, cols]
+        infos = [ValueInfo(kinds[name], tuple(x.shape[1:])) for name, x in zip(node["inputs"], xs)]
+        attrs, out, _ = registry.get(op).check(node["name"], node.get("attrs", {}), infos)
+        if op in QUANTIZERS:
+            y, closest = REFERENCE[op](xs, p, attrs)
+            margin = min(margin, float(closest))
         else:
-            raise AssertionError(f"reference does not know op {op}")
-        env[node["outputs"][0]] = y.astype(np.float32)
+            y = REFERENCE[op](xs, p, attrs)
+        env[node["outputs"][0]] = np.asarray(y).astype(np.float32)
+        kinds[node["outputs"][0]] = out.kind
     return [env[o["name"]] for o in graph["outputs"]], margin

@@ -1,4 +1,4 @@
-"""Fold per-channel transforms of a lowered :class:`~passes.ir.Program` (runs after ``lower``).
+"""Fold per-channel transforms of a lowered :class:`~runtime.schema.Graph` (runs after ``lower``).
 
 Two rewrites, repeated until nothing changes:
 
@@ -8,7 +8,8 @@ Two rewrites, repeated until nothing changes:
    decides ``bit = s*(a*x + b) >= s*t``. Per channel, with ``a != 0`` this is
    ``s'*x >= s'*t'`` where ``s' = s*sign(a)`` and ``t' = (t - b)/a``; with ``a == 0`` the bit
    is the constant ``s*b >= s*t``, encoded as ``t' = -inf`` (always 1) or ``+inf`` (always 0).
-   When the affine's input is a ``bconv2d``/``bdense`` (integer-valued), the threshold is
+   When the affine's input is integer-valued (an op declared with ``integer_output`` in the
+   runtime's registry: ``bconv2d``/``bdense``), the threshold is
    rounded to the integer it really is: ``x >= t' <=> x >= ceil(t')`` and
    ``x <= t' <=> x <= floor(t')``, so the next layer compares integers exactly.
 
@@ -24,13 +25,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from passes.ir import IRNode, Program
+from runtime.registry import all_ops
+from runtime.schema import Graph, Node
 
-_INTEGER_OPS = ("bconv2d", "bdense")
 _NO_ACCUMULATOR_REACHES = 2**40  # |popcount sums| stay far below this
 
 
-def _merge_affines(program: Program) -> bool:
+def _merge_affines(program: Graph) -> bool:
     producers, uses = program.producers(), program.use_counts()
     for node in program.nodes:
         if node.op != "affine":
@@ -47,7 +48,7 @@ def _merge_affines(program: Program) -> bool:
     return False
 
 
-def _fold_into_quantize(program: Program) -> bool:
+def _fold_into_quantize(program: Graph) -> bool:
     producers, uses = program.producers(), program.use_counts()
     for node in program.nodes:
         if node.op != "quantize":
@@ -61,7 +62,7 @@ def _fold_into_quantize(program: Program) -> bool:
             affine.params["bias"].astype(np.float64),
             node.params["threshold"].astype(np.float64),
             node.params["sign"].astype(np.float64),
-            integer_input=source is not None and source.op in _INTEGER_OPS,
+            integer_input=source is not None and all_ops()[source.op].integer_output,
         )
         node.inputs = list(affine.inputs)
         program.nodes.remove(affine)
@@ -102,7 +103,7 @@ def fold_threshold(
     return {"threshold": new_t, "sign": new_sign.astype(np.int8)}
 
 
-def fold(program: Program) -> Program:
+def fold(program: Graph) -> Graph:
     """Apply both rewrites to a fixed point; returns the same (mutated) program."""
     while _merge_affines(program) or _fold_into_quantize(program):
         pass
@@ -110,13 +111,12 @@ def fold(program: Program) -> Program:
     return program
 
 
-def _drop_unread_values(program: Program) -> None:
-    live = {spec["name"] for spec in program.outputs}
-    kept: list[IRNode] = []
+def _drop_unread_values(program: Graph) -> None:
+    live = {spec.name for spec in program.outputs}
+    kept: list[Node] = []
     for node in reversed(program.nodes):
         if any(out in live for out in node.outputs):
             kept.append(node)
             live.update(node.inputs)
     program.nodes = kept[::-1]
-    program.value_shapes = {k: v for k, v in program.value_shapes.items() if k in live}
-    program.value_kinds = {k: v for k, v in program.value_kinds.items() if k in live}
+    program.values = {k: v for k, v in program.values.items() if k in live}

@@ -1,0 +1,706 @@
+"""Lower a converted (student) ``GraphModule`` to the runtime's op graph (``docs/IR.md``).
+
+Every FX node is looked up in the spellings table (``passes.spellings``) and handled by the
+:class:`Lowerer` method its rule names, which emits zero or more registry ops
+(``runtime.registry.make_node``):
+
+* ``BinaryConv2d`` / ``BinaryLinear`` -> ``quantize`` (or ``dyquantize`` for DySign) of the
+  input, ``bconv2d`` / ``bdense`` on the bits (integer dot products, zero padding), then an
+  ``affine`` carrying the weight scale alpha_o and the layer bias: ``y = alpha_o * acc + b``.
+  The exported network always uses the hard sign (``x >= threshold``) and sign(W), whatever
+  the training schedule left the binarizers at.
+* BatchNorm -> ``affine`` with ``scale = gamma / sqrt(var + eps)``, ``bias = beta - mean*scale``.
+* float conv / linear, PReLU / RPReLU / DyPReLU, the ReLU family, pools, adds, concats,
+  flatten, nearest upsampling -> their op; Identity and Dropout vanish.
+
+Anything else raises :class:`binarize.errors.ConversionError` naming the node, the user's
+module and source line, and what to do. ``passes.export.fold`` then merges affines and folds
+them into the binarizer thresholds.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from binarize.errors import ConversionError
+from binarize.nn import (
+    ApproxSign,
+    BinaryConv2d,
+    DyPReLU,
+    DySign,
+    ProgressiveSign,
+    RPReLU,
+    RSign,
+    SignSTE,
+)
+from passes import spellings
+from runtime.errors import InvalidModelError
+from runtime.ops.hyper import ACTIVATIONS as _DYNAMIC_ACTIVATIONS
+from runtime.registry import make_node
+from runtime.schema import Graph, Node, TensorSpec, ValueInfo
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _pair(v: int | float | Sequence[int | float]) -> list[int]:
+    """[h, w] of an int, an integral float (``nn.Upsample`` stores 2.0) or a pair of them."""
+    values = list(v) if isinstance(v, tuple | list) else [v, v]
+    if len(values) != 2 or any(float(x) != int(x) for x in values):
+        raise ValueError(f"{v!r} is not an integer or a pair of integers")
+    return [int(x) for x in values]
+
+
+def pack_sign_bits(values: np.ndarray) -> np.ndarray:
+    """Pack the signs of ``values`` along the last axis into uint64 words.
+
+    Bit ``j`` of word ``w`` is 1 where ``values[..., 64*w + j] >= 0`` (sign(0) = +1); the bits
+    past the last channel are 0, so they XOR to 0 against packed activations.
+    """
+    channels = values.shape[-1]
+    words = -(-channels // 64)
+    bits = np.zeros((*values.shape[:-1], words * 64), dtype=np.uint8)
+    bits[..., :channels] = values >= 0
+    packed = np.packbits(bits, axis=-1, bitorder="little")  # 8 bytes per word, little-endian
+    return np.ascontiguousarray(packed).view("<u8").astype(np.uint64)
+
+
+class Lowerer:
+    """Walks the FX graph once, emitting registry nodes and tracking every value's info.
+
+    Each handler ``lower_<rule.handler>(node, target)`` reads one FX node (``target`` is the
+    module of a ``call_module`` node, else the called function or method name).
+    """
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.nodes: list[Node] = []
+        self.values: dict[str, ValueInfo] = {}
+        self.env: dict[fx.Node, Any] = {}  # fx node -> value name, or a python value (sizes)
+
+    # ---------------------------------------------------------------- helpers
+    def fail(self, node: fx.Node, why: str, fix: str) -> ConversionError:
+        return ConversionError(f"cannot pack {describe_node(self.gm, node)}: {why}. {fix}")
+
+    def shape_of(self, node: fx.Node) -> tuple[int, ...]:
+        """The node's output shape without the batch dimension (from shape propagation)."""
+        meta = node.meta.get("tensor_meta")
+        if meta is None or not hasattr(meta, "shape"):
+            raise self.fail(node, "it does not produce a single tensor", "Return tensors only.")
+        return tuple(int(s) for s in meta.shape[1:])
+
+    def value(self, node: fx.Node, arg: Any, kind: str = "float") -> str:
+        if not isinstance(arg, fx.Node) or arg not in self.env:
+            raise self.fail(
+                node, f"its input {arg!r} is not a tensor of the graph", "Pass tensors only."
+            )
+        name = self.env[arg]
+        if not isinstance(name, str):
+            raise self.fail(node, f"its input {arg.name} is not a tensor", "Pass tensors only.")
+        if self.values[name].kind != kind:
+            raise self.fail(
+                node,
+                f"it reads {self.values[name].kind} values where the runtime needs {kind}",
+                "Binarizers may only feed binary layers (BinaryConv2d / BinaryLinear).",
+            )
+        return name
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self.values[name].shape
+
+    def emit(
+        self,
+        op: str,
+        name: str,
+        inputs: list[str],
+        shape: Sequence[int],
+        *,
+        kind: str = "float",
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, np.ndarray] | None = None,
+    ) -> str:
+        self.nodes.append(make_node(op, name, inputs, attrs, params))
+        self.values[name] = ValueInfo(kind, tuple(int(s) for s in shape))
+        return name
+
+    def bind(self, node: fx.Node, emitted: str) -> None:
+        self.env[node] = emitted
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> tuple[list[TensorSpec], list[TensorSpec]]:
+        inputs: list[TensorSpec] = []
+        outputs: list[TensorSpec] = []
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                shape = self.shape_of(node)
+                self.values[node.name] = ValueInfo("float", shape)
+                self.env[node] = node.name
+                inputs.append(TensorSpec(node.name, (None, *shape)))
+            elif node.op == "output":
+                for arg in _flatten_outputs(node.args[0]):
+                    name = self.value(node, arg)
+                    outputs.append(TensorSpec(name, (None, *self.shape(name))))
+            elif node.op == "get_attr":
+                raise self.fail(
+                    node,
+                    "the graph reads a raw tensor attribute",
+                    "Wrap constant tensors in a module the packer knows (e.g. a BatchNorm or "
+                    "affine) or remove them.",
+                )
+            else:
+                self.lower_call(node)
+        return inputs, outputs
+
+    def lower_call(self, node: fx.Node) -> None:
+        """Dispatch a call node through the spellings table."""
+        if node.op == "call_module":
+            target: Any = self.modules[str(node.target)]
+            rule = spellings.module_rule(target)
+            what = f"module type {type(target).__name__}"
+        elif node.op == "call_function":
+            target = node.target
+            rule = spellings.function_rule(target)
+            if rule is None and target is operator.getitem:
+                return self.lower_getitem(node)
+            if rule is None and target is getattr:
+                return self.lower_getattr(node)
+            what = f"function {getattr(target, '__name__', target)}"
+        else:
+            target = str(node.target)
+            rule = spellings.method_rule(target)
+            what = f"tensor method .{target}()"
+        if rule is None:
+            raise self.fail(
+                node,
+                f"{what} has no runtime op",
+                "The supported layers and spellings are listed in the README (from "
+                "passes/spellings.py): rewrite it with one of them, or keep it out of the "
+                "exported graph.",
+            )
+        getattr(self, f"lower_{rule.handler}")(node, target)
+
+    # ---------------------------------------------------------------- binary layers
+    def lower_binary_layer(self, node: fx.Node, mod: nn.Module) -> None:
+        x = self.value(node, node.args[0])
+        in_shape = self.shape(x)
+        out_shape = self.shape_of(node)
+        bits = self.lower_binarizer(node, mod.input_binarizer, x, f"{node.name}.bits")
+        weight = _np(mod.weight)
+        if isinstance(mod, BinaryConv2d):
+            reason = spellings.binary_conv_unsupported(mod)
+            if reason is not None:
+                raise self.fail(
+                    node,
+                    f"binary conv with {reason}",
+                    "Keep this layer float (keep_float=[...] in convert).",
+                )
+            attrs = {**_conv_geometry(mod), "pad_value": 0}
+            packed = pack_sign_bits(weight.transpose(0, 2, 3, 1))  # [O, kh, kw, C] -> words
+            acc = self.emit(
+                "bconv2d",
+                f"{node.name}.acc",
+                [bits],
+                out_shape,
+                attrs=attrs,
+                params={"weight": packed},
+            )
+        else:
+            if len(in_shape) != 1:
+                raise self.fail(
+                    node,
+                    f"binary linear on a rank-{len(in_shape) + 1} input",
+                    "Flatten to [N, F] first, or keep this layer float.",
+                )
+            attrs = {"in_features": mod.in_features, "out_features": mod.out_features}
+            acc = self.emit(
+                "bdense",
+                f"{node.name}.acc",
+                [bits],
+                out_shape,
+                attrs=attrs,
+                params={"weight": pack_sign_bits(weight)},
+            )
+        scale = _np(mod.weight_scale_values().reshape(-1))
+        bias = _np(mod.bias) if mod.bias is not None else np.zeros_like(scale)
+        self.bind(
+            node,
+            self.emit(
+                "affine",
+                node.name,
+                [acc],
+                out_shape,
+                attrs={"channels": int(scale.shape[0])},
+                params={"scale": scale, "bias": bias},
+            ),
+        )
+
+    def lower_binarizer(self, node: fx.Node, binarizer: nn.Module, x: str, name: str) -> str:
+        shape = self.shape(x)
+        channels = int(shape[0])
+        if isinstance(binarizer, DySign):
+            activation = str(binarizer.activation)
+            if activation not in _DYNAMIC_ACTIVATIONS:
+                raise self.fail(
+                    node, f"DySign activation {activation!r}", f"Use one of {_DYNAMIC_ACTIVATIONS}."
+                )
+            attrs = {
+                "channels": channels,
+                "hidden": binarizer.fc1.out_features,
+                "activation": activation,
+            }
+            return self.emit(
+                "dyquantize",
+                name,
+                [x],
+                shape,
+                kind="bits",
+                attrs=attrs,
+                params=_hyper_head(binarizer),
+            )
+        if isinstance(binarizer, RSign):
+            threshold = np.broadcast_to(_np(binarizer.alpha.reshape(-1)), (channels,))
+        elif isinstance(binarizer, SignSTE | ApproxSign | ProgressiveSign):
+            threshold = np.zeros(channels)
+        else:
+            raise self.fail(
+                node,
+                f"its input binarizer is {type(binarizer).__name__}",
+                "A binary layer needs a sign binarizer (SignSTE, ApproxSign, ProgressiveSign, "
+                "RSign or DySign) on its input.",
+            )
+        return self.emit(
+            "quantize",
+            name,
+            [x],
+            shape,
+            kind="bits",
+            attrs={"channels": channels},
+            params={"threshold": threshold, "sign": np.ones(channels, dtype=np.int8)},
+        )
+
+    # ---------------------------------------------------------------- float layers
+    def lower_float_conv(self, node: fx.Node, mod: nn.Conv2d) -> None:
+        x = self.value(node, node.args[0])
+        if mod.padding_mode != "zeros" or not isinstance(mod.padding, tuple | list):
+            raise self.fail(
+                node,
+                f"padding={mod.padding!r}, padding_mode={mod.padding_mode!r}",
+                "The runtime pads with zeros by integer amounts.",
+            )
+        params = {"weight": _f32(_np(mod.weight))}
+        if mod.bias is not None:
+            params["bias"] = _f32(_np(mod.bias))
+        attrs = {**_conv_geometry(mod), "dilation": _pair(mod.dilation), "groups": mod.groups}
+        self.bind(
+            node,
+            self.emit("conv2d", node.name, [x], self.shape_of(node), attrs=attrs, params=params),
+        )
+
+    def lower_float_linear(self, node: fx.Node, mod: nn.Linear) -> None:
+        x = self.value(node, node.args[0])
+        if len(self.shape(x)) != 1:
+            raise self.fail(node, "linear on a tensor that is not [N, F]", "Flatten first.")
+        params = {"weight": _f32(_np(mod.weight))}
+        if mod.bias is not None:
+            params["bias"] = _f32(_np(mod.bias))
+        attrs = {"in_features": mod.in_features, "out_features": mod.out_features}
+        self.bind(
+            node,
+            self.emit("dense", node.name, [x], self.shape_of(node), attrs=attrs, params=params),
+        )
+
+    def lower_batchnorm(self, node: fx.Node, mod: nn.modules.batchnorm._BatchNorm) -> None:
+        x = self.value(node, node.args[0])
+        if mod.running_mean is None or mod.running_var is None:
+            raise self.fail(
+                node, "BatchNorm without running statistics", "Use track_running_stats=True."
+            )
+        scale = 1.0 / np.sqrt(_np(mod.running_var) + mod.eps)
+        if mod.weight is not None:
+            scale = scale * _np(mod.weight)
+        bias = -_np(mod.running_mean) * scale
+        if mod.bias is not None:
+            bias = bias + _np(mod.bias)
+        self.bind(
+            node,
+            self.emit(
+                "affine",
+                node.name,
+                [x],
+                self.shape_of(node),
+                attrs={"channels": int(scale.shape[0])},
+                params={"scale": scale, "bias": bias},
+            ),
+        )
+
+    def lower_activation(self, node: fx.Node, mod: nn.Module) -> None:
+        x = self.value(node, node.args[0])
+        shape = self.shape_of(node)
+        attrs: dict[str, Any] = {}
+        params: dict[str, np.ndarray] = {}
+        if isinstance(mod, nn.ReLU):
+            op = "relu"
+        elif isinstance(mod, nn.ReLU6):
+            op, attrs = "clamp", {"min": 0.0, "max": 6.0}
+        elif isinstance(mod, nn.Hardtanh):
+            op, attrs = "clamp", {"min": float(mod.min_val), "max": float(mod.max_val)}
+        elif isinstance(mod, nn.LeakyReLU):
+            op, attrs = "leaky_relu", {"negative_slope": float(mod.negative_slope)}
+        elif isinstance(mod, nn.PReLU):
+            op, params = "prelu", {"weight": _f32(_np(mod.weight))}
+        elif isinstance(mod, RPReLU):
+            op = "rprelu"
+            params = {r: _f32(_np(getattr(mod, r))) for r in ("gamma", "zeta", "beta")}
+        else:
+            assert isinstance(mod, DyPReLU)
+            op = "dyprelu"
+            params = {**_hyper_head(mod), "beta": _f32(_np(mod.beta))}
+            attrs = {"hidden": mod.fc1.out_features, "activation": str(mod.activation)}
+        if op in ("prelu", "rprelu", "dyprelu"):
+            attrs["channels"] = int(shape[0])
+        self.bind(node, self.emit(op, node.name, [x], shape, attrs=attrs, params=params))
+
+    def lower_passthrough(self, node: fx.Node, target: Any) -> None:
+        self.bind(node, self.value(node, node.args[0]))
+
+    # ---------------------------------------------------------------- pooling
+    def _pool(self, node: fx.Node, op: str, attrs: dict[str, Any]) -> None:
+        x = self.value(node, node.args[0])
+        self.bind(node, self.emit(op, node.name, [x], self.shape_of(node), attrs=attrs))
+
+    def _maxpool(self, node: fx.Node, a: dict[str, Any]) -> None:
+        if _pair(a["dilation"]) != [1, 1] or a["return_indices"]:
+            raise self.fail(
+                node, "max pooling with dilation or indices", "Use dilation 1, no indices."
+            )
+        self._pool(node, "maxpool2d", _pool_attrs(a))
+
+    def _avgpool(self, node: fx.Node, a: dict[str, Any]) -> None:
+        if a["divisor_override"] is not None:
+            raise self.fail(node, "avg pooling with divisor_override", "Leave it None.")
+        attrs = _pool_attrs(a)
+        attrs["count_include_pad"] = bool(a["count_include_pad"])
+        self._pool(node, "avgpool2d", attrs)
+
+    def lower_maxpool_module(self, node: fx.Node, mod: nn.MaxPool2d) -> None:
+        self._maxpool(node, {k: getattr(mod, k) for k in _MAXPOOL_ARGS} | _KERNEL_ALIAS(mod))
+
+    def lower_maxpool_function(self, node: fx.Node, target: Any) -> None:
+        self._maxpool(node, self.arguments(node, _MAXPOOL_SIGNATURE))
+
+    def lower_avgpool_module(self, node: fx.Node, mod: nn.AvgPool2d) -> None:
+        self._avgpool(node, {k: getattr(mod, k) for k in _AVGPOOL_ARGS} | _KERNEL_ALIAS(mod))
+
+    def lower_avgpool_function(self, node: fx.Node, target: Any) -> None:
+        self._avgpool(node, self.arguments(node, _AVGPOOL_SIGNATURE))
+
+    def _global_pool(self, node: fx.Node, size: Any) -> None:
+        if _as_list(size) not in ([1], [1, 1]):
+            raise self.fail(
+                node,
+                f"adaptive pooling to {size}",
+                "Only output size 1 (global average pooling) is supported.",
+            )
+        self._pool(node, "global_avgpool", {})
+
+    def lower_adaptive_avgpool_module(self, node: fx.Node, mod: nn.AdaptiveAvgPool2d) -> None:
+        self._global_pool(node, mod.output_size)
+
+    def lower_adaptive_avgpool_function(self, node: fx.Node, target: Any) -> None:
+        self._global_pool(node, self.arguments(node, (("output_size", _REQUIRED),))["output_size"])
+
+    def lower_mean(self, node: fx.Node, target: Any) -> None:
+        a = self.arguments(node, (("dim", None), ("keepdim", False), ("dtype", None)))
+        x = self.value(node, node.args[0])
+        dims = sorted(d % 4 for d in _as_list(a["dim"]) or []) if len(self.shape(x)) == 3 else []
+        if dims != [2, 3] or a["dtype"] is not None:
+            raise self.fail(
+                node, f"mean over dims {a['dim']!r}", "Average over the spatial dims (2, 3)."
+            )
+        shape = self.shape(x)
+        pooled = self.emit("global_avgpool", f"{node.name}.pool", [x], (shape[0], 1, 1))
+        if a["keepdim"]:
+            self.bind(node, pooled)
+        else:
+            self.bind(node, self.emit("flatten", node.name, [pooled], self.shape_of(node)))
+
+    # ---------------------------------------------------------------- structure
+    def lower_add(self, node: fx.Node, target: Any) -> None:
+        args = list(node.args)
+        if (
+            node.kwargs
+            or len(args) != 2
+            or not all(isinstance(a, fx.Node) and isinstance(self.env.get(a), str) for a in args)
+        ):
+            raise self.fail(
+                node, "addition of a constant or with alpha", "Only tensor + tensor is packed."
+            )
+        a, b = (self.value(node, arg) for arg in args)
+        if self.shape(a) != self.shape(b):
+            raise self.fail(
+                node,
+                f"add with broadcasting ({list(self.shape(a))} + {list(self.shape(b))})",
+                "Shapes must match.",
+            )
+        self.bind(node, self.emit("add", node.name, [a, b], self.shape_of(node)))
+
+    def lower_concat(self, node: fx.Node, target: Any) -> None:
+        a = self.arguments(node, (("dim", 0),), first="tensors")
+        names = [self.value(node, t) for t in a["tensors"]]
+        rank = len(self.shape(names[0])) + 1
+        if a["dim"] % rank != 1:
+            raise self.fail(node, f"concat on dim {a['dim']}", "Concatenate along channels (1).")
+        self.bind(
+            node, self.emit("concat", node.name, names, self.shape_of(node), attrs={"axis": 1})
+        )
+
+    def _flatten(self, node: fx.Node, start: int, end: int) -> None:
+        x = self.value(node, node.args[0])
+        rank = len(self.shape(x)) + 1
+        if start % rank != 1 or end % rank != rank - 1:
+            raise self.fail(node, f"flatten({start}, {end})", "Flatten from dim 1 to the end.")
+        if rank == 2:
+            self.bind(node, x)
+            return
+        self.bind(node, self.emit("flatten", node.name, [x], self.shape_of(node)))
+
+    def lower_flatten_module(self, node: fx.Node, mod: nn.Flatten) -> None:
+        self._flatten(node, mod.start_dim, mod.end_dim)
+
+    def lower_flatten_function(self, node: fx.Node, target: Any) -> None:
+        a = self.arguments(node, (("start_dim", 0), ("end_dim", -1)))
+        self._flatten(node, a["start_dim"], a["end_dim"])
+
+    def lower_reshape_method(self, node: fx.Node, method: str) -> None:
+        x = self.value(node, node.args[0])
+        out_shape = self.shape_of(node)
+        if method == "flatten":
+            a = self.arguments(node, (("start_dim", 0), ("end_dim", -1)))
+            self._flatten(node, a["start_dim"], a["end_dim"])
+            return
+        if len(out_shape) != 1 or out_shape[0] != math.prod(self.shape(x)):
+            raise self.fail(
+                node,
+                f"{method} to [N, {', '.join(map(str, out_shape))}]",
+                "Only flattening [N, ...] to [N, F] is packed.",
+            )
+        self._flatten(node, 1, -1)
+
+    def _upsample(self, node: fx.Node, mode: str, scale: Any, size: Any) -> None:
+        x = self.value(node, node.args[0])
+        in_shape, out_shape = self.shape(x), self.shape_of(node)
+        factors = None
+        if scale is not None:
+            try:
+                factors = _pair(scale)
+            except (TypeError, ValueError):
+                factors = None
+        elif size is not None:  # an explicit size that is an integer multiple works too
+            sizes = _as_list(size) or []
+            if len(sizes) == 1:
+                sizes = sizes * 2
+            if all(s % i == 0 for s, i in zip(sizes, in_shape[1:])):
+                factors = [s // i for s, i in zip(sizes, in_shape[1:])]
+        if (
+            mode != "nearest"
+            or factors is None
+            or (out_shape[1], out_shape[2]) != (in_shape[1] * factors[0], in_shape[2] * factors[1])
+        ):
+            raise self.fail(
+                node,
+                f"upsampling mode={mode!r} scale_factor={scale!r} size={size!r}",
+                "The runtime upsamples by integer factors, mode='nearest'.",
+            )
+        self.bind(
+            node,
+            self.emit("upsample_nearest", node.name, [x], out_shape, attrs={"scale": factors}),
+        )
+
+    def lower_upsample_module(self, node: fx.Node, mod: nn.Upsample) -> None:
+        self._upsample(node, mod.mode, mod.scale_factor, mod.size)
+
+    def lower_interpolate(self, node: fx.Node, target: Any) -> None:
+        a = self.arguments(node, _INTERPOLATE_SIGNATURE)
+        if a["align_corners"] or a["antialias"]:
+            raise self.fail(node, "interpolate with align_corners/antialias", "Leave them off.")
+        self._upsample(node, a["mode"], a["scale_factor"], a["size"])
+
+    # ---------------------------------------------------------------- python plumbing
+    def lower_size(self, node: fx.Node, method: str) -> None:
+        shape = [int(s) for s in node.args[0].meta["tensor_meta"].shape]
+        self.env[node] = shape[node.args[1]] if len(node.args) > 1 else shape
+
+    def lower_getitem(self, node: fx.Node) -> None:
+        source = self.env.get(node.args[0])
+        if isinstance(source, str) or source is None:
+            raise self.fail(
+                node, "indexing or slicing a tensor", "The runtime takes whole tensors only."
+            )
+        self.env[node] = source[node.args[1]]
+
+    def lower_getattr(self, node: fx.Node) -> None:
+        if node.args[1] != "shape":
+            raise self.fail(node, f"reading tensor attribute {node.args[1]!r}", "")
+        self.env[node] = [int(s) for s in node.args[0].meta["tensor_meta"].shape]
+
+    def arguments(
+        self, node: fx.Node, signature: Sequence[tuple[str, Any]], first: str = "input"
+    ) -> dict[str, Any]:
+        """The call's arguments after ``first`` by name (positional or keyword), defaults
+        filled in; a graph value where a constant is expected is an error."""
+        values = dict(signature)
+        names = [name for name, _ in signature]
+        for name, value in zip(names, node.args[1:]):
+            values[name] = value
+        for name, value in node.kwargs.items():
+            if name == first:
+                continue
+            if name not in values:
+                raise self.fail(node, f"argument {name}={value!r}", "Leave it at its default.")
+            values[name] = value
+        if first == "tensors":
+            values[first] = node.args[0] if node.args else node.kwargs[first]
+        missing = [k for k, v in values.items() if v is _REQUIRED]
+        constant = [k for k, v in values.items() if isinstance(v, fx.Node) and k != first]
+        if missing or constant:
+            raise self.fail(
+                node, f"arguments {missing or constant} are missing or computed", "Pass constants."
+            )
+        return values
+
+
+_REQUIRED = object()
+_MAXPOOL_SIGNATURE = (
+    ("kernel_size", _REQUIRED),
+    ("stride", None),
+    ("padding", 0),
+    ("dilation", 1),
+    ("ceil_mode", False),
+    ("return_indices", False),
+)
+_AVGPOOL_SIGNATURE = (
+    ("kernel_size", _REQUIRED),
+    ("stride", None),
+    ("padding", 0),
+    ("ceil_mode", False),
+    ("count_include_pad", True),
+    ("divisor_override", None),
+)
+_MAXPOOL_ARGS = ("stride", "padding", "dilation", "ceil_mode", "return_indices")
+_AVGPOOL_ARGS = ("stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
+_INTERPOLATE_SIGNATURE = (
+    ("size", None),
+    ("scale_factor", None),
+    ("mode", "nearest"),
+    ("align_corners", None),
+    ("recompute_scale_factor", None),
+    ("antialias", False),
+)
+
+
+def _KERNEL_ALIAS(mod: nn.Module) -> dict[str, Any]:
+    return {"kernel_size": mod.kernel_size}
+
+
+def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
+    """``node 'x' (call_function max_pool2d) in module 'layer1.0' at model.py:42: <line>``:
+    the node, the user's module that made it and the source line, as far as FX recorded."""
+    target = getattr(node.target, "__name__", node.target)
+    text = f"node '{node.name}' ({node.op} {target})"
+    stack = node.meta.get("nn_module_stack")
+    if stack:
+        path = list(stack.values())[-1]
+        path = path[0] if isinstance(path, tuple) else path
+        if path:
+            text += f" in module '{path}'"
+    elif node.op == "call_module":
+        text += f" (module '{node.target}')"
+    trace = node.meta.get("stack_trace") or node.stack_trace
+    if trace:
+        lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
+        where = next((line for line in reversed(lines) if line.startswith("File ")), None)
+        if where is not None:
+            position = lines.index(where)
+            source = lines[position + 1] if position + 1 < len(lines) else ""
+            text += f" at {where[5:]}" + (f": {source}" if source else "")
+    return text
+
+
+def _conv_geometry(conv: nn.Conv2d) -> dict[str, Any]:
+    return {
+        "in_channels": conv.in_channels,
+        "out_channels": conv.out_channels,
+        "kernel": _pair(conv.kernel_size),
+        "stride": _pair(conv.stride),
+        "padding": _pair(conv.padding),
+    }
+
+
+def _hyper_head(mod: nn.Module) -> dict[str, np.ndarray]:
+    """The fc1/fc2 weights of a DySign / DyPReLU per-sample head."""
+    return {
+        f"{fc}_{role}": _f32(_np(getattr(getattr(mod, fc), role)))
+        for fc in ("fc1", "fc2")
+        for role in ("weight", "bias")
+    }
+
+
+def _as_list(v: Any) -> list[Any] | None:
+    if v is None:
+        return None
+    return list(v) if isinstance(v, tuple | list) else [v]
+
+
+def _pool_attrs(a: dict[str, Any]) -> dict[str, Any]:
+    kernel = a["kernel_size"]
+    stride = a["stride"]
+    return {
+        "kernel": _pair(kernel),
+        "stride": _pair(stride if stride not in (None, [], ()) else kernel),
+        "padding": _pair(a["padding"]),
+        "ceil_mode": bool(a["ceil_mode"]),
+    }
+
+
+def _flatten_outputs(out: Any) -> list[Any]:
+    if isinstance(out, tuple | list):
+        return [leaf for item in out for leaf in _flatten_outputs(item)]
+    if isinstance(out, dict):
+        return [leaf for item in out.values() for leaf in _flatten_outputs(item)]
+    return [out]
+
+
+def lower(gm: fx.GraphModule, example_inputs: Sequence[torch.Tensor]) -> Graph:
+    """Lower ``gm`` (eval mode, hard binarizers) to a runtime :class:`~runtime.schema.Graph`.
+
+    Shapes come from running ``gm`` once on ``example_inputs`` (``ShapeProp``); the batch
+    dimension of every value is left open.
+    """
+    was_training = gm.training
+    gm.eval()
+    try:
+        with torch.no_grad():
+            ShapeProp(gm).propagate(*example_inputs)
+        lowerer = Lowerer(gm)
+        try:
+            inputs, outputs = lowerer.run()
+        except InvalidModelError as error:  # a node the registry's builder refused
+            raise ConversionError(f"cannot pack: {error}") from error
+    finally:
+        gm.train(was_training)
+    return Graph(inputs, outputs, lowerer.nodes, lowerer.values)
