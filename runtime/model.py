@@ -28,7 +28,7 @@ is folded), so the result is the same, and the intermediates stay cache- and mem
 (a 10,000-image batch of a 28x28 net would otherwise hold 500 MB per activation)."""
 
 Inputs = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
-Outputs = np.ndarray | tuple[np.ndarray, ...]
+Outputs = np.ndarray | tuple[np.ndarray, ...] | dict[str, np.ndarray]
 
 
 def load(source: Source, threads: int | None = None) -> Model:
@@ -99,7 +99,8 @@ class Model:
         array) of shape [N, C, H, W] (or [N, F]) matching the input spec, with finite values
         (checked in blocks, without a batch-sized temporary); anything else
         raises ``InputError`` (nothing is silently converted). Returns float32 arrays, rank-4
-        ones in NCHW: one array for a single-output model, else a tuple in ``outputs`` order.
+        ones in NCHW: one array for a single-output model, else a tuple in ``outputs`` order;
+        a dict by output key when the packed model returned a dict (``TensorSpec.key``).
         """
         arrays = self._check_inputs(x)
         batch = arrays[0].shape[0]
@@ -110,6 +111,9 @@ class Model:
         results = tuple(
             parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)
         )
+        keys = [spec.key for spec in self._graph.outputs]
+        if keys[0] is not None:  # the file keys all of its outputs or none (runtime/validate.py)
+            return dict(zip(keys, results))
         return results[0] if len(results) == 1 else results
 
     def profile(

@@ -49,14 +49,24 @@ class ValueInfo:
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A graph input or output as the user sees it: NCHW (or [N, F]) with ``None`` batch."""
+    """A graph input or output as the user sees it: NCHW (or [N, F]) with ``None`` batch.
+    ``key``: for the outputs of a model that returns a dict, the dict key of this output
+    (``Model.predict`` then returns a dict); None otherwise."""
 
     name: str
     shape: tuple[int | None, ...]
     dtype: str = "float32"
+    key: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+    def output_json(self) -> dict[str, Any]:
+        """The entry of the file's ``outputs`` list: name, shape and the key if any."""
+        entry: dict[str, Any] = {"name": self.name, "shape": list(self.shape)}
+        if self.key is not None:
+            entry["key"] = self.key
+        return entry
 
 
 @dataclass(frozen=True)
@@ -138,7 +148,7 @@ class Graph:
             "format": FORMAT,
             "version": VERSION,
             "inputs": [spec.to_json() for spec in self.inputs],
-            "outputs": [{"name": s.name, "shape": list(s.shape)} for s in self.outputs],
+            "outputs": [spec.output_json() for spec in self.outputs],
             "nodes": nodes,
         }
         return graph, tensors

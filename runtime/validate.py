@@ -76,14 +76,15 @@ def _spec_shape(value: Any, where: str) -> tuple[int | None, ...]:
 
 def _parse_spec(value: Any, where: str, shape_required: bool) -> TensorSpec:
     keys = ("name", "shape") if shape_required else ("name",)
-    optional = ("dtype",) if shape_required else ("shape", "dtype")
+    optional = ("dtype",) if shape_required else ("shape", "dtype", "key")
     obj = _object(value, where, keys, optional)
     name = _name(obj["name"], f"{where}.name")
     dtype = obj.get("dtype", "float32")
     if dtype != "float32":
         raise _fail(f"{where}.dtype must be 'float32', got {dtype!r}")
     shape = _spec_shape(obj["shape"], f"{where}.shape") if "shape" in obj else ()
-    return TensorSpec(name, shape, dtype)
+    key = _name(obj["key"], f"{where}.key") if "key" in obj else None
+    return TensorSpec(name, shape, dtype, key)
 
 
 def check_graph(graph: Any, tensors: Mapping[str, tuple[str, tuple[int, ...]]]) -> Graph:
@@ -150,9 +151,15 @@ def check_graph(graph: Any, tensors: Mapping[str, tuple[str, tuple[int, ...]]]) 
                 f"outputs[{i}] {spec.name!r} declares shape {list(spec.shape)} but the graph "
                 f"computes {list(shape)}"
             )
-        checked_outputs.append(TensorSpec(spec.name, shape))
+        checked_outputs.append(TensorSpec(spec.name, shape, key=spec.key))
     if len({s.name for s in outputs}) != len(outputs):
         raise _fail("an output name is listed twice in 'outputs'")
+    keys = [s.key for s in outputs if s.key is not None]
+    if keys and (len(keys) != len(outputs) or len(set(keys)) != len(keys)):
+        raise _fail(
+            f"output keys {[s.key for s in outputs]} must be given for every output or for none, "
+            "each key once (predict returns a dict by key)"
+        )
     return Graph(inputs, checked_outputs, nodes, values)
 
 
