@@ -21,6 +21,19 @@ CASES = {
     "hourglass": ({"num_joints": 4, "width": 16, "depth": 2}, (2, 3, 32, 32), (2, 8, 8, 8)),
     "small_cnn": ({}, (2, 1, 28, 28), (2, 10)),
     "mlp": ({"in_features": 3 * 8 * 8, "hidden": (32,)}, (4, 3, 8, 8), (4, 10)),
+    "mobilenet_v3_small": ({"num_classes": 5, "width_mult": 0.25}, (2, 3, 32, 32), (2, 5)),
+    "efficientnet_b0": (
+        {"num_classes": 5, "width_mult": 0.25, "depth_mult": 0.25},
+        (2, 3, 32, 32),
+        (2, 5),
+    ),
+    "shufflenet_v2": (
+        {"num_classes": 5, "in_channels": 1, "width_mult": 0.25, "repeats": (2, 1, 1)},
+        (2, 1, 32, 32),
+        (2, 5),
+    ),
+    "squeezenet": ({"num_classes": 5, "width_mult": 0.25}, (2, 3, 32, 32), (2, 5)),
+    "convnext": ({"num_classes": 5, "width": 8, "depths": (1, 2, 1, 1)}, (2, 3, 32, 32), (2, 5)),
 }
 
 
@@ -39,6 +52,22 @@ def _count(model: nn.Module) -> int:
     [("resnet18", 11_689_512), ("resnet34", 21_797_672), ("resnet50", 25_557_032)],
 )
 def test_resnet_parameter_counts_equal_torchvision(name, count):
+    assert _count(models.get(name)) == count
+
+
+@pytest.mark.parametrize(
+    ("name", "count"),
+    [
+        ("mobilenet_v3_small", 2_542_856),
+        ("efficientnet_b0", 5_288_548),
+        ("shufflenet_v2", 2_278_604),
+        ("squeezenet", 1_235_496),
+        ("convnext", 28_589_128),
+    ],
+)
+def test_modern_nets_at_width_one_have_torchvisions_parameter_counts(name, count):
+    # torchvision's mobilenet_v3_small, efficientnet_b0, shufflenet_v2_x1_0, squeezenet1_1 and
+    # convnext_tiny at 1000 classes
     assert _count(models.get(name)) == count
 
 
@@ -138,8 +167,42 @@ def test_mlp_children_have_stable_names():
         (lambda: models.mobilenet_v1(width_mult=0), "width_mult"),
         (lambda: models.hourglass(depth=0), "depth"),
         (lambda: models.hourglass(num_stacks=0), "num_stacks"),
+        (lambda: models.mobilenet_v3_small(width_mult=-1), "width_mult"),
+        (lambda: models.efficientnet_b0(depth_mult=0), "depth_mult"),
+        (lambda: models.shufflenet_v2(repeats=(1, 0, 1)), "repeats"),
+        (lambda: models.squeezenet(width_mult=0), "width_mult"),
+        (lambda: models.convnext(depths=(1, 1, 1)), "depths"),
     ],
 )
 def test_invalid_sizes_are_rejected(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+def test_channel_shuffle_interleaves_the_two_halves():
+    from binarize.models.shufflenet import channel_shuffle
+
+    x = torch.arange(6.0).view(1, 6, 1, 1)
+    assert channel_shuffle(x, 2).flatten().tolist() == [0, 3, 1, 4, 2, 5]
+
+
+def test_squeeze_excitation_blocks_gate_the_trunk_with_their_paper_gates():
+    v3 = models.mobilenet_v3_small(width_mult=0.25)
+    b0 = models.efficientnet_b0(width_mult=0.25, depth_mult=0.25)
+    v3_gates = {type(m.scale_activation) for m in v3.modules() if hasattr(m, "scale_activation")}
+    b0_se = [m for m in b0.modules() if hasattr(m, "scale_activation")]
+    assert v3_gates == {nn.Hardsigmoid}
+    assert {type(m.scale_activation) for m in b0_se} == {nn.Sigmoid}
+    assert {type(m.activation) for m in b0_se} == {nn.SiLU} and len(b0_se) == 7
+
+
+def test_convnext_blocks_run_their_linears_channels_last():
+    model = models.convnext(width=8, depths=(1, 1, 1, 1))
+    seen = []
+    model.stages[0][0].pwconv1.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    model(torch.randn(1, 3, 32, 32))
+    assert seen[0].shape == (1, 8, 8, 8) and model.stages[0][0].gamma.shape == (8,)
+    assert (
+        models.convnext(width=8, depths=(1, 1, 1, 1), layer_scale_init=None).stages[0][0].gamma
+        is None
+    )
