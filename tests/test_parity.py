@@ -27,6 +27,7 @@ import binarize
 import runtime
 from binarize import models, recipes
 from binarize.nn import Binarizer, BinaryConv2d, BinaryLinear, DyPReLU, RPReLU, RSign
+from binarize.pack import lower_for_runtime
 
 # (model name, constructor kwargs, input shape): small inputs keep the suite fast.
 MODELS = [
@@ -40,6 +41,8 @@ MODELS = [
     ("mlp", {}, (2, 1, 28, 28)),
 ]
 RECIPES = ["xnor", "bireal", "bulat", "reactnet", "dybnn"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize(model: nn.Module, seed: int = 0) -> None:
@@ -131,16 +134,91 @@ def test_every_binary_layer_integer_result_is_exact(recipe: str) -> None:
         np.testing.assert_array_equal(got, expected, err_msg=name)
 
 
+def calibrate_classifier(bnn: nn.Module, x: torch.Tensor) -> None:
+    """Standardize the float classifier's inputs over ``x``, as training would.
+
+    With random weights the classifier's bias and the features' mean (the same for every
+    input) dominate the logits, and the student answers nearly every input with one class. With
+    ``W' = W / std(f)`` and ``b' = -W' mean(f)`` over the features ``f`` of ``x``, every logit
+    has mean 0 across inputs and the input decides the top class.
+    """
+    head = [m for m in bnn.student.modules() if type(m) is nn.Linear][-1]
+    features: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda m, a: features.append(a[0]))
+    student_output(bnn, x)
+    hook.remove()
+    (f,) = features
+    with torch.no_grad():
+        head.weight /= f.std(0) + 1e-6
+        head.bias.copy_(-(head.weight @ f.mean(0)))
+
+
+def close_per_sample(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Which samples' outputs all agree to the end-to-end tolerance (module docstring)."""
+    scale = float(np.abs(ref).max()) + 1e-6
+    return np.isclose(got, ref, rtol=1e-4, atol=1e-4 * scale).reshape(len(ref), -1).all(axis=1)
+
+
 @pytest.mark.parametrize("recipe", ["reactnet", "dybnn"])
 def test_top1_agreement_on_1000_random_inputs(recipe: str) -> None:
     bnn, _ = convert_random("resnet_small", {"num_classes": 10, "width": 16}, (2, 1, 28, 28),
                             recipe)  # fmt: skip
-    x = torch.randn(1000, 1, 28, 28)
-    model = runtime.load(binarize.pack(bnn, (x[:2],)))
-    got = model.predict(x.numpy()).argmax(1)
-    expected = student_output(bnn, x).argmax(1)
-    agreement = float((got == expected).mean())
+    gen = torch.Generator().manual_seed(3)
+    calibrate_classifier(bnn, torch.randn(256, 1, 28, 28, generator=gen))
+    x = torch.randn(1000, 1, 28, 28, generator=gen)
+    ref = student_output(bnn, x)
+    expected = ref.argmax(1)
+    counts = np.bincount(expected, minlength=10)
+    # a runtime answering one class for every input (or copying one sample's per-sample
+    # DySign thresholds to all) must not pass: the student's answers are spread out
+    assert (counts > 0).sum() >= 8 and counts.max() <= 500, counts
+    got = runtime.load(binarize.pack(bnn, (x[:2],))).predict(x.numpy())
+    agreement = float((got.argmax(1) == expected).mean())
     assert agreement >= 0.995, agreement
+    # and the logits themselves, per sample: only a bit flipped at a near-tie may change them
+    close = close_per_sample(got, ref)
+    assert close.mean() >= 0.99, np.flatnonzero(~close)
+
+
+def test_dysign_thresholds_stay_per_sample_across_predict_chunks() -> None:
+    """predict runs batches in chunks of 64; DySign's thresholds are computed per sample, so
+    each sample of a 200-input batch (3 full chunks and 8) gets the output it gets alone and
+    the student's."""
+    bnn, _ = convert_random("small_cnn", {}, (2, 1, 28, 28), "dybnn")
+    x = torch.randn(200, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    model = runtime.load(binarize.pack(bnn, (x[:2],)))
+    got = model.predict(x.numpy())
+    ref = student_output(bnn, x)
+    close = close_per_sample(got, ref)
+    assert close.mean() >= 0.99, np.flatnonzero(~close)
+    for i in (0, 1, 63, 64, 65, 127, 128, 191, 192, 199):  # both sides of every chunk boundary
+        alone = model.predict(x[i : i + 1].numpy())
+        np.testing.assert_allclose(alone[0], got[i], rtol=1e-5, atol=1e-5, err_msg=str(i))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet_small"])
+def test_batchnorm_weight_zero_folds_to_constant_bits(name: str) -> None:
+    """A BatchNorm channel with weight 0 outputs its bias whatever the input; folded into the
+    next binarizer it becomes a +inf (bit always 0) or -inf (always 1) threshold. small_cnn's
+    stem BN feeds a binarizer from a float conv, resnet_small's block BNs from binary convs
+    (integer sums: the exact rational fold)."""
+    kwargs = {"num_classes": 10, "width": 16} if name == "resnet_small" else {}
+    bnn, x = convert_random(name, kwargs, (2, 1, 28, 28), "xnor")
+    with torch.no_grad():
+        for mod in bnn.student.modules():
+            if isinstance(mod, nn.BatchNorm2d):
+                mod.weight[::3] = 0.0
+                mod.bias[::3] = torch.where(torch.arange(len(mod.bias[::3])) % 2 == 0, 0.5, -0.5)
+    thresholds = np.concatenate([
+        node.params["threshold"] for node in lower_for_runtime(bnn, (x,)).nodes
+        if node.op == "quantize"
+    ])  # fmt: skip
+    assert np.isposinf(thresholds).any() and np.isneginf(thresholds).any()
+    x = torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(5))
+    got = runtime.load(binarize.pack(bnn, (x[:2],))).predict(x.numpy())
+    ref = student_output(bnn, x)
+    scale = float(np.abs(ref).max()) + 1e-6
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4 * scale)
 
 
 def test_every_recipe_is_covered() -> None:
