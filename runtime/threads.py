@@ -29,9 +29,10 @@ model, layer             batch 1, 1 thr   batch 32, 1 thr  batch 1, 2 thr   batc
 (Timed with ``NUMBA_THREADING_LAYER`` and the library path set by hand, before this module
 loaded TBB itself; the runtime now picks ``tbb`` by default, checked.) So TBB costs about
 5-10% at batch 1 (its per-loop dispatch is slower than OpenMP's) and is even at batch 32 on
-one thread; with 2 threads on a machine whose cores are busy it is far steadier (OpenMP's spinning workers fight the other processes; its medians reach 100-400 ms).
-The workqueue layer, also fork-safe, costs 2.3 ms at batch 1 (2.8x) and is not thread-safe
-(concurrent predicts from several Python threads abort the process), so it was not chosen.
+one thread; with 2 threads on a machine whose cores are busy it is far steadier (OpenMP's
+spinning workers fight the other processes; its medians reach 100-400 ms). The workqueue
+layer, also fork-safe, costs 2.3 ms at batch 1 (2.8x) and is not thread-safe (checked:
+concurrent predicts from several Python threads abort the process), so it was not chosen.
 
 Without TBB (a platform without the wheel, or a user who chose ``omp``) the runtime keeps
 numba's choice; a ``predict`` in a child forked from a process that had started GNU OpenMP
