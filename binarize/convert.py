@@ -24,6 +24,7 @@ from binarize.errors import ConversionError
 from binarize.recipes import Recipe
 from binarize.schedule import Schedule
 from passes.base import run_passes
+from passes.export import check_exportable
 from passes.shapes import input_tuple
 from passes.trace import LeafSpec, trace
 
@@ -79,6 +80,7 @@ def convert(
     teacher: bool = True,
     leaf_modules: Iterable[LeafSpec] = (),
     concrete_args: Mapping[str, Any] | None = None,
+    export_check: str = "raise",
     **overrides: Any,
 ) -> BinaryModel:
     """Turn a float model into a trainable binary network following ``recipe``.
@@ -93,6 +95,9 @@ def convert(
         leaf_modules: module types or qualified names to keep as opaque calls when tracing
             (for modules FX cannot trace; their layers stay float).
         concrete_args: fixed values for non-tensor forward arguments (``fx.Tracer.trace``).
+        export_check: ``"raise"`` (default): dry-run the export (``binarize.pack``'s lowering)
+            now and raise if the runtime could not run the converted network, before any
+            training; ``"warn"``: warn instead; ``"off"``: skip (a model you will not pack).
         overrides: recipe fields or flat keywords to change (``Recipe.replace``; the
             keywords are ``binarize.recipes.KEYWORDS``), e.g. ``shortcuts=False``,
             ``activation="prelu"``, ``activation_init=0.0``, ``keep_float=["layer4.1.conv2"]``,
@@ -104,7 +109,9 @@ def convert(
     Raises:
         ConversionError: ``model`` is not an ``nn.Module``; unknown recipe or option, or a
             value the option's class rejects; untraceable model (the message names the
-            module and the line), or a layer the recipe cannot binarize.
+            module and the line), a layer the recipe cannot binarize, or (with
+            ``export_check="raise"``) a node the runtime cannot run: the message names the
+            node, your module and source line, and what to write instead.
     """
     if not isinstance(model, nn.Module):
         raise ConversionError(
@@ -124,6 +131,7 @@ def convert(
     inputs = input_tuple(example_inputs)
     gm = trace(copy.deepcopy(model), leaf_modules=leaf_modules, concrete_args=concrete_args)
     student = run_passes(gm, chosen.build_passes(inputs))
+    check_exportable(student, inputs, export_check)
     return BinaryModel(
         student,
         frozen_copy(model) if teacher else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import Counter
 
 import numpy as np
@@ -11,6 +12,8 @@ from torch import nn
 
 import binarize
 import runtime
+from binarize import models
+from binarize.nn import Binarizer
 from binarize.pack import lower_for_runtime
 
 
@@ -81,29 +84,75 @@ def test_written_file_is_what_pack_returns(tmp_path) -> None:
 def test_soft_training_state_warns_and_names_the_parts() -> None:
     bnn = binarize.convert(Plain(), recipe="reactnet", example_inputs=(X,))
     binarize.nn.set_binarization(bnn, weights=False)
-    with pytest.warns(UserWarning, match="weights not binarized"):
+    with pytest.warns(UserWarning, match=r"c2 \(weights not binarized\), c3 \(weights not"):
         binarize.pack(bnn, (X,))
 
 
-class Sigmoidal(Plain):
+def test_disabled_binarizers_warn_and_are_named() -> None:
+    bnn = binarize.convert(Plain(), recipe="reactnet", example_inputs=(X,))
+    binarize.nn.set_binarization(bnn, activations=False)
+    with pytest.warns(UserWarning, match=r"c2\.input_binarizer \(binarizer disabled\)"):
+        binarize.pack(bnn, (X,))
+
+
+def test_progressive_lambda_below_its_maximum_warns() -> None:
+    bnn = binarize.convert(Plain(), recipe="bulat", example_inputs=(X,))  # lambda starts at 1
+    with pytest.warns(UserWarning, match=r"c3\.input_binarizer \(progressive lambda 1 < \d+\)"):
+        binarize.pack(bnn, (X,))
+    bnn.schedule.finalize(bnn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # finalized: the hard network, nothing to warn about
+        binarize.pack(bnn, (X,))
+
+
+def test_soft_state_warning_lists_five_parts_then_counts_the_rest() -> None:
+    x = torch.randn(2, 1, 16, 16)
+    bnn = binarize.convert(models.resnet_small(width=8), recipe="bulat", example_inputs=(x,))
+    with pytest.warns(UserWarning) as record:
+        binarize.pack(bnn, (x,))
+    (message,) = [str(w.message) for w in record]
+    soft = sum(isinstance(m, Binarizer) for m in bnn.student.modules())
+    assert soft > 5
+    assert message.count("progressive lambda") == 5
+    assert f" and {soft - 5} more." in message
+
+
+class Sines(Plain):
+    """A function the runtime has no op for (``torch.sin``)."""
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(super().forward(x))
+        return torch.sin(super().forward(x))
 
 
-class Gelu(Plain):
+class Softplussed(Plain):
+    """A module the runtime has no op for (``nn.Softplus``)."""
+
     def __init__(self) -> None:
-        super().__init__(act=nn.GELU)
+        super().__init__(act=nn.Softplus)
 
 
-def test_unsupported_function_names_the_node() -> None:
-    bnn = binarize.convert(Sigmoidal(), recipe="reactnet", example_inputs=(X,))
-    with pytest.raises(binarize.ConversionError, match=r"node 'sigmoid'.*no runtime op"):
+def test_unsupported_function_fails_at_convert_with_the_source_line() -> None:
+    with pytest.raises(binarize.ConversionError) as info:
+        binarize.convert(Sines(), recipe="reactnet", example_inputs=(X,))
+    message = str(info.value)
+    assert "node 'sin'" in message and "no runtime op" in message
+    assert "test_pack.py" in message and "return torch.sin(super().forward(x))" in message
+    assert "before training" in message
+
+
+def test_unsupported_function_names_the_node_at_pack_too() -> None:
+    bnn = binarize.convert(Sines(), recipe="reactnet", example_inputs=(X,), export_check="off")
+    with pytest.raises(binarize.ConversionError, match=r"node 'sin'.*no runtime op"):
         binarize.pack(bnn, (X,))
 
 
 def test_unsupported_module_names_the_node_and_the_type() -> None:
-    bnn = binarize.convert(Gelu(), recipe="xnor", example_inputs=(X,), activation=None)
-    with pytest.raises(binarize.ConversionError, match=r"GELU has no runtime op"):
+    with pytest.warns(UserWarning, match=r"Softplus has no runtime op"):
+        bnn = binarize.convert(
+            Softplussed(), recipe="xnor", example_inputs=(X,), activation=None,
+            export_check="warn",
+        )  # fmt: skip
+    with pytest.raises(binarize.ConversionError, match=r"Softplus has no runtime op"):
         binarize.pack(bnn, (X,))
 
 

@@ -7,7 +7,8 @@ result; ``binarize.convert`` dry-runs ``lower`` so an unsupported node fails bef
 The fx -> fx conversion passes live beside this package in ``passes/``.
 """
 
+from passes.export.check import EXPORT_CHECKS, check_exportable
 from passes.export.fold import fold, fold_threshold
 from passes.export.lower import lower, pack_sign_bits
 
-__all__ = ["fold", "fold_threshold", "lower", "pack_sign_bits"]
+__all__ = ["EXPORT_CHECKS", "check_exportable", "fold", "fold_threshold", "lower", "pack_sign_bits"]

@@ -21,6 +21,7 @@ them into the binarizer thresholds.
 from __future__ import annotations
 
 import math
+import os
 import operator
 from collections.abc import Sequence
 from typing import Any
@@ -617,6 +618,9 @@ def _KERNEL_ALIAS(mod: nn.Module) -> dict[str, Any]:
     return {"kernel_size": mod.kernel_size}
 
 
+_TORCH_DIR = os.path.dirname(torch.__file__)
+
+
 def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
     """``node 'x' (call_function max_pool2d) in module 'layer1.0' at model.py:42: <line>``:
     the node, the user's module that made it and the source line, as far as FX recorded."""
@@ -633,7 +637,8 @@ def describe_node(gm: fx.GraphModule, node: fx.Node) -> str:
     trace = node.meta.get("stack_trace") or node.stack_trace
     if trace:
         lines = [line.strip() for line in trace.strip().splitlines() if line.strip()]
-        where = next((line for line in reversed(lines) if line.startswith("File ")), None)
+        frames = [line for line in lines if line.startswith("File ") and _TORCH_DIR not in line]
+        where = frames[-1] if frames else None
         if where is not None:
             position = lines.index(where)
             source = lines[position + 1] if position + 1 < len(lines) else ""

@@ -5,6 +5,7 @@
   ``bdense`` (bits -> integer-valued float);
 - ``layers``: the float producers ``conv2d``, ``dense`` and the per-channel ``affine``;
 - ``activations``: ``prelu``, ``rprelu``, ``dyprelu``, ``relu``, ``clamp``, ``leaky_relu``;
+- ``elementwise``: ``silu``, ``hardswish``, ``hardsigmoid``, ``sigmoid``, ``gelu``, ``mul``;
 - ``tensor``: ``add``, ``concat``, ``flatten``, ``upsample_nearest``;
 - ``pooling``: ``maxpool2d``, ``avgpool2d``, ``global_avgpool``.
 
@@ -18,7 +19,8 @@ the last axis, the channel axis in both layouts.
 from runtime.ops import binary
 from runtime.ops import layers
 from runtime.ops import activations
+from runtime.ops import elementwise
 from runtime.ops import tensor
 from runtime.ops import pooling
 
-__all__ = ["activations", "binary", "layers", "pooling", "tensor"]
+__all__ = ["activations", "binary", "elementwise", "layers", "pooling", "tensor"]

@@ -16,6 +16,7 @@ threshold: tests skip inputs with near-ties, where float rounding (not a bug) co
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -197,6 +198,34 @@ def _upsample_nearest(xs, p, a):
     return x[:, :, rows][:, :, :, cols]
 
 
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + e^-x) in float64, written as e^x / (1 + e^x) for x < 0 so nothing overflows."""
+    x = x.astype(np.float64)
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e))
+
+
+def _gelu(xs, p, a):
+    x = xs[0].astype(np.float64)
+    if a["approximate"] == "tanh":
+        return 0.5 * x * (1 + np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + _erf(x / math.sqrt(2)))
+
+
+def _hardsigmoid(x: np.ndarray) -> np.ndarray:
+    return np.minimum(np.maximum(x.astype(np.float64) + 3, 0), 6) / 6
+
+
+def _mul(xs, p, a):
+    a_, b = xs
+    if b.shape != a_.shape:  # a per-channel gate [N, C, 1, 1]: repeat it over the pixels
+        b = np.tile(b, (1, 1, a_.shape[2], a_.shape[3]))
+    return a_.astype(np.float64) * b
+
+
 # op -> f(inputs NCHW, params by role, attrs parsed by the registry (defaults filled in));
 # the quantize ops also return their smallest |value - threshold|
 REFERENCE: dict[str, Any] = {
@@ -232,6 +261,12 @@ REFERENCE: dict[str, Any] = {
     "global_avgpool": lambda xs, p, a: xs[0].astype(np.float64).mean(axis=(2, 3), keepdims=True),
     "flatten": lambda xs, p, a: xs[0].reshape(xs[0].shape[0], -1),
     "upsample_nearest": _upsample_nearest,
+    "silu": lambda xs, p, a: xs[0].astype(np.float64) * _sigmoid(xs[0]),
+    "hardswish": lambda xs, p, a: xs[0].astype(np.float64) * _hardsigmoid(xs[0]),
+    "hardsigmoid": lambda xs, p, a: _hardsigmoid(xs[0]),
+    "sigmoid": lambda xs, p, a: _sigmoid(xs[0]),
+    "gelu": _gelu,
+    "mul": _mul,
 }
 QUANTIZERS = ("quantize", "dyquantize")
 
