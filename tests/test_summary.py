@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from binarize.convert import convert
+from binarize.errors import ConversionError
 from binarize.summary import ModelSummary, summary
 
 x = torch.randn(2, 3, 6, 6)
@@ -88,3 +89,40 @@ def test_shared_module_parameters_are_counted_once() -> None:
     assert [r.parameters for r in result.rows] == [12, 0]
     assert [r.float_macs for r in result.rows] == [3 * 36 * 3, 3 * 36 * 3]
     assert result.totals.parameters == 12
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        if t.sum() > 0:  # control flow on a tensor value: not traceable
+            return self.conv(t)
+        return t
+
+
+def test_untraceable_model_is_a_conversion_error_naming_the_line() -> None:
+    with pytest.raises(ConversionError, match=r"cannot trace Branchy(.|\n)*if t\.sum\(\) > 0"):
+        summary(Branchy(), x, print_fn=None)
+
+
+def test_example_inputs_the_model_rejects_name_the_failing_node() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(5, 2))  # needs 4*4*4
+    with pytest.raises(ConversionError, match=r"does not run on example_inputs(.|\n)*target=2"):
+        summary(model, x, print_fn=None)
+
+
+def test_summary_leaves_a_training_model_as_it_was() -> None:
+    model = small().train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    summary(model, x, print_fn=None)
+    assert all(m.training for m in model.modules())
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics untouched
+
+
+def test_model_without_weights_has_no_compression_or_binary_share() -> None:
+    t = summary(nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1)), x, print_fn=None).totals
+    assert (t.parameters, t.packed_size_bytes, t.float_macs, t.binary_macs) == (0, 0.0, 0, 0)
+    assert t.compression == 1.0 and t.binary_mac_share == 0.0
