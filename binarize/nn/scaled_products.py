@@ -77,6 +77,7 @@ class _ScaledConv2d(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, signs, alpha = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # autocast ran the forward in lower precision; ours is x's
         need_x, need_signs, need_alpha, need_bias = ctx.needs_input_grad[:4]
         stride, padding, dilation, groups = ctx.geometry
         scale = alpha.view(-1, 1, 1, 1)
@@ -114,6 +115,7 @@ class _ScaledLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         x, signs, alpha = ctx.saved_tensors
+        grad = grad.to(x.dtype)  # autocast ran the forward in lower precision; ours is x's
         need_x, need_signs, need_alpha, need_bias = ctx.needs_input_grad
         grad_x = grad_signs = grad_alpha = grad_bias = None
         scale = alpha.view(-1, 1)

@@ -406,3 +406,28 @@ def test_extra_repr_shows_the_options():
     text = repr(BinaryConv2d(3, 4, 3, weight_scale="attached", input_binarizer="rsign"))
     assert "weight_scale='attached'" in text and "binarize_weights=True" in text
     assert "RSign(3, backward='approx')" in text
+
+
+@pytest.mark.parametrize("layer_type", [BinaryConv2d, BinaryLinear])
+def test_layers_train_under_cpu_autocast(layer_type):
+    """bfloat16 autocast runs the forward in bfloat16; the backward takes the gradient back to
+    the saved float32 inputs, so an all-ones upstream gradient gives the float32 gradients."""
+    torch.manual_seed(0)
+    if layer_type is BinaryConv2d:
+        layer = BinaryConv2d(8, 8, 3, padding=1, weight_scale="attached")
+        x = torch.randn(2, 8, 5, 5)
+    else:
+        layer, x = BinaryLinear(8, 4, weight_scale="learnable"), torch.randn(3, 8)
+
+    def autocast_forward(module, h):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = module(h)
+        assert y.dtype == torch.bfloat16
+        return y.float()
+
+    upstream = torch.ones_like(layer(x))
+    got = _gradients(layer, autocast_forward, x, upstream)
+    expected = _gradients(layer, layer_type.forward, x, upstream)
+    assert got.keys() == expected.keys()
+    for name in got:
+        assert torch.equal(got[name], expected[name]), name
