@@ -10,7 +10,13 @@ contract between the two.
 
 from __future__ import annotations
 
-from runtime.errors import InputError, InvalidModelError, RuntimeModelError, ThreadingLayerError
+from runtime.errors import (
+    InputError,
+    InvalidModelError,
+    NonFiniteError,
+    RuntimeModelError,
+    ThreadingLayerError,
+)
 from runtime.model import Model, load
 from runtime.schema import TensorSpec
 
@@ -18,6 +24,7 @@ __all__ = [
     "InputError",
     "InvalidModelError",
     "Model",
+    "NonFiniteError",
     "RuntimeModelError",
     "TensorSpec",
     "ThreadingLayerError",

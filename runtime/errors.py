@@ -26,3 +26,9 @@ class InputError(RuntimeModelError, ValueError):
 class ThreadingLayerError(RuntimeModelError, RuntimeError):
     """``Model.predict`` cannot run its parallel kernels in this process: it was forked from
     one that had already started numba's GNU OpenMP threading layer (see runtime/threads.py)."""
+
+
+class NonFiniteError(RuntimeModelError, ArithmeticError):
+    """``Model.predict`` computed Inf or NaN from finite inputs: the packed parameters overflow
+    float32 on this input (extreme scales, thresholds or weights). The message names the first
+    step of the plan that produced a non-finite value."""

@@ -16,14 +16,16 @@ import numba
 import numpy as np
 
 from runtime import profile as profiling
-from runtime.errors import InputError
+from runtime.budget import DEFAULT_MAX_MEMORY, DEFAULT_MAX_WORK, MAX_CHUNK, Budget, check_budget
+from runtime.errors import InputError, NonFiniteError
 from runtime.format import PackedModel, Source, read_model
 from runtime.graph import Step, plan_graph
 from runtime.schema import TensorSpec
 from runtime.threads import thread_limits
 
-CHUNK = 64
-"""``predict`` runs large batches this many samples at a time: every op is per sample (BatchNorm
+CHUNK = MAX_CHUNK
+"""``predict`` runs large batches at most this many samples at a time (fewer when a chunk of
+64 would not fit ``max_memory``, see runtime/budget.py): every op is per sample (BatchNorm
 is folded), so the result is the same, and the intermediates stay cache- and memory-sized
 (a 10,000-image batch of a 28x28 net would otherwise hold 500 MB per activation)."""
 
@@ -31,8 +33,18 @@ Inputs = np.ndarray | Sequence[np.ndarray] | Mapping[str, np.ndarray]
 Outputs = np.ndarray | tuple[np.ndarray, ...] | dict[str, np.ndarray]
 
 
-def load(source: Source, threads: int | None = None) -> Model:
+def load(
+    source: Source,
+    threads: int | None = None,
+    *,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_work: int = DEFAULT_MAX_WORK,
+) -> Model:
     """Read, validate and plan a packed model from a path or bytes.
+
+    ``max_memory`` (bytes of activations and kernel scratch one ``predict`` may hold at once)
+    and ``max_work`` (tap visits per sample) bound what the file can ask for; both are proved
+    from the graph at load time (runtime/budget.py) and a file beyond them is refused.
 
     ``threads``: numba threads used by this model's ``predict`` calls (1 to
     ``numba.config.NUMBA_NUM_THREADS``; None = numba's current setting); numpy's BLAS runs
@@ -41,13 +53,20 @@ def load(source: Source, threads: int | None = None) -> Model:
     Raises ``InvalidModelError`` for a bad file, before any kernel runs or activation buffer
     is allocated.
     """
-    return Model(read_model(source), threads)
+    return Model(read_model(source), threads, max_memory=max_memory, max_work=max_work)
 
 
 class Model:
     """A packed binary network ready to run (build it with ``runtime.load``)."""
 
-    def __init__(self, packed: PackedModel, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        packed: PackedModel,
+        threads: int | None = None,
+        *,
+        max_memory: int = DEFAULT_MAX_MEMORY,
+        max_work: int = DEFAULT_MAX_WORK,
+    ) -> None:
         if threads is not None:
             limit = numba.config.NUMBA_NUM_THREADS
             if (
@@ -62,6 +81,18 @@ class Model:
         self.threads = threads
         self._graph = packed.graph
         self._steps: list[Step] = plan_graph(packed.graph, packed.arrays)
+        self.budget: Budget = check_budget(self._graph, self._steps, max_memory, max_work)
+
+    @property
+    def work_per_sample(self) -> int:
+        """Tap visits (multiply-adds, popcount words, window reads) per sample, proved at load."""
+        return self.budget.work_per_sample
+
+    @property
+    def memory_per_sample(self) -> int:
+        """Peak bytes of activations and kernel scratch per sample, proved at load time;
+        ``predict`` holds at most ``memory_per_sample * budget.chunk`` at once."""
+        return self.budget.memory_per_sample
 
     def __repr__(self) -> str:
         def specs(items: Sequence[TensorSpec]) -> str:
@@ -103,10 +134,10 @@ class Model:
         a dict by output key when the packed model returned a dict (``TensorSpec.key``).
         """
         arrays = self._check_inputs(x)
-        batch = arrays[0].shape[0]
+        batch, chunk = arrays[0].shape[0], self.budget.chunk
         chunks = [
-            self._run([a[start : start + CHUNK] for a in arrays])
-            for start in range(0, batch, CHUNK)
+            self._run_checked([a[start : start + chunk] for a in arrays])
+            for start in range(0, batch, chunk)
         ]
         results = tuple(
             parts[0] if len(parts) == 1 else np.concatenate(parts) for parts in zip(*chunks)
@@ -136,8 +167,8 @@ class Model:
         for _ in range(repeats):
             times = [0.0] * len(self._steps)
             start = time.perf_counter()
-            for first in range(0, batch, CHUNK):
-                self._run([a[first : first + CHUNK] for a in arrays], times)
+            for first in range(0, batch, self.budget.chunk):
+                self._run([a[first : first + self.budget.chunk] for a in arrays], times)
             best_wall = min(best_wall, time.perf_counter() - start)
             best = [min(b, t) for b, t in zip(best, times)]
         return profiling.build_profile(
@@ -151,8 +182,23 @@ class Model:
             clock_hz=clock_hz,
         )
 
+    def _run_checked(self, arrays: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        """``_run``, then a finiteness check of the outputs (about 0.1% of a predict: the
+        outputs are small next to the activations). Inputs are finite (``_check_inputs``),
+        so a non-finite output means the parameters overflowed: the chunk runs again step by
+        step to name the first step that made an Inf or NaN."""
+        with np.errstate(over="ignore", invalid="ignore"):  # reported below, by step
+            outputs = self._run(arrays)
+            if all(np.isfinite(out).all() for out in outputs):
+                return outputs
+            self._run(arrays, find_non_finite=True)
+        raise NonFiniteError("predict produced Inf or NaN outputs from finite inputs")
+
     def _run(
-        self, arrays: list[np.ndarray], step_times: list[float] | None = None
+        self,
+        arrays: list[np.ndarray],
+        step_times: list[float] | None = None,
+        find_non_finite: bool = False,
     ) -> tuple[np.ndarray, ...]:
         """One pass of the plan over a batch chunk; outputs in ``outputs`` order, NCHW.
         With ``step_times`` (one float per step), each step's duration is added to its entry."""
@@ -170,6 +216,14 @@ class Model:
                     start = time.perf_counter()
                     env[step.output] = step.run(inputs)
                     step_times[i] += time.perf_counter() - start
+                if find_non_finite and not _finite(env[step.output]):
+                    raise NonFiniteError(
+                        f"step {i} ({step.label}, nodes "
+                        f"{', '.join(repr(n.name) for n in step.nodes)}) produced Inf or NaN "
+                        "from finite inputs: the packed parameters overflow float32 here. "
+                        "Check the model's weights, BatchNorm statistics and scales (re-pack "
+                        "from a healthy training run)"
+                    )
                 for name in step.release:
                     del env[name]
         return tuple(
@@ -301,3 +355,8 @@ def _all_finite(array: np.ndarray) -> bool:
         np.isfinite(flat[start : start + FINITE_BLOCK]).all()
         for start in range(0, flat.size, FINITE_BLOCK)
     )
+
+
+def _finite(value: np.ndarray) -> bool:
+    """Packed bits are always finite; float values are checked."""
+    return value.dtype == np.uint64 or bool(np.isfinite(value).all())
