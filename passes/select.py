@@ -8,9 +8,12 @@ layered like torch.ao's ``QConfigMapping``, each level overriding the one before
 2. structure: keep float the first layers (reading a graph input with no weight layer in
    between), the last layers (writing a graph output likewise) and 1x1 projection shortcuts
    (a 1x1 conv reading a fork point, through pooling, whose output, through BatchNorm, is an
-   operand of an add), which Bi-Real, ReActNet and Bulat 2019 keep real; and grouped or
-   depthwise convs, which have no binary kernel (so does every layer ``unsupported_reason``
-   rejects, e.g. dilated convs);
+   operand of an add), which Bi-Real, ReActNet and Bulat 2019 keep real; the two layers of
+   every squeeze-excitation branch (:func:`squeeze_excitation_layers`), a few per-sample MACs
+   on a pooled vector whose output gates the trunk multiplicatively; and grouped or depthwise
+   convs, which have no binary kernel (so does every layer ``unsupported_reason`` rejects,
+   e.g. dilated convs, and every ``Linear`` applied channels-last, see
+   :func:`layout_unsupported`);
 3. type: entries of ``keep_float`` / ``binarize`` that are module types;
 4. name regex: string entries that are not module names, matched with ``re.fullmatch``;
 5. module name: string entries equal to the layer's qualified name or to an enclosing
@@ -19,20 +22,35 @@ layered like torch.ao's ``QConfigMapping``, each level overriding the one before
 At the regex and type levels ``keep_float`` wins over ``binarize`` when different entries match;
 the same entry in both lists is an error (:class:`LayerSelection` checks its rules when built).
 Asking for a layer that cannot be binarized (another layer kind, groups > 1, dilation > 1,
-non-zero padding mode) by type or by exact name raises :class:`binarize.ConversionError`.
+non-zero padding mode, a channels-last ``Linear``) by type or by exact name raises
+:class:`binarize.ConversionError`. So a squeeze-excitation branch becomes binary by naming it
+(``binarize=["features.4.block.2"]`` covers both its layers), by a regex or by type, or for
+the whole model with ``LayerSelection(keep_squeeze_excitation=False)``.
 """
 
 from __future__ import annotations
 
 import difflib
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+import torch
+import torch.nn.functional as F
 from torch import fx, nn
 
 from binarize.errors import ConversionError
-from passes.base import PassResult, consumers, is_add, module_of, producers, walk
+from passes.base import (
+    PassResult,
+    consumers,
+    is_add,
+    module_of,
+    producers,
+    tensor_shape,
+    walk,
+)
 from passes.options import check_flag
 from passes.spellings import binary_conv_unsupported
 
@@ -55,6 +73,31 @@ WEIGHT_TYPES: tuple[type[nn.Module], ...] = (
 _POOL_TYPES = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.Identity)
 _NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.Identity)
 
+# The spellings the squeeze-excitation pattern is made of (after canonicalization, so in-place
+# forms are already out of place): the global average pool, the gate and the product, and the
+# shape-only steps that may sit between them (flatten before a Linear, view back to
+# [N, C, 1, 1] after it, expand_as before the product).
+_SE_POOLS = {
+    "call_module": (nn.AdaptiveAvgPool2d,),
+    "call_function": (F.adaptive_avg_pool2d, torch.mean),
+    "call_method": ("mean",),
+}
+_SE_GATES = {
+    "call_module": (nn.Sigmoid, nn.Hardsigmoid),
+    "call_function": (torch.sigmoid, F.sigmoid, F.hardsigmoid, torch.special.expit),
+    "call_method": ("sigmoid",),
+}
+_SE_PRODUCTS = {"call_function": (operator.mul, torch.mul), "call_method": ("mul",)}
+_SE_RESHAPES = {
+    "call_module": (nn.Flatten, nn.Unflatten, nn.Identity),
+    "call_function": (torch.flatten, torch.reshape, torch.squeeze, torch.unsqueeze),
+    "call_method": ("view", "reshape", "flatten", "squeeze", "unsqueeze", "expand",
+                    "expand_as", "contiguous"),
+}  # fmt: skip
+#: At most this many single-input steps (activation, BatchNorm, dropout) between the two
+#: layers of a squeeze-excitation branch.
+_SE_MAX_STEPS = 3
+
 Selector = type | str
 
 
@@ -76,6 +119,8 @@ class LayerSelection:
         keep_last: keep the layers that write the graph outputs float.
         keep_grouped: keep depthwise/grouped and dilated convolutions float.
         keep_projections: keep 1x1 projection shortcuts (downsample convs) float.
+        keep_squeeze_excitation: keep the two layers of every squeeze-excitation branch
+            float.
         keep_float: types, name regexes or exact names to keep float.
         binarize: types, name regexes or exact names to binarize.
     """
@@ -85,6 +130,7 @@ class LayerSelection:
     keep_last: bool = True
     keep_grouped: bool = True
     keep_projections: bool = True
+    keep_squeeze_excitation: bool = True
     keep_float: tuple[Selector, ...] = ()
     binarize: tuple[Selector, ...] = ()
 
@@ -96,7 +142,9 @@ class LayerSelection:
                 type nor a string, a string that is not a valid regular expression, or the
                 same entry in both ``keep_float`` and ``binarize``.
         """
-        for name in ("default", "keep_first", "keep_last", "keep_grouped", "keep_projections"):
+        flags = ("default", "keep_first", "keep_last", "keep_grouped", "keep_projections",
+                 "keep_squeeze_excitation")  # fmt: skip
+        for name in flags:
             check_flag("LayerSelection", name, getattr(self, name))
         for name in ("keep_float", "binarize"):
             entries = getattr(self, name)
@@ -153,6 +201,29 @@ def unsupported_reason(module: nn.Module) -> str | None:
     return binary_conv_unsupported(module)
 
 
+def layout_unsupported(node: fx.Node, module: nn.Module) -> str | None:
+    """Why the call ``node`` of ``module`` cannot be binary although the module could be.
+
+    A binary linear layer binarizes an ``[N, F]`` input with one threshold per feature of
+    dim 1 (``B(x)_{n,f} = sign(x_{n,f} - beta_f)``) and the runtime's ``bdense`` packs those
+    ``F`` features. ``nn.Linear`` on any other rank works on the *last* dim, e.g. ConvNeXt's
+    ``x.permute(0, 2, 3, 1)`` then ``Linear`` over the channels of ``[N, H, W, C]``: a binary
+    layer would take ``H`` for the feature count (and, when ``H == C``, threshold each row
+    with another channel's shift). Such calls stay float. None when the layout is fine or the
+    input shape was not recorded.
+    """
+    if not isinstance(module, nn.Linear) or not node.args or not isinstance(node.args[0], fx.Node):
+        return None
+    shape = tensor_shape(node.args[0])
+    if shape is None or len(shape) == 2:
+        return None
+    dims = ", ".join(["N", *map(str, shape[1:])])
+    return (
+        f"Linear applied channels-last (input [{dims}], features on the last dim): binary "
+        "linear layers take [N, F] inputs only (a 1x1 conv on [N, C, H, W] can be binary)"
+    )
+
+
 @dataclass
 class SelectLayers:
     """Pass: annotate each conv/linear call site with a :class:`Decision`."""
@@ -164,11 +235,12 @@ class SelectLayers:
         modules = dict(gm.named_modules())
         self._check_names(modules)
         first, last = self._boundary_layers(gm)
+        structure = _Structure(first, last, squeeze_excitation_layers(gm))
         used: set[str] = set()
         for node in gm.graph.nodes:
             module = module_of(gm, node)
             if module is not None and isinstance(module, WEIGHT_TYPES):
-                node.meta[META_KEY] = self._decide(gm, node, module, first, last, modules, used)
+                node.meta[META_KEY] = self._decide(gm, node, module, structure, modules, used)
         unused = [
             entry
             for entry in (*self.selection.keep_float, *self.selection.binarize)
@@ -190,14 +262,13 @@ class SelectLayers:
         gm: fx.GraphModule,
         node: fx.Node,
         module: nn.Module,
-        first: set[fx.Node],
-        last: set[fx.Node],
+        structure: _Structure,
         modules: Mapping[str, nn.Module],
         used: set[str],
     ) -> Decision:
         """The most specific level that says something about this layer decides."""
         target = str(node.target)
-        unsupported = unsupported_reason(module)
+        unsupported = unsupported_reason(module) or layout_unsupported(node, module)
         decision = (
             self._by_name(target, unsupported, modules, used)
             or self._by_regex(target, unsupported, modules, used)
@@ -208,12 +279,14 @@ class SelectLayers:
         sel = self.selection
         if unsupported:
             return Decision(False, unsupported)
-        if sel.keep_first and node in first:
+        if sel.keep_first and node in structure.first:
             return Decision(False, "first layer (reads a graph input)")
-        if sel.keep_last and node in last:
+        if sel.keep_last and node in structure.last:
             return Decision(False, "last layer (writes a graph output)")
         if sel.keep_grouped and isinstance(module, nn.Conv2d) and module.groups != 1:
             return Decision(False, "grouped/depthwise convolution")
+        if sel.keep_squeeze_excitation and node in structure.squeeze_excitation:
+            return Decision(False, "squeeze-excitation branch")
         if sel.keep_projections and _is_projection_shortcut(gm, node, module):
             return Decision(False, "1x1 projection shortcut")
         return Decision(sel.default, "global default")
@@ -289,6 +362,114 @@ class SelectLayers:
             elif node.op == "output":
                 last.update(walk(node, producers, stop))
         return first, last
+
+
+@dataclass(frozen=True)
+class _Structure:
+    """The weight-layer nodes each structural rule applies to, found once per graph."""
+
+    first: set[fx.Node]
+    last: set[fx.Node]
+    squeeze_excitation: set[fx.Node]
+
+
+def squeeze_excitation_layers(gm: fx.GraphModule) -> set[fx.Node]:
+    """The two weight layers of every squeeze-excitation branch of ``gm`` (Hu et al. 2018).
+
+    The branch computes ``x * gate(expand(act(reduce(pool(x)))))``: ``pool`` a global
+    average pool of the trunk ``x`` to ``[N, C, 1, 1]`` or ``[N, C]``; ``reduce`` and
+    ``expand`` 1x1 convs or ``Linear`` layers (``C -> C/r -> C``); ``act`` one to three
+    single-input steps (ReLU, SiLU, Hardswish, BatchNorm...); ``gate`` a sigmoid or hard
+    sigmoid; the product with the same trunk ``x`` it pooled. Shape-only steps (flatten,
+    view, reshape, expand_as) may sit around the pool, the layers and the gate. Matched on the
+    graph's structure, so MobileNetV3's, EfficientNet's and timm's spellings all match.
+    """
+    found: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if not _matches(gm, node, _SE_PRODUCTS) or len(node.args) != 2:
+            continue
+        left, right = node.args
+        if not (isinstance(left, fx.Node) and isinstance(right, fx.Node)):
+            continue
+        for gate_side, trunk in ((left, right), (right, left)):
+            found.update(_squeeze_excitation_branch(gm, gate_side, trunk))
+    return found
+
+
+def _squeeze_excitation_branch(
+    gm: fx.GraphModule, value: fx.Node, trunk: fx.Node
+) -> tuple[fx.Node, ...]:
+    """``(reduce, expand)`` when ``value`` is the gate of a branch that pooled ``trunk``."""
+    gate = _through_reshapes(gm, value)
+    if not _matches(gm, gate, _SE_GATES):
+        return ()
+    expand = _through_reshapes(gm, _first_input(gate))
+    if expand is None or not _is_pointwise_layer(gm, expand):
+        return ()
+    reduce, steps = _first_input(expand), 0
+    while steps < _SE_MAX_STEPS and _is_unary(reduce) and not _is_pointwise_layer(gm, reduce):
+        reduce, steps = _first_input(reduce), steps + 1
+    if steps == 0 or reduce is None or not _is_pointwise_layer(gm, reduce):
+        return ()
+    pool = _through_reshapes(gm, _first_input(reduce))
+    if not _is_global_pool(gm, pool):
+        return ()
+    pooled = _through_reshapes(gm, _first_input(pool))
+    if pooled is None or pooled is not _through_reshapes(gm, trunk):
+        return ()
+    return (reduce, expand)
+
+
+def _first_input(node: fx.Node | None) -> fx.Node | None:
+    """The node ``node`` reads first, or None when it reads no node first."""
+    source = node.args[0] if node is not None and node.args else None
+    return source if isinstance(source, fx.Node) else None
+
+
+def _matches(
+    gm: fx.GraphModule, node: fx.Node | None, table: Mapping[str, tuple[Any, ...]]
+) -> bool:
+    """Whether ``node`` calls one of ``table``'s modules (by type), functions or methods."""
+    if node is None or node.op not in table:
+        return False
+    if node.op == "call_module":
+        return isinstance(module_of(gm, node), table["call_module"])
+    return node.target in table[node.op]
+
+
+def _through_reshapes(gm: fx.GraphModule, node: fx.Node | None) -> fx.Node | None:
+    """The value ``node`` holds before any shape-only steps."""
+    while node is not None and _matches(gm, node, _SE_RESHAPES):
+        node = _first_input(node)
+    return node
+
+
+def _is_unary(node: fx.Node | None) -> bool:
+    """A call on one tensor (further arguments, if any, are constants)."""
+    if node is None or node.op not in ("call_module", "call_function", "call_method"):
+        return False
+    others = [*node.args[1:], *node.kwargs.values()]
+    return _first_input(node) is not None and not any(isinstance(a, fx.Node) for a in others)
+
+
+def _is_pointwise_layer(gm: fx.GraphModule, node: fx.Node | None) -> bool:
+    """A 1x1 convolution or a linear layer (the two layers of a squeeze-excitation branch)."""
+    module = module_of(gm, node) if node is not None else None
+    if isinstance(module, nn.Conv2d):
+        return tuple(module.kernel_size) == (1, 1)
+    return isinstance(module, nn.Linear)
+
+
+def _is_global_pool(gm: fx.GraphModule, node: fx.Node | None) -> bool:
+    """An average pool of an ``[N, C, H, W]`` tensor to ``[N, C]`` or ``[N, C, 1, 1]``."""
+    if node is None or not _matches(gm, node, _SE_POOLS):
+        return False
+    source = _first_input(node)
+    before = tensor_shape(source) if source is not None else None
+    after = tensor_shape(node)
+    if before is None or after is None or len(before) != 4:
+        return False
+    return len(after) == 2 or (len(after) == 4 and after[2:] == (1, 1))
 
 
 def _cannot_binarize(target: str, reason: str, how: str) -> ConversionError:

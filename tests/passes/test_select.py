@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from graph_models import DepthwiseNet, TinyResNet, basic_block, bottleneck, canonical
 from torch import fx, nn
 
 from binarize.errors import ConversionError
+from passes.base import run_passes
 from passes.select import META_KEY, LayerSelection, SelectLayers
 
 x8 = torch.randn(1, 3, 8, 8)
@@ -132,3 +134,162 @@ def test_a_module_name_covers_the_layers_inside_and_the_longest_name_wins() -> N
     assert not chosen["layer2.conv2"]
     with pytest.raises(ConversionError, match="'layer2' is listed in both"):
         select(TinyResNet(), binarize=("layer2",), keep_float=("layer2",))
+
+
+# ---- squeeze-excitation branches and channels-last Linear layers ---------------------------
+
+SE_SPELLINGS = {
+    # torchvision's SqueezeExcitation: 1x1 convs, module pool, ReLU, Hardsigmoid, scale * x
+    "torchvision": lambda se, x: se.gate(se.fc2(se.act(se.fc1(se.pool(x))))) * x,
+    # timm's: keepdim mean, functional SiLU, sigmoid method; the product in place, trunk first
+    "timm": lambda se, x: x.mul_(se.fc2(F.silu(se.fc1(x.mean((2, 3), keepdim=True)))).sigmoid()),
+    # the original SENet code: Linear layers on the flattened pool, view back, expand_as
+    "linear": lambda se, x: (
+        x
+        * torch.sigmoid(se.lin2(se.act(se.lin1(se.pool(x).flatten(1)))))
+        .view(x.size(0), -1, 1, 1)
+        .expand_as(x)
+    ),
+}
+
+
+class SENet(nn.Module):
+    """conv -> (1x1 conv -> BN -> SE) -> conv -> head; ``spelling`` picks the SE's form."""
+
+    def __init__(self, spelling: str, gate: nn.Module | None = None) -> None:
+        super().__init__()
+        self.spelling = SE_SPELLINGS[spelling]
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.lin1, self.lin2 = nn.Linear(8, 4), nn.Linear(4, 8)
+        self.act = nn.ReLU()
+        self.gate = gate or nn.Hardsigmoid()
+        self.after = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn(self.conv(self.stem(x)))
+        return self.head(self.after(self.spelling(self, x)))
+
+
+def reasons(gm: fx.GraphModule) -> dict[str, str]:
+    return {str(n.target): n.meta[META_KEY].reason for n in gm.graph.nodes if META_KEY in n.meta}
+
+
+def selected(model: nn.Module, x: torch.Tensor = x8, **rules: object) -> fx.GraphModule:
+    return SelectLayers(LayerSelection(**rules))(canonical(model, x)).graph_module
+
+
+@pytest.mark.parametrize("spelling", sorted(SE_SPELLINGS))
+def test_squeeze_excitation_layers_stay_float_in_every_spelling(spelling: str) -> None:
+    gm = selected(SENet(spelling))
+    layers = ("lin1", "lin2") if spelling == "linear" else ("fc1", "fc2")
+    assert {name: reasons(gm)[name] for name in layers} == dict.fromkeys(
+        layers, "squeeze-excitation branch"
+    )
+    assert decisions(gm)["conv"] and decisions(gm)["after"]  # the trunk stays binary
+
+
+def test_squeeze_excitation_can_be_binarized_by_flag_name_regex_or_type() -> None:
+    chosen = select(SENet("torchvision"), keep_squeeze_excitation=False)
+    assert chosen["fc1"] and chosen["fc2"]
+    chosen = select(SENet("torchvision"), binarize=("fc1",))
+    assert chosen["fc1"] and not chosen["fc2"]
+    assert reasons(selected(SENet("torchvision"), binarize=("fc[12]",)))["fc2"] == (
+        "name matches 'fc[12]' in binarize"
+    )
+    assert select(SENet("linear"), binarize=(nn.Linear,))["lin1"]
+
+
+class NotSE(nn.Module):
+    """Pool -> 1x1 -> act -> 1x1 -> sigmoid, each time with one piece of the pattern wrong."""
+
+    def __init__(self, case: str) -> None:
+        super().__init__()
+        self.case = case
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.other = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc1 = nn.Conv2d(8, 4, 3 if case == "3x3" else 1, padding=1 if case == "3x3" else 0)
+        self.fc2 = nn.Conv2d(4, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        trunk = self.stem(x)
+        pooled = F.adaptive_avg_pool2d(trunk, 1) if self.case != "max" else F.max_pool2d(trunk, 8)
+        hidden = self.fc1(pooled)
+        hidden = hidden if self.case == "no_activation" else torch.relu(hidden)
+        gate = (
+            torch.sigmoid(self.fc2(hidden)) if self.case != "tanh" else torch.tanh(self.fc2(hidden))
+        )
+        if self.case == "add":
+            return self.head(trunk + gate)
+        return self.head(gate * (self.other(x) if self.case == "other_trunk" else trunk))
+
+
+@pytest.mark.parametrize("case", ["3x3", "max", "no_activation", "tanh", "other_trunk", "add"])
+def test_near_misses_of_squeeze_excitation_are_not_kept_float(case: str) -> None:
+    chosen = reasons(selected(NotSE(case)))
+    assert chosen["fc1"] == chosen["fc2"] == "global default", chosen
+
+
+def test_zoo_squeeze_excitation_layers_are_found() -> None:
+    from binarize import models
+
+    x = torch.randn(1, 3, 32, 32)
+    for model in (
+        models.mobilenet_v3_small(num_classes=4, width_mult=0.25),
+        models.efficientnet_b0(num_classes=4, width_mult=0.25, depth_mult=0.25),
+    ):
+        why = reasons(selected(model, x))
+        se = {name for name in why if name.endswith((".fc1", ".fc2"))}
+        assert se and all(why[name] == "squeeze-excitation branch" for name in se)
+        assert "squeeze-excitation branch" not in {why[n] for n in why if n not in se}
+
+
+class ChannelsLast(nn.Module):
+    """conv -> permute to [N, H, W, C] -> Linear -> permute back -> conv -> head, with H == C
+    (so a binarizer sized for C would silently accept the [N, H, W, C] tensor)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.mix = nn.Linear(8, 8)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.flat = nn.Linear(8 * 8 * 8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mix(self.stem(x).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(self.flat(self.conv(y).flatten(1)))
+
+
+def test_a_channels_last_linear_stays_float_with_its_reason() -> None:
+    why = reasons(selected(ChannelsLast()))
+    assert why["mix"].startswith("Linear applied channels-last (input [N, 8, 8, 8]")
+    assert why["flat"] == why["conv"] == "global default"  # [N, F] Linear layers still binary
+    with pytest.raises(ConversionError, match=r"layer 'mix'.*channels-last"):
+        select(ChannelsLast(), binarize=("mix",))
+    assert select(ChannelsLast(), binarize=(r"m.x",))["mix"] is False
+
+
+@pytest.mark.parametrize("recipe", ["reactnet", "xnor", "dybnn"])
+def test_channels_last_models_convert_and_run_forward_and_backward(recipe: str) -> None:
+    # before the layout rule the first forward raised a ValueError from the binarizer (or,
+    # with H == C as in ChannelsLast, ran with each row thresholded by another channel's shift)
+    from binarize import models, recipes
+    from binarize.nn import BinaryConv2d
+    from passes.trace import trace
+
+    convnext = models.convnext(num_classes=3, width=8, depths=(1, 1, 1, 1))
+    for model, x, channels_last in (
+        (ChannelsLast(), x8, ["mix"]),
+        (convnext, torch.randn(2, 3, 32, 32), [f"stages.{i}.0.pwconv{j}" for i in range(4)
+                                               for j in (1, 2)]),
+    ):  # fmt: skip
+        student = run_passes(trace(model), recipes.get(recipe).build_passes((x,)))
+        assert all(type(student.get_submodule(name)) is nn.Linear for name in channels_last)
+        student(x).square().mean().backward()
+    assert isinstance(student.get_submodule("downsample.0.1"), BinaryConv2d)
