@@ -16,18 +16,26 @@ then totals. Counting rules (per sample, i.e. divided by the example batch size)
   become their own ``2 O``-float affine when none does.
 * Float-equivalent size: every parameter and floating-point buffer at 32 bits (the float
   checkpoint of the same network); the compression ratio is that over the packed size.
+
+For a converted network every conv / linear call also shows the layer selection's decision
+and its reason (``passes.select``: "global default", "first layer (reads a graph input)",
+"squeeze-excitation branch", "name 'layer4' in keep_float", ...), in the table's "Decision"
+section and as ``LayerRow.decision``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tabulate import tabulate
 from torch import fx, nn
 
 from binarize.nn import BinaryConv2d, BinaryLinear
+
+if TYPE_CHECKING:
+    from passes.select import Decision
 
 _BINARY = (BinaryConv2d, BinaryLinear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -36,7 +44,9 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 @dataclass(frozen=True)
 class LayerRow:
     """One layer call. ``input_bits`` / ``weight_bits`` are None for layers without weights;
-    ``parameters`` and ``memory_bytes`` are counted at a module's first call only."""
+    ``parameters`` and ``memory_bytes`` are counted at a module's first call only.
+    ``decision`` is ``"binary: <reason>"`` or ``"float: <reason>"`` for each conv / linear call
+    the layer selection decided (None for other layers and for unconverted models)."""
 
     name: str
     kind: str
@@ -47,6 +57,7 @@ class LayerRow:
     float_macs: int
     binary_macs: int
     output_shape: tuple[int, ...]
+    decision: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,7 +82,8 @@ class ModelSummary:
     totals: Totals
 
     def table(self) -> str:
-        """The per-layer table followed by the totals, as text."""
+        """The per-layer table, the layer selection's decisions (converted networks) and the
+        totals, as text."""
         headers = ["Layer", "Kind", "In bits", "W bits", "Params", "Memory", "Float MACs",
                    "Binary MACs", "Output"]  # fmt: skip
         body = [
@@ -91,9 +103,12 @@ class ModelSummary:
             ["Binary share of MACs", f"{100 * t.binary_mac_share:.1f}%"],
             ["OPs (BOPs/64 + FLOPs)", f"{t.ops:,.0f}"],
         ]
-        return "\n\n".join(
-            [tabulate(body, headers, intfmt=","), tabulate(totals, tablefmt="plain")]
-        )
+        decisions = [[row.name, row.decision] for row in self.rows if row.decision is not None]
+        sections = [tabulate(body, headers, intfmt=",")]
+        if decisions:
+            sections.append(tabulate(decisions, ["Layer", "Decision"]))
+        sections.append(tabulate(totals, tablefmt="plain"))
+        return "\n\n".join(sections)
 
     def __str__(self) -> str:
         return self.table()
@@ -135,6 +150,8 @@ def summary(
 
 
 def _rows(gm: fx.GraphModule, batch: int) -> list[LayerRow]:
+    from passes.select import META_KEY
+
     rows: list[LayerRow] = []
     seen: set[int] = set()
     for node in gm.graph.nodes:
@@ -159,9 +176,17 @@ def _rows(gm: fx.GraphModule, batch: int) -> list[LayerRow]:
                 float_macs=(0 if binary else macs) + _hyper_head_macs(module),
                 binary_macs=macs if binary else 0,
                 output_shape=shape[1:],
+                decision=_decision(node.meta.get(META_KEY)),
             )
         )  # fmt: skip
     return rows
+
+
+def _decision(decision: Decision | None) -> str | None:
+    """``"binary: reason"`` / ``"float: reason"`` for a ``passes.select.Decision``."""
+    if decision is None:
+        return None
+    return f"{'binary' if decision.binary else 'float'}: {decision.reason}"
 
 
 def _totals(gm: fx.GraphModule, rows: Sequence[LayerRow]) -> Totals:

@@ -126,3 +126,48 @@ def test_model_without_weights_has_no_compression_or_binary_share() -> None:
     t = summary(nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1)), x, print_fn=None).totals
     assert (t.parameters, t.packed_size_bytes, t.float_macs, t.binary_macs) == (0, 0.0, 0, 0)
     assert t.compression == 1.0 and t.binary_mac_share == 0.0
+
+
+class Modern(nn.Module):
+    """A binary-able conv, a squeeze-excitation branch, a Linear applied channels-last."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc1, self.fc2 = nn.Conv2d(8, 4, 1), nn.Conv2d(4, 8, 1)
+        self.mix = nn.Linear(8, 8)
+        self.head = nn.Linear(8, 2)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        t = self.conv(self.stem(t))
+        t = t * torch.sigmoid(self.fc2(torch.relu(self.fc1(t.mean((2, 3), keepdim=True)))))
+        t = self.mix(t.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(t.mean((2, 3)))
+
+
+def test_every_selection_decision_is_shown_with_its_reason() -> None:
+    from binarize import recipes
+    from passes.base import run_passes
+    from passes.trace import trace
+
+    student = run_passes(trace(Modern()), recipes.get("reactnet").build_passes((x,)))
+    result = summary(student, x, print_fn=None)
+    decided = {row.name: row.decision for row in result.rows if row.decision is not None}
+    assert decided == {
+        "stem": "float: first layer (reads a graph input)",
+        "conv": "binary: global default",
+        "fc1": "float: squeeze-excitation branch",
+        "fc2": "float: squeeze-excitation branch",
+        "mix": "float: Linear applied channels-last (input [N, 6, 6, 8], features on the last "
+        "dim): binary linear layers take [N, F] inputs only (a 1x1 conv on [N, C, H, W] can be "
+        "binary)",
+        "head": "float: last layer (writes a graph output)",
+    }
+    assert {row.kind for row in result.rows if row.name == "conv"} == {"BinaryConv2d"}
+    lines = result.table().splitlines()
+    assert any(line.split() == ["fc2", "float:", "squeeze-excitation", "branch"] for line in lines)
+    assert any(line.split()[:2] == ["Layer", "Decision"] for line in lines)
+    float_table = summary(Modern(), x, print_fn=None)
+    assert all(row.decision is None for row in float_table.rows)
+    assert "Decision" not in float_table.table()
