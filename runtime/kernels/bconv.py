@@ -32,12 +32,12 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from runtime.errors import InputError, InvalidModelError
+from runtime.errors import InvalidModelError
+from runtime.kernels.calls import check_call
 from runtime.kernels.epilogue import (
     Epilogue,
     check_residual,
     finish_popcounts,
-    make_epilogue,
     output_buffers,
 )
 from runtime.kernels.geometry import conv_output_size, int_pair
@@ -309,20 +309,12 @@ def bconv2d(
     bits uint64[N, OH, OW, ceil(O/64)] when the epilogue quantizes. ``residual`` f32[N, OH, OW,
     O] is added after the affine, before the activation. Threads: ``numba.set_num_threads``.
     """
-    epilogue = epilogue or make_epilogue(plan.out_channels)
     height, width = plan.in_hw
     cw = words_for(plan.in_channels)
-    if not isinstance(a_bits, np.ndarray) or a_bits.dtype != np.uint64 or a_bits.ndim != 4 \
-            or a_bits.shape[1:] != (height, width, cw):
-        raise InputError(
-            f"binary conv input must be uint64[N, {height}, {width}, {cw}] (packed NHWC), got "
-            f"{getattr(a_bits, 'dtype', type(a_bits).__name__)}"
-            f"{list(getattr(a_bits, 'shape', []))}."
-        )
-    if epilogue.channels != plan.out_channels:
-        raise InputError(
-            f"epilogue is for {epilogue.channels} channels, the conv has {plan.out_channels}."
-        )
+    epilogue = check_call(
+        LAYER, a_bits, np.uint64, (height, width, cw), epilogue, plan.out_channels,
+        " (packed NHWC)",
+    )  # fmt: skip
     shape = (a_bits.shape[0], *plan.out_hw, plan.out_channels)
     residual = check_residual(residual, shape)
     result, out_float, out_bits = output_buffers(shape, epilogue, out)

@@ -24,13 +24,13 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.errors import InputError, InvalidModelError
+from runtime.errors import InvalidModelError
+from runtime.kernels.calls import check_call
 from runtime.kernels.epilogue import (
     Epilogue,
     apply_epilogue,
     check_residual,
     finish_pixel,
-    make_epilogue,
     output_buffers,
 )
 from runtime.kernels.geometry import conv_output_size, int_pair
@@ -185,18 +185,11 @@ def conv2d(
     epilogue quantizes. BLAS threads follow numpy's BLAS settings, numba's
     ``numba.set_num_threads``.
     """
-    epilogue = epilogue or make_epilogue(plan.out_channels)
     height, width = plan.in_hw
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 4 \
-            or x.shape[1:] != (height, width, plan.in_channels):
-        raise InputError(
-            f"conv2d input must be float32[N, {height}, {width}, {plan.in_channels}] (NHWC), "
-            f"got {getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', []))}."
-        )
-    if epilogue.channels != plan.out_channels:
-        raise InputError(
-            f"epilogue is for {epilogue.channels} channels, the conv has {plan.out_channels}."
-        )
+    epilogue = check_call(
+        "conv2d", x, np.float32, (height, width, plan.in_channels), epilogue, plan.out_channels,
+        " (NHWC)",
+    )  # fmt: skip
     x = np.ascontiguousarray(x)
     shape = (x.shape[0], *plan.out_hw, plan.out_channels)
     if plan.depthwise:

@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.errors import InputError, InvalidModelError
+from runtime.errors import InvalidModelError
 from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
-from runtime.kernels.epilogue import Epilogue, apply_epilogue, make_epilogue
+from runtime.kernels.calls import check_call
+from runtime.kernels.epilogue import Epilogue, apply_epilogue
 from runtime.kernels.pack import words_for
 
 
@@ -45,17 +46,9 @@ def dense(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """y = x @ W.T for x f32[N, F], then the epilogue: float32[N, O] or uint64[N, ceil(O/64)]."""
-    epilogue = epilogue or make_epilogue(plan.out_features)
-    if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2 \
-            or x.shape[1] != plan.in_features:
-        raise InputError(
-            f"dense input must be float32[N, {plan.in_features}], got "
-            f"{getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', []))}."
-        )
-    if epilogue.channels != plan.out_features:
-        raise InputError(
-            f"epilogue is for {epilogue.channels} channels, the layer has {plan.out_features}."
-        )
+    epilogue = check_call(
+        "dense", x, np.float32, (plan.in_features,), epilogue, plan.out_features
+    )
     y = x @ plan.weights_t
     return apply_epilogue(y, epilogue, y.shape, residual, out)
 
@@ -84,12 +77,10 @@ def bdense(
 
     Returns float32[N, O] (epilogue of F - 2*popcount(a XOR w)) or uint64[N, ceil(O/64)].
     """
-    if not isinstance(a_bits, np.ndarray) or a_bits.ndim != 2:
-        raise InputError(
-            f"binary dense input must be uint64[N, {words_for(plan.in_channels)}], got "
-            f"{getattr(a_bits, 'dtype', type(a_bits).__name__)}"
-            f"{list(getattr(a_bits, 'shape', []))}."
-        )
+    check_call(
+        "binary dense", a_bits, np.uint64, (words_for(plan.in_channels),), epilogue,
+        plan.out_channels,
+    )  # fmt: skip
     n_batch = a_bits.shape[0]
     flat = (n_batch, plan.out_channels)
     if isinstance(residual, np.ndarray) and residual.shape == flat:

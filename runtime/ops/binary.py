@@ -14,7 +14,14 @@ import numpy as np
 
 from runtime import kernels
 from runtime.kernels.pack import words_for
-from runtime.ops.common import channels_attr, check_channels, conv_size, per_channel, window_attrs
+from runtime.ops.common import (
+    channels_attr,
+    check_channels,
+    conv_size,
+    kernel_call,
+    per_channel,
+    window_attrs,
+)
 from runtime.ops.hyper import hyper_attrs, hyper_function, hyper_params, hyper_work
 from runtime.registry import Attr, Attrs, Fail, Inputs, OpDef, Param, register
 from runtime.schema import Node, ValueInfo
@@ -96,7 +103,7 @@ def _prepare_bconv2d(node: Node, weight: np.ndarray, in_info: ValueInfo):
         a["padding"],
         a["pad_value"],
     )
-    return lambda x, epilogue, residual: kernels.bconv2d(plan, x, epilogue, residual=residual)
+    return kernel_call(kernels.bconv2d, plan)
 
 
 def _bconv_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
@@ -150,7 +157,7 @@ def _bdense_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[i
 
 def _prepare_bdense(node: Node, weight: np.ndarray, in_info: ValueInfo):
     plan = kernels.prepare_bdense(weight, node.attrs["in_features"])
-    return lambda x, epilogue, residual: kernels.bdense(plan, x, epilogue, residual=residual)
+    return kernel_call(kernels.bdense, plan)
 
 
 register(

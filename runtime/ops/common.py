@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+
+import numpy as np
 
 from runtime.registry import MAX_WINDOW, Attr, Attrs, Fail, Param
 from runtime.schema import ValueInfo
@@ -67,3 +69,8 @@ def conv_size(
             )
         sizes.append((size + 2 * p - span) // s + 1)
     return sizes[0], sizes[1]
+
+
+def kernel_call(kernel: Callable[..., np.ndarray], plan: object) -> Callable[..., np.ndarray]:
+    """A producer's prepared call: ``call(x, epilogue, residual)`` runs ``kernel`` on ``plan``."""
+    return lambda x, epilogue, residual: kernel(plan, x, epilogue, residual=residual)

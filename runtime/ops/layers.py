@@ -9,7 +9,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from runtime import kernels
-from runtime.ops.common import channels_attr, check_channels, conv_size, per_channel, window_attrs
+from runtime.ops.common import (
+    channels_attr,
+    check_channels,
+    conv_size,
+    kernel_call,
+    per_channel,
+    window_attrs,
+)
 from runtime.registry import MAX_CHANNELS, Attr, Attrs, Fail, Inputs, OpDef, Param, register
 from runtime.schema import Node, ValueInfo
 
@@ -41,7 +48,7 @@ def _prepare_conv2d(node: Node, weight: np.ndarray, in_info: ValueInfo):
         a["dilation"],
         a["groups"],
     )
-    return lambda x, epilogue, residual: kernels.conv2d(plan, x, epilogue, residual=residual)
+    return kernel_call(kernels.conv2d, plan)
 
 
 def _conv_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
@@ -97,7 +104,7 @@ def _dense_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[in
 
 def _prepare_dense(node: Node, weight: np.ndarray, in_info: ValueInfo):
     plan = kernels.prepare_dense(weight)
-    return lambda x, epilogue, residual: kernels.dense(plan, x, epilogue, residual=residual)
+    return kernel_call(kernels.dense, plan)
 
 
 register(
