@@ -74,6 +74,11 @@ MODULES: tuple[Rule, ...] = (
         "mode 'nearest', integer (or integral float) scale_factor",
     ),
     Rule((nn.Identity, nn.Dropout, nn.Dropout2d), "(nothing)", "passthrough"),
+    Rule((nn.SiLU,), "silu", "silu"),
+    Rule((nn.Hardswish,), "hardswish", "hardswish"),
+    Rule((nn.Hardsigmoid,), "hardsigmoid", "hardsigmoid"),
+    Rule((nn.Sigmoid,), "sigmoid", "sigmoid"),
+    Rule((nn.GELU,), "gelu", "gelu", "approximate 'none' or 'tanh'"),
 )
 
 ADD_FUNCTIONS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add)
@@ -93,6 +98,18 @@ FUNCTIONS: tuple[Rule, ...] = (
         "interpolate",
         "mode 'nearest', integer (or integral float) scale_factor",
     ),
+    Rule((F.silu,), "silu", "silu"),
+    Rule((F.hardswish,), "hardswish", "hardswish"),
+    Rule((F.hardsigmoid,), "hardsigmoid", "hardsigmoid"),
+    Rule((torch.sigmoid, F.sigmoid), "sigmoid", "sigmoid"),
+    Rule((F.gelu,), "gelu", "gelu", "approximate 'none' or 'tanh'"),
+    Rule(
+        (operator.mul, torch.mul),
+        "mul (affine for a constant)",
+        "mul",
+        "same shapes, or [N, C, H, W] times a gate [N, C, 1, 1] (either order); a constant "
+        "number becomes an affine with that scale",
+    ),
 )
 
 METHODS: tuple[Rule, ...] = (
@@ -101,6 +118,8 @@ METHODS: tuple[Rule, ...] = (
     Rule(("mean",), "global_avgpool (+ flatten)", "mean", "over dims (2, 3)"),
     Rule(("contiguous",), "(nothing)", "passthrough"),
     Rule(("size",), "(shape arithmetic)", "size"),
+    Rule(("sigmoid",), "sigmoid", "sigmoid"),
+    Rule(("mul",), "mul (affine for a constant)", "mul", "as `x * y`; mul_ too"),
 )
 
 
@@ -244,7 +263,11 @@ def _spelling(target: Any, kind: str) -> str:
     name = getattr(target, "__name__", str(target))
     if target is operator.add:
         return "`x + y`"
-    prefix = "F" if "functional" in module or target in (F.max_pool2d, F.avg_pool2d) else "torch"
+    if target is operator.mul:
+        return "`x * y`"
+    prefix = (
+        "F" if "functional" in module or target in (F.max_pool2d, F.avg_pool2d, F.gelu) else "torch"
+    )
     return f"`{prefix}.{name}`"
 
 

@@ -12,6 +12,9 @@ Every FX node is looked up in the spellings table (``passes.spellings``) and han
 * BatchNorm -> ``affine`` with ``scale = gamma / sqrt(var + eps)``, ``bias = beta - mean*scale``.
 * float conv / linear, PReLU / RPReLU / DyPReLU, the ReLU family, pools, adds, concats,
   flatten, nearest upsampling -> their op; Identity and Dropout vanish.
+* SiLU, Hardswish, Hardsigmoid, Sigmoid, GELU -> their op; a product of two tensors -> ``mul``
+  (same shapes, or a squeeze-excitation gate [N, C, 1, 1]), of a tensor and a number ->
+  ``affine`` with that scale.
 
 Anything else raises :class:`binarize.errors.ConversionError` naming the node, the user's
 module and source line, and what to do. ``passes.export.fold`` then merges affines and folds
@@ -21,8 +24,8 @@ them into the binarizer thresholds.
 from __future__ import annotations
 
 import math
-import os
 import operator
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -379,6 +382,113 @@ class Lowerer:
     def lower_passthrough(self, node: fx.Node, target: Any) -> None:
         self.bind(node, self.value(node, node.args[0]))
 
+    # ---------------------------------------------------------------- float elementwise
+    def lower_silu(self, node: fx.Node, target: Any) -> None:
+        self._elementwise(node, target, "silu")
+
+    def lower_hardswish(self, node: fx.Node, target: Any) -> None:
+        self._elementwise(node, target, "hardswish")
+
+    def lower_hardsigmoid(self, node: fx.Node, target: Any) -> None:
+        self._elementwise(node, target, "hardsigmoid")
+
+    def lower_sigmoid(self, node: fx.Node, target: Any) -> None:
+        self._elementwise(node, target, "sigmoid")
+
+    def lower_gelu(self, node: fx.Node, target: Any) -> None:
+        self._elementwise(node, target, "gelu")
+
+    def _elementwise(self, node: fx.Node, target: Any, op: str) -> None:
+        """A module (``nn.SiLU``...), function (``F.silu``...) or method (``x.sigmoid()``) call
+        -> ``op``. An in-place call (``inplace=True``) overwrites its input, so the later
+        readers of the input read the result, as in torch."""
+        if isinstance(target, nn.Module):
+            options = {"inplace": getattr(target, "inplace", False)}
+            if op == "gelu":
+                options["approximate"] = target.approximate
+        else:
+            options = self.arguments(node, _ELEMENTWISE_SIGNATURES[op])
+        source = node.args[0] if node.args else node.kwargs.get("input")
+        x = self.value(node, source)
+        attrs: dict[str, Any] = {}
+        if op == "gelu":
+            if options["approximate"] not in ("none", "tanh"):
+                raise self.fail(
+                    node,
+                    f"GELU with approximate={options['approximate']!r}",
+                    "Use approximate='none' or 'tanh'.",
+                )
+            attrs["approximate"] = options["approximate"]
+        result = self.emit(op, node.name, [x], self.shape_of(node), attrs=attrs)
+        self.bind(node, result)
+        if options.get("inplace"):
+            self.bind(source, result)
+
+    def lower_mul(self, node: fx.Node, target: Any) -> None:
+        """``a * b``, ``torch.mul(a, b)``, ``a.mul(b)`` (``mul_`` / ``*=`` are made out of
+        place by canonicalization first).
+
+        Tensor * tensor -> ``mul``, with the operands ordered so that a per-channel gate
+        [N, C, 1, 1] is the second (float32 multiplication commutes exactly); tensor * number
+        -> ``affine`` with scale = that number and bias 0 (x*s + 0 = x*s); number * number
+        (shape arithmetic such as ``x.size(1) * x.size(2)``) -> a Python number.
+        """
+        unknown = sorted(set(node.kwargs) - {"input", "other"})
+        operands = [*node.args, *(node.kwargs[k] for k in ("input", "other") if k in node.kwargs)]
+        if unknown or len(operands) != 2:
+            raise self.fail(node, f"multiplication with arguments {unknown}", "Write it a * b.")
+        values = [self.env.get(o) if isinstance(o, fx.Node) else o for o in operands]
+        tensors = [i for i, v in enumerate(values) if isinstance(v, str)]
+        numbers = [i for i, v in enumerate(values) if _is_number(v)]
+        if len(numbers) == 2:
+            self.env[node] = values[0] * values[1]
+            return
+        if len(tensors) == 1 and len(numbers) == 1:
+            self._scale(node, self.value(node, operands[tensors[0]]), values[numbers[0]])
+            return
+        if len(tensors) != 2:
+            raise self.fail(
+                node,
+                f"multiplication of {', '.join(type(v).__name__ for v in values)}",
+                "Multiply tensors of the graph, or a tensor by a constant number.",
+            )
+        a, b = (self.value(node, o) for o in operands)
+        sa, sb = self.shape(a), self.shape(b)
+        full = [[int(d) for d in o.meta["tensor_meta"].shape] for o in operands]
+        if full[0][0] != full[1][0] or not (sa == sb or _is_gate(sa, sb) or _is_gate(sb, sa)):
+            raise self.fail(
+                node,
+                f"multiplication with broadcasting ({full[0]} * {full[1]})",
+                "The runtime multiplies tensors of the same shape, or an [N, C, H, W] tensor by "
+                "a per-channel gate [N, C, 1, 1] (squeeze-excitation: global average pooling, "
+                "1x1 convs, an activation, then the product); bring the factor to one of these "
+                "shapes or keep this computation out of the exported graph.",
+            )
+        inputs = [b, a] if _is_gate(sb, sa) else [a, b]
+        self.bind(node, self.emit("mul", node.name, inputs, self.shape_of(node)))
+
+    def _scale(self, node: fx.Node, x: str, factor: float) -> None:
+        if not math.isfinite(factor) or abs(factor) > 3.0e38:
+            raise self.fail(
+                node, f"multiplication by {factor!r}", "Use a finite factor within float32."
+            )
+        channels = int(self.shape(x)[0])
+        params = {
+            "scale": np.full(channels, factor, np.float32),
+            "bias": np.zeros(channels, np.float32),
+        }
+        self.bind(
+            node,
+            self.emit(
+                "affine",
+                node.name,
+                [x],
+                self.shape_of(node),
+                attrs={"channels": channels},
+                params=params,
+            ),
+        )
+
     # ---------------------------------------------------------------- pooling
     def _pool(self, node: fx.Node, op: str, attrs: dict[str, Any]) -> None:
         x = self.value(node, node.args[0])
@@ -602,6 +712,13 @@ _AVGPOOL_SIGNATURE = (
     ("count_include_pad", True),
     ("divisor_override", None),
 )
+_ELEMENTWISE_SIGNATURES: dict[str, tuple[tuple[str, Any], ...]] = {
+    "silu": (("inplace", False),),
+    "hardswish": (("inplace", False),),
+    "hardsigmoid": (("inplace", False),),
+    "sigmoid": (),
+    "gelu": (("approximate", "none"),),
+}
 _MAXPOOL_ARGS = ("stride", "padding", "dilation", "ceil_mode", "return_indices")
 _AVGPOOL_ARGS = ("stride", "padding", "ceil_mode", "count_include_pad", "divisor_override")
 _INTERPOLATE_SIGNATURE = (
@@ -663,6 +780,15 @@ def _hyper_head(mod: nn.Module) -> dict[str, np.ndarray]:
         for fc in ("fc1", "fc2")
         for role in ("weight", "bias")
     }
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _is_gate(big: tuple[int, ...], small: tuple[int, ...]) -> bool:
+    """Whether ``small`` is a per-channel gate [C, 1, 1] of the [C, H, W] shape ``big``."""
+    return len(big) == 3 and small == (big[0], 1, 1)
 
 
 def _as_list(v: Any) -> list[Any] | None:
