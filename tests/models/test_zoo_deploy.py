@@ -20,7 +20,6 @@ import binarize
 import runtime
 from binarize import models
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # name -> constructor keywords (input [N, 3, 32, 32], 5 classes)
