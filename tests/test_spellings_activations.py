@@ -184,3 +184,47 @@ def test_other_broadcasts_fail_at_convert_time_naming_the_node() -> None:
     assert "node 'mul'" in message and "([2, 8, 6, 6] * [2, 1, 6, 6])" in message
     assert "per-channel gate [N, C, 1, 1]" in message
     assert "test_spellings_activations.py" in message  # the user's source line
+
+
+class Products(nn.Module):
+    """x * sigmoid(x) by hand (two tensors of one shape), then a flatten whose size is a
+    product of sizes (shape arithmetic: the numbers multiply in Python)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8 * 6 * 6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h = self.conv2(h * torch.sigmoid(h))
+        return self.fc(h.view(h.size(0), h.size(1) * h.size(2) * h.size(3)))
+
+
+def test_same_shape_products_and_size_arithmetic_pack() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 6, 6)
+    bnn = binarize.convert(Products(), recipe="xnor", example_inputs=(x[:2],))
+    bnn.schedule.finalize(bnn)
+    packed = runtime.load(binarize.pack(bnn, example_inputs=(x[:2],)))
+    assert [s.label for s in packed.plan][:3] == ["conv2d", "sigmoid", "mul"]
+    with torch.no_grad():
+        expected = bnn.eval()(x).numpy()
+    close = np.isclose(packed.predict(x.numpy()), expected, rtol=1e-4, atol=1e-4).all(axis=1)
+    assert close.mean() >= 0.9
+
+
+class HugeFactor(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.conv(x) * 1e39, 1), 1))
+
+
+def test_a_factor_beyond_float32_is_refused() -> None:
+    with pytest.raises(binarize.ConversionError, match=r"multiplication by 1e\+39.*finite factor"):
+        binarize.convert(HugeFactor(), recipe="xnor", example_inputs=(torch.randn(2, 3, 6, 6),))
