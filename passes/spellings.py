@@ -43,6 +43,14 @@ class Rule:
     note: str = ""
 
 
+_ADAPTIVE_NOTE = (
+    "any output size (None keeps a dim); to 1x1: global_avgpool; to the input's size: nothing"
+)
+_UPSAMPLE_NOTE = (
+    "'nearest': integer (or integral float) scale_factor or an integer multiple size; "
+    "'bilinear', align_corners either: integral scale_factor or any size"
+)
+
 # Order matters for modules: binary layers subclass the float ones.
 MODULES: tuple[Rule, ...] = (
     Rule(
@@ -52,10 +60,19 @@ MODULES: tuple[Rule, ...] = (
         "groups 1, dilation 1, zero padding",
     ),
     Rule(
-        (BinaryLinear,), "quantize/dyquantize + bdense + affine", "binary_layer", "on [N, F] inputs"
+        (BinaryLinear,),
+        "quantize/dyquantize + bdense + affine",
+        "binary_layer",
+        "on [N, F] inputs; channels-last (between permutes): quantize + 1x1 bconv2d + affine, "
+        "sign binarizers only",
     ),
     Rule((nn.Conv2d,), "conv2d", "float_conv", "zero padding (padding_mode='zeros')"),
-    Rule((nn.Linear,), "dense", "float_linear", "on [N, F] inputs"),
+    Rule(
+        (nn.Linear,),
+        "dense",
+        "float_linear",
+        "on [N, F] inputs; channels-last (between permutes): a 1x1 conv2d",
+    ),
     Rule((nn.modules.batchnorm._BatchNorm,), "affine", "batchnorm", "with running statistics"),
     Rule((nn.ReLU,), "relu", "activation"),
     Rule((nn.ReLU6, nn.Hardtanh), "clamp", "activation"),
@@ -65,13 +82,18 @@ MODULES: tuple[Rule, ...] = (
     Rule((DyPReLU,), "dyprelu", "activation"),
     Rule((nn.MaxPool2d,), "maxpool2d", "maxpool_module", "no dilation, no indices"),
     Rule((nn.AvgPool2d,), "avgpool2d", "avgpool_module", "no divisor_override"),
-    Rule((nn.AdaptiveAvgPool2d,), "global_avgpool", "adaptive_avgpool_module", "output size 1"),
+    Rule(
+        (nn.AdaptiveAvgPool2d,),
+        "adaptive_avgpool2d / global_avgpool",
+        "adaptive_avgpool_module",
+        _ADAPTIVE_NOTE,
+    ),
     Rule((nn.Flatten,), "flatten", "flatten_module", "from dim 1 to the end"),
     Rule(
-        (nn.Upsample,),
-        "upsample_nearest",
+        (nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d),
+        "upsample_nearest / upsample_bilinear",
         "upsample_module",
-        "mode 'nearest', integer (or integral float) scale_factor",
+        _UPSAMPLE_NOTE,
     ),
     Rule((nn.Identity, nn.Dropout, nn.Dropout2d), "(nothing)", "passthrough"),
     Rule((nn.SiLU,), "silu", "silu"),
@@ -79,6 +101,15 @@ MODULES: tuple[Rule, ...] = (
     Rule((nn.Hardsigmoid,), "hardsigmoid", "hardsigmoid"),
     Rule((nn.Sigmoid,), "sigmoid", "sigmoid"),
     Rule((nn.GELU,), "gelu", "gelu", "approximate 'none' or 'tanh'"),
+    Rule((nn.AdaptiveMaxPool2d,), "adaptive_maxpool2d", "adaptive_maxpool_module", "no indices"),
+    Rule(
+        (nn.LayerNorm,),
+        "layernorm_channels",
+        "layernorm",
+        "LayerNorm(C) between x.permute(0, 2, 3, 1) and x.permute(0, 3, 1, 2) (ConvNeXt), or "
+        "LayerNorm(F) on [N, F]",
+    ),
+    Rule((nn.ChannelShuffle,), "channel_shuffle", "channel_shuffle_module"),
 )
 
 ADD_FUNCTIONS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add)
@@ -90,13 +121,18 @@ FUNCTIONS: tuple[Rule, ...] = (
     Rule((torch.flatten,), "flatten", "flatten_function", "from dim 1 to the end"),
     Rule((F.max_pool2d,), "maxpool2d", "maxpool_function", "no dilation, no indices"),
     Rule((F.avg_pool2d,), "avgpool2d", "avgpool_function", "no divisor_override"),
-    Rule((F.adaptive_avg_pool2d,), "global_avgpool", "adaptive_avgpool_function", "output size 1"),
+    Rule(
+        (F.adaptive_avg_pool2d,),
+        "adaptive_avgpool2d / global_avgpool",
+        "adaptive_avgpool_function",
+        _ADAPTIVE_NOTE,
+    ),
     Rule((torch.mean,), "global_avgpool (+ flatten)", "mean", "over dims (2, 3)"),
     Rule(
         (F.interpolate,),
-        "upsample_nearest",
+        "upsample_nearest / upsample_bilinear",
         "interpolate",
-        "mode 'nearest', integer (or integral float) scale_factor",
+        _UPSAMPLE_NOTE,
     ),
     Rule((F.silu,), "silu", "silu"),
     Rule((F.hardswish,), "hardswish", "hardswish"),
@@ -110,16 +146,44 @@ FUNCTIONS: tuple[Rule, ...] = (
         "same shapes, or [N, C, H, W] times a gate [N, C, 1, 1] (either order); a constant "
         "number becomes an affine with that scale",
     ),
+    Rule((F.adaptive_max_pool2d,), "adaptive_maxpool2d", "adaptive_maxpool_function", "no indices"),
+    Rule(
+        (torch.channel_shuffle,),
+        "channel_shuffle",
+        "channel_shuffle_function",
+        "F.channel_shuffle is the same function",
+    ),
+    Rule((torch.permute,), "(layout)", "permute", "as `x.permute()`"),
+    Rule((torch.transpose,), "(layout)", "transpose", "as `x.transpose()`"),
 )
 
 METHODS: tuple[Rule, ...] = (
     Rule(("add",), "add", "add", "tensor.add(tensor) of the same shape; add_ too"),
-    Rule(("view", "reshape", "flatten"), "flatten", "reshape_method", "to [N, F] only"),
+    Rule(
+        ("view", "reshape", "flatten"),
+        "flatten",
+        "reshape_method",
+        "to [N, F]; a rank-5 view only as the start of the channel shuffle (`x.transpose()`)",
+    ),
     Rule(("mean",), "global_avgpool (+ flatten)", "mean", "over dims (2, 3)"),
     Rule(("contiguous",), "(nothing)", "passthrough"),
-    Rule(("size",), "(shape arithmetic)", "size"),
+    Rule(("size",), "(shape arithmetic)", "size", "sizes and `+ - // / % **` on them"),
     Rule(("sigmoid",), "sigmoid", "sigmoid"),
     Rule(("mul",), "mul (affine for a constant)", "mul", "as `x * y`; mul_ too"),
+    Rule(
+        ("permute",),
+        "(layout)",
+        "permute",
+        "(0, 2, 3, 1) -> nn.LayerNorm(C) / nn.Linear / elementwise ops -> (0, 3, 1, 2) "
+        "(ConvNeXt); (0, 2, 1, 3, 4) in the channel shuffle",
+    ),
+    Rule(
+        ("transpose",),
+        "channel_shuffle (pattern)",
+        "transpose",
+        "`x.view(n, g, c // g, h, w)` -> `transpose(1, 2)` -> `.contiguous()` -> "
+        "`.view(n, -1, h, w)` is one channel_shuffle (ShuffleNet)",
+    ),
 )
 
 

@@ -47,6 +47,7 @@ from binarize.nn import (
     SignSTE,
 )
 from passes import spellings
+from passes.export.patterns import LAYOUTS, PatternLowering
 from runtime.errors import InvalidModelError
 from runtime.ops.hyper import ACTIVATIONS as _DYNAMIC_ACTIVATIONS
 from runtime.registry import make_node
@@ -83,7 +84,7 @@ def pack_sign_bits(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view("<u8").astype(np.uint64)
 
 
-class Lowerer:
+class Lowerer(PatternLowering):
     """Walks the FX graph once, emitting registry nodes and tracking every value's info.
 
     Each handler ``lower_<rule.handler>(node, target)`` reads one FX node (``target`` is the
@@ -96,6 +97,10 @@ class Lowerer:
         self.nodes: list[Node] = []
         self.values: dict[str, ValueInfo] = {}
         self.env: dict[fx.Node, Any] = {}  # fx node -> value name, or a python value (sizes)
+        # or a layout state of passes/export/patterns.py; nodes whose tensor_meta is NHWC:
+        self.channels_last_nodes: set[fx.Node] = set()
+        # fx nodes that are one tensor in torch because in-place calls returned their input
+        self.aliases: dict[fx.Node, list[fx.Node]] = {}
 
     # ---------------------------------------------------------------- helpers
     def fail(self, node: fx.Node, why: str, fix: str) -> ConversionError:
@@ -106,7 +111,10 @@ class Lowerer:
         meta = node.meta.get("tensor_meta")
         if meta is None or not hasattr(meta, "shape"):
             raise self.fail(node, "it does not produce a single tensor", "Return tensors only.")
-        return tuple(int(s) for s in meta.shape[1:])
+        shape = tuple(int(s) for s in meta.shape[1:])
+        if node in self.channels_last_nodes:  # torch's [N, H, W, C] of an NCHW value
+            return (shape[-1], *shape[:-1])
+        return shape
 
     def value(self, node: fx.Node, arg: Any, kind: str = "float") -> str:
         if not isinstance(arg, fx.Node) or arg not in self.env:
@@ -114,6 +122,8 @@ class Lowerer:
                 node, f"its input {arg!r} is not a tensor of the graph", "Pass tensors only."
             )
         name = self.env[arg]
+        if isinstance(name, LAYOUTS):
+            raise self.layout_error(node, name)
         if not isinstance(name, str):
             raise self.fail(node, f"its input {arg.name} is not a tensor", "Pass tensors only.")
         if self.values[name].kind != kind:
@@ -156,9 +166,7 @@ class Lowerer:
                 self.env[node] = node.name
                 inputs.append(TensorSpec(node.name, (None, *shape)))
             elif node.op == "output":
-                for arg in _flatten_outputs(node.args[0]):
-                    name = self.value(node, arg)
-                    outputs.append(TensorSpec(name, (None, *self.shape(name))))
+                outputs = self.lower_outputs(node)
             elif node.op == "get_attr":
                 raise self.fail(
                     node,
@@ -170,23 +178,62 @@ class Lowerer:
                 self.lower_call(node)
         return inputs, outputs
 
-    def lower_call(self, node: fx.Node) -> None:
-        """Dispatch a call node through the spellings table."""
+    def lower_outputs(self, node: fx.Node) -> list[TensorSpec]:
+        """The graph outputs: a tensor, tuples / lists of tensors (in order), or a dict of
+        tensors by string key (fcn_resnet50's ``{"out": x, "aux": y}``), whose keys become the
+        outputs' keys, so ``Model.predict`` returns a dict with the same keys."""
+        result = node.args[0]
+        if isinstance(result, dict):
+            bad = [
+                k for k, v in result.items() if not isinstance(k, str) or not isinstance(v, fx.Node)
+            ]
+            if bad:
+                raise self.fail(
+                    node,
+                    f"the model returns a dict whose entries {bad} are not tensors by string key",
+                    "Return a tensor, a tuple of tensors or a dict of tensors by string key.",
+                )
+            items: list[tuple[str | None, Any]] = list(result.items())
+        else:
+            items = [(None, arg) for arg in _flatten_outputs(result)]
+        specs: list[TensorSpec] = []
+        for key, arg in items:
+            name = self.value(node, arg)
+            if any(spec.name == name for spec in specs):
+                raise self.fail(node, f"it returns the tensor {arg} twice", "Return it once.")
+            specs.append(TensorSpec(name, (None, *self.shape(name)), key=key))
+        return specs
+
+    def target_of(self, node: fx.Node) -> Any:
+        """The module a call_module node calls, else the called function or method name."""
         if node.op == "call_module":
-            target: Any = self.modules[str(node.target)]
-            rule = spellings.module_rule(target)
+            return self.modules[str(node.target)]
+        return node.target if node.op == "call_function" else str(node.target)
+
+    def rule_of(self, node: fx.Node) -> spellings.Rule | None:
+        """The spellings-table rule of a call node, or None."""
+        target = self.target_of(node)
+        if node.op == "call_module":
+            return spellings.module_rule(target)
+        if node.op == "call_function":
+            return spellings.function_rule(target)
+        return spellings.method_rule(target)
+
+    def lower_call(self, node: fx.Node) -> None:
+        """Dispatch a call node: shape arithmetic and the layout patterns first
+        (``passes/export/patterns.py``), then the spellings table."""
+        if self.lower_structure(node):
+            return
+        target, rule = self.target_of(node), self.rule_of(node)
+        if rule is None and target is operator.getitem:
+            return self.lower_getitem(node)
+        if rule is None and target is getattr:
+            return self.lower_getattr(node)
+        if node.op == "call_module":
             what = f"module type {type(target).__name__}"
         elif node.op == "call_function":
-            target = node.target
-            rule = spellings.function_rule(target)
-            if rule is None and target is operator.getitem:
-                return self.lower_getitem(node)
-            if rule is None and target is getattr:
-                return self.lower_getattr(node)
             what = f"function {getattr(target, '__name__', target)}"
         else:
-            target = str(node.target)
-            rule = spellings.method_rule(target)
             what = f"tensor method .{target}()"
         if rule is None:
             raise self.fail(
@@ -400,8 +447,9 @@ class Lowerer:
 
     def _elementwise(self, node: fx.Node, target: Any, op: str) -> None:
         """A module (``nn.SiLU``...), function (``F.silu``...) or method (``x.sigmoid()``) call
-        -> ``op``. An in-place call (``inplace=True``) overwrites its input, so the later
-        readers of the input read the result, as in torch."""
+        -> ``op``. An in-place call (``inplace=True``) overwrites its input: the later readers
+        of the input, and of every node that is the same tensor (the results of earlier
+        in-place calls on it), read the result, as in torch."""
         if isinstance(target, nn.Module):
             options = {"inplace": getattr(target, "inplace", False)}
             if op == "gelu":
@@ -422,7 +470,11 @@ class Lowerer:
         result = self.emit(op, node.name, [x], self.shape_of(node), attrs=attrs)
         self.bind(node, result)
         if options.get("inplace"):
-            self.bind(source, result)
+            same_tensor = self.aliases.setdefault(source, [source])
+            same_tensor.append(node)
+            self.aliases[node] = same_tensor
+            for alias in same_tensor:
+                self.bind(alias, result)
 
     def lower_mul(self, node: fx.Node, target: Any) -> None:
         """``a * b``, ``torch.mul(a, b)``, ``a.mul(b)`` (``mul_`` / ``*=`` are made out of
@@ -520,20 +572,36 @@ class Lowerer:
     def lower_avgpool_function(self, node: fx.Node, target: Any) -> None:
         self._avgpool(node, self.arguments(node, _AVGPOOL_SIGNATURE))
 
-    def _global_pool(self, node: fx.Node, size: Any) -> None:
-        if _as_list(size) not in ([1], [1, 1]):
-            raise self.fail(
-                node,
-                f"adaptive pooling to {size}",
-                "Only output size 1 (global average pooling) is supported.",
-            )
-        self._pool(node, "global_avgpool", {})
+    def _adaptive_pool(self, node: fx.Node, kind: str, return_indices: bool = False) -> None:
+        """Adaptive average / max pooling to any size (read from shape propagation, so None
+        entries need no parsing): nothing when it keeps the input's size (VGG's 7x7 on 224
+        inputs), ``global_avgpool`` for an average to 1x1, else ``adaptive_<kind>pool2d``."""
+        if return_indices:
+            raise self.fail(node, "adaptive max pooling with indices", "Leave them off.")
+        x = self.value(node, node.args[0])
+        shape, out = self.shape(x), self.shape_of(node)
+        if len(shape) != 3:
+            raise self.fail(node, f"adaptive pooling of {list(shape)}", "Pool [N, C, H, W].")
+        if out == shape:  # every bin is one pixel
+            self.bind(node, x)
+        elif kind == "avg" and out[1:] == (1, 1):
+            self._pool(node, "global_avgpool", {})
+        else:
+            self._pool(node, f"adaptive_{kind}pool2d", {"size": list(out[1:])})
 
     def lower_adaptive_avgpool_module(self, node: fx.Node, mod: nn.AdaptiveAvgPool2d) -> None:
-        self._global_pool(node, mod.output_size)
+        self._adaptive_pool(node, "avg")
 
     def lower_adaptive_avgpool_function(self, node: fx.Node, target: Any) -> None:
-        self._global_pool(node, self.arguments(node, (("output_size", _REQUIRED),))["output_size"])
+        self.arguments(node, (("output_size", _REQUIRED),))
+        self._adaptive_pool(node, "avg")
+
+    def lower_adaptive_maxpool_module(self, node: fx.Node, mod: nn.AdaptiveMaxPool2d) -> None:
+        self._adaptive_pool(node, "max", mod.return_indices)
+
+    def lower_adaptive_maxpool_function(self, node: fx.Node, target: Any) -> None:
+        a = self.arguments(node, (("output_size", _REQUIRED), ("return_indices", False)))
+        self._adaptive_pool(node, "max", a["return_indices"])
 
     def lower_mean(self, node: fx.Node, target: Any) -> None:
         a = self.arguments(node, (("dim", None), ("keepdim", False), ("dtype", None)))
@@ -642,11 +710,41 @@ class Lowerer:
             self.emit("upsample_nearest", node.name, [x], out_shape, attrs={"scale": factors}),
         )
 
+    def _upsample_bilinear(
+        self, node: fx.Node, scale: Any, align_corners: bool | None, recompute: bool | None
+    ) -> None:
+        """Bilinear resampling to the propagated output size. With a scale_factor (and no
+        recompute_scale_factor) torch maps coordinates by 1/scale rather than by the sizes,
+        which is the same exactly when the factor is integral."""
+        x = self.value(node, node.args[0])
+        if scale is not None and not recompute:
+            try:
+                _pair(scale)
+            except (TypeError, ValueError):
+                raise self.fail(
+                    node,
+                    f"bilinear upsampling by scale_factor={scale!r}",
+                    "Use an integral factor, or pass size= (or recompute_scale_factor=True).",
+                ) from None
+        out = self.shape_of(node)
+        attrs = {"size": list(out[1:]), "align_corners": bool(align_corners)}
+        self.bind(node, self.emit("upsample_bilinear", node.name, [x], out, attrs=attrs))
+
     def lower_upsample_module(self, node: fx.Node, mod: nn.Upsample) -> None:
+        if mod.mode == "bilinear":
+            self._upsample_bilinear(
+                node, mod.scale_factor, mod.align_corners, mod.recompute_scale_factor
+            )
+            return
         self._upsample(node, mod.mode, mod.scale_factor, mod.size)
 
     def lower_interpolate(self, node: fx.Node, target: Any) -> None:
         a = self.arguments(node, _INTERPOLATE_SIGNATURE)
+        if a["mode"] == "bilinear" and not a["antialias"]:
+            self._upsample_bilinear(
+                node, a["scale_factor"], a["align_corners"], a["recompute_scale_factor"]
+            )
+            return
         if a["align_corners"] or a["antialias"]:
             raise self.fail(node, "interpolate with align_corners/antialias", "Leave them off.")
         self._upsample(node, a["mode"], a["scale_factor"], a["size"])
@@ -686,6 +784,9 @@ class Lowerer:
             values[name] = value
         if first == "tensors":
             values[first] = node.args[0] if node.args else node.kwargs[first]
+        for name, value in values.items():  # sizes computed in the graph (x.shape[-2:])
+            if name != first and isinstance(value, fx.Node) and _is_python(self.env.get(value)):
+                values[name] = self.env[value]
         missing = [k for k, v in values.items() if v is _REQUIRED]
         constant = [k for k, v in values.items() if isinstance(v, fx.Node) and k != first]
         if missing or constant:
@@ -806,6 +907,11 @@ def _pool_attrs(a: dict[str, Any]) -> dict[str, Any]:
         "padding": _pair(a["padding"]),
         "ceil_mode": bool(a["ceil_mode"]),
     }
+
+
+def _is_python(value: Any) -> bool:
+    """A Python value of the shape arithmetic (not a graph tensor, nor unknown)."""
+    return value is not None and not isinstance(value, (str, *LAYOUTS))
 
 
 def _flatten_outputs(out: Any) -> list[Any]:

@@ -7,7 +7,9 @@
 - ``activations``: ``prelu``, ``rprelu``, ``dyprelu``, ``relu``, ``clamp``, ``leaky_relu``;
 - ``elementwise``: ``silu``, ``hardswish``, ``hardsigmoid``, ``sigmoid``, ``gelu``, ``mul``;
 - ``tensor``: ``add``, ``concat``, ``flatten``, ``upsample_nearest``;
-- ``pooling``: ``maxpool2d``, ``avgpool2d``, ``global_avgpool``.
+- ``pooling``: ``maxpool2d``, ``avgpool2d``, ``global_avgpool``, ``adaptive_avgpool2d``,
+  ``adaptive_maxpool2d``;
+- ``shape``: ``upsample_bilinear``, ``channel_shuffle``, ``layernorm_channels``.
 
 Implementations work on the runtime's layout: float values NHWC (rank 4) or [N, F] (rank 2),
 bits uint64 with channels packed along the last axis; per-channel parameters broadcast along
@@ -22,5 +24,6 @@ from runtime.ops import activations
 from runtime.ops import elementwise
 from runtime.ops import tensor
 from runtime.ops import pooling
+from runtime.ops import shape
 
-__all__ = ["activations", "binary", "elementwise", "layers", "pooling", "tensor"]
+__all__ = ["activations", "binary", "elementwise", "layers", "pooling", "shape", "tensor"]

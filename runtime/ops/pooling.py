@@ -1,5 +1,6 @@
 """Max and average pooling on NHWC float32 with PyTorch's exact semantics, one numba kernel,
-and ``global_avgpool``.
+``global_avgpool``, and the adaptive pools ``adaptive_avgpool2d`` / ``adaptive_maxpool2d``
+(PyTorch's bins, ``adaptive_bins``).
 
 Window of output (oy, ox) along an axis: taps at ``o*s - p + k*d`` for k < kernel; taps outside
 the input are skipped (max pooling: padding is -inf; a window with no input pixel gives -inf,
@@ -172,5 +173,98 @@ register(
         infer=lambda attrs, ins, fail: (ins[0].channels, 1, 1),
         run=lambda xs, p, a: xs[0].mean(axis=(1, 2), keepdims=True, dtype=np.float32),
         work=lambda a, i, o: math.prod(i[0].shape),
+    )
+)
+
+
+# ---------------------------------------------------------------- adaptive pooling
+def adaptive_bins(size: int, out: int) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's adaptive pooling bins along one axis: output i pools the input range
+    [floor(i*L/out), ceil((i+1)*L/out)), so neighbouring bins may overlap by one pixel and
+    every input pixel lies in some bin (out > L repeats pixels)."""
+    i = np.arange(out, dtype=np.int64)
+    return (i * size) // out, ((i + 1) * size + out - 1) // out
+
+
+@njit(cache=True, parallel=True)
+def _adaptive_kernel(x, row_start, row_end, col_start, col_end, is_max, out):
+    n_batch, _, _, channels = x.shape
+    _, out_h, out_w, _ = out.shape
+    for job in prange(n_batch * out_h):
+        n = job // out_h
+        oy = job % out_h
+        acc = np.empty(channels, np.float32)
+        for ox in range(out_w):
+            start = -np.inf if is_max else 0.0
+            for c in range(channels):
+                acc[c] = start
+            for iy in range(row_start[oy], row_end[oy]):
+                for ix in range(col_start[ox], col_end[ox]):
+                    if is_max:
+                        for c in range(channels):
+                            acc[c] = max(acc[c], x[n, iy, ix, c])
+                    else:
+                        for c in range(channels):
+                            acc[c] += x[n, iy, ix, c]
+            area = (row_end[oy] - row_start[oy]) * (col_end[ox] - col_start[ox])
+            scale = np.float32(1.0 if is_max else area)
+            for c in range(channels):
+                out[n, oy, ox, c] = acc[c] / scale
+
+
+def _adaptive(x: np.ndarray, size: Sequence[int], is_max: bool) -> np.ndarray:
+    n, height, width, channels = x.shape
+    rows, cols = adaptive_bins(height, size[0]), adaptive_bins(width, size[1])
+    out = np.empty((n, size[0], size[1], channels), np.float32)
+    _adaptive_kernel(x, *rows, *cols, is_max, out)
+    return out
+
+
+def adaptive_avgpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> np.ndarray:
+    """F.adaptive_avg_pool2d(x, size) of an NHWC float32 tensor: the mean of each bin
+    (``adaptive_bins`` along each axis), summed in float32 as torch does."""
+    return _adaptive(xs[0], a["size"], False)
+
+
+def adaptive_maxpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> np.ndarray:
+    """F.adaptive_max_pool2d(x, size) of an NHWC float32 tensor: the maximum of each bin."""
+    return _adaptive(xs[0], a["size"], True)
+
+
+def _adaptive_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[int, ...]:
+    return (ins[0].channels, *attrs["size"])
+
+
+def _adaptive_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
+    """Taps per output element: a bin spans at most ceil(L/out) + 1 pixels along each axis."""
+    _, h, w = ins[0].shape
+    oh, ow = a["size"]
+    return math.prod(out.shape) * (-(-h // oh) + 1) * (-(-w // ow) + 1)
+
+
+_ADAPTIVE_SIZE = Attr("size", "pair", minimum=1, doc="output [height, width]")
+
+register(
+    OpDef(
+        "adaptive_avgpool2d",
+        "torch adaptive_avg_pool2d(x, size): output (i, j) averages rows "
+        "[floor(i*H/oh), ceil((i+1)*H/oh)) and the columns likewise",
+        inputs=_POOL_IN,
+        attrs=(_ADAPTIVE_SIZE,),
+        infer=_adaptive_shape,
+        run=adaptive_avgpool2d,
+        work=_adaptive_work,
+    )
+)
+
+register(
+    OpDef(
+        "adaptive_maxpool2d",
+        "torch adaptive_max_pool2d(x, size): the maximum over the bins of adaptive_avgpool2d",
+        inputs=_POOL_IN,
+        attrs=(_ADAPTIVE_SIZE,),
+        infer=_adaptive_shape,
+        run=adaptive_maxpool2d,
+        work=_adaptive_work,
     )
 )

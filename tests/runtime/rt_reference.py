@@ -17,6 +17,7 @@ threshold: tests skip inputs with near-ties, where float rounding (not a bug) co
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
@@ -226,6 +227,67 @@ def _mul(xs, p, a):
     return a_.astype(np.float64) * b
 
 
+def _adaptive_pool(x, size, reduce):
+    """PyTorch's adaptive pooling from its documented rule: output i covers the input range
+    [floor(i*L/out), ceil((i+1)*L/out)) along each axis (exact rational arithmetic)."""
+    n, c, h, w = x.shape
+    out = np.empty((n, c, *size))
+
+    def bins(length: int, count: int) -> list[tuple[int, int]]:
+        return [
+            (math.floor(Fraction(i * length, count)), math.ceil(Fraction((i + 1) * length, count)))
+            for i in range(count)
+        ]
+
+    for i, (y0, y1) in enumerate(bins(h, size[0])):
+        for j, (x0, x1) in enumerate(bins(w, size[1])):
+            out[:, :, i, j] = reduce(x[:, :, y0:y1, x0:x1].astype(np.float64), axis=(2, 3))
+    return out
+
+
+def _bilinear_source(i: int, size: int, out: int, align_corners: bool) -> float:
+    """The input coordinate output index i samples (F.interpolate's documented mapping)."""
+    if align_corners:
+        return i * (size - 1) / (out - 1) if out > 1 else 0.0
+    return max((i + 0.5) * size / out - 0.5, 0.0)
+
+
+def _upsample_bilinear(xs, p, a):
+    x = xs[0].astype(np.float64)
+    n, c, h, w = x.shape
+    (oh, ow), corners = a["size"], a["align_corners"]
+    out = np.empty((n, c, oh, ow))
+    for i in range(oh):
+        sy = _bilinear_source(i, h, oh, corners)
+        y0 = min(int(sy), h - 1)
+        y1, ly = min(y0 + 1, h - 1), sy - y0
+        for j in range(ow):
+            sx = _bilinear_source(j, w, ow, corners)
+            x0 = min(int(sx), w - 1)
+            x1, lx = min(x0 + 1, w - 1), sx - x0
+            top = (1 - lx) * x[:, :, y0, x0] + lx * x[:, :, y0, x1]
+            bottom = (1 - lx) * x[:, :, y1, x0] + lx * x[:, :, y1, x1]
+            out[:, :, i, j] = (1 - ly) * top + ly * bottom
+    return out
+
+
+def _channel_shuffle(xs, p, a):
+    """out channel k = in channel (k mod g)*(C/g) + k div g."""
+    x, g = xs[0], a["groups"]
+    per_group = x.shape[1] // g
+    return x[:, [(k % g) * per_group + k // g for k in range(x.shape[1])]]
+
+
+def _layernorm_channels(xs, p, a):
+    x = xs[0].astype(np.float64)
+    mean = x.mean(axis=1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=1, keepdims=True)
+    rank = x.ndim
+    return (x - mean) / np.sqrt(var + a["eps"]) * _channel(p["weight"], rank) + _channel(
+        p["bias"], rank
+    )
+
+
 # op -> f(inputs NCHW, params by role, attrs parsed by the registry (defaults filled in));
 # the quantize ops also return their smallest |value - threshold|
 REFERENCE: dict[str, Any] = {
@@ -261,6 +323,11 @@ REFERENCE: dict[str, Any] = {
     "global_avgpool": lambda xs, p, a: xs[0].astype(np.float64).mean(axis=(2, 3), keepdims=True),
     "flatten": lambda xs, p, a: xs[0].reshape(xs[0].shape[0], -1),
     "upsample_nearest": _upsample_nearest,
+    "adaptive_avgpool2d": lambda xs, p, a: _adaptive_pool(xs[0], a["size"], np.mean),
+    "adaptive_maxpool2d": lambda xs, p, a: _adaptive_pool(xs[0], a["size"], np.max),
+    "upsample_bilinear": _upsample_bilinear,
+    "channel_shuffle": _channel_shuffle,
+    "layernorm_channels": _layernorm_channels,
     "silu": lambda xs, p, a: xs[0].astype(np.float64) * _sigmoid(xs[0]),
     "hardswish": lambda xs, p, a: xs[0].astype(np.float64) * _hardsigmoid(xs[0]),
     "hardsigmoid": lambda xs, p, a: _hardsigmoid(xs[0]),
