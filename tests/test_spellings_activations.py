@@ -228,3 +228,30 @@ class HugeFactor(nn.Module):
 def test_a_factor_beyond_float32_is_refused() -> None:
     with pytest.raises(binarize.ConversionError, match=r"multiplication by 1e\+39.*finite factor"):
         binarize.convert(HugeFactor(), recipe="xnor", example_inputs=(torch.randn(2, 3, 6, 6),))
+
+
+class InPlaceReread(nn.Module):
+    """An in-place activation whose input is read again afterwards: torch reads the result."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = nn.Hardswish(inplace=True)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        a = self.act(h)
+        b = F.silu(h, inplace=True)  # reads act's result, and overwrites it again
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(a + b + h, 1), 1))
+
+
+def test_in_place_activations_keep_torchs_meaning() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 5, 5)
+    model = InPlaceReread().eval()
+    bnn = binarize.convert(model, recipe="xnor", example_inputs=(x[:2],))
+    packed = runtime.load(binarize.pack(bnn, example_inputs=(x[:2],)))
+    with torch.no_grad():
+        expected = model(x).numpy()  # = fc(pool(3 * silu(hardswish(conv(x)))))
+    np.testing.assert_allclose(packed.predict(x.numpy()), expected, rtol=1e-5, atol=1e-5)
