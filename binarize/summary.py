@@ -10,10 +10,15 @@ then totals. Counting rules (per sample, i.e. divided by the example batch size)
   pooled ``[N, C]`` vector once per sample).
 * OPs as ReActNet and Bi-Real count them: ``OPs = BOPs / 64 + FLOPs`` (a 64-bit popcount does
   64 binary MACs).
-* Packed memory (what ``binarize.pack`` keeps): 1 bit per binary weight; 32 bits per float
-  parameter that survives packing; a BatchNorm folds into a per-channel affine (``2 C``
-  floats); a binary layer's ``alpha_o`` and bias fold into the BatchNorm that reads it, or
-  become their own ``2 O``-float affine when none does.
+* Packed size: the length of the file ``binarize.pack`` writes, measured by exporting the
+  network on the example inputs (``binarize.packed_size``: container header, graph JSON and
+  tensors); a layer's memory is the bytes of the exported tensors lowered from it, after
+  folding (a BatchNorm folded into the next binarizer's threshold keeps none). A network
+  that cannot be exported gets an estimate instead, and the totals say so and why: 64 bits
+  per output and tap for every 64 input channels of a binary weight (its packed words); 32
+  bits per float parameter that survives packing; a BatchNorm folds into a per-channel
+  affine (``2 C`` floats); a binary layer's ``alpha_o`` and bias fold into the BatchNorm
+  that reads it, or become their own ``2 O``-float affine when none does.
 * Float-equivalent size: every parameter and floating-point buffer at 32 bits (the float
   checkpoint of the same network); the compression ratio is that over the packed size.
 
@@ -32,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 from tabulate import tabulate
 from torch import fx, nn
 
+from binarize.errors import ConversionError
 from binarize.nn import BinaryConv2d, BinaryLinear
+from binarize.packed_size import ExportedSize
 
 if TYPE_CHECKING:
     from passes.select import Decision
@@ -44,7 +51,8 @@ _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 @dataclass(frozen=True)
 class LayerRow:
     """One layer call. ``input_bits`` / ``weight_bits`` are None for layers without weights;
-    ``parameters`` and ``memory_bytes`` are counted at a module's first call only.
+    ``parameters`` are counted at a module's first call only; ``memory_bytes`` are those of
+    this call's exported tensors (of the first call only when estimated).
     ``decision`` is ``"binary: <reason>"`` or ``"float: <reason>"`` for each conv / linear call
     the layer selection decided (None for other layers and for unconverted models)."""
 
@@ -72,6 +80,8 @@ class Totals:
     binary_macs: int
     binary_mac_share: float
     ops: float
+    packed_size_exact: bool = False
+    packed_size_note: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,7 @@ class ModelSummary:
         totals = [
             ["Parameters", f"{t.parameters:,}"],
             ["Float-equivalent size", _bytes(t.float_size_bytes)],
-            ["Packed size", _bytes(t.packed_size_bytes)],
+            ["Packed size", f"{_bytes(t.packed_size_bytes)} ({t.packed_size_note})"],
             ["Compression", f"{t.compression:.1f}x"],
             ["Float MACs", f"{t.float_macs:,}"],
             ["Binary MACs", f"{t.binary_macs:,}"],
@@ -140,16 +150,29 @@ def summary(
     inputs = input_tuple(example_inputs)
     student = getattr(model, "student", model)
     gm = student if isinstance(student, fx.GraphModule) else trace(student)
-    propagate_shapes(gm, inputs)
+    propagate_shapes(gm, inputs)  # first: a model that does not run fails here, named
+    exported = _export(gm, inputs)
+    propagate_shapes(gm, inputs)  # the export ran its own shape pass
     batch = int(inputs[0].shape[0]) if getattr(inputs[0], "dim", lambda: 0)() else 1
-    rows = _rows(gm, batch)
-    result = ModelSummary(rows, _totals(gm, rows))
+    rows = _rows(gm, batch, exported)
+    result = ModelSummary(rows, _totals(gm, rows, exported))
     if print_fn is not None:
         print_fn(result.table())
     return result
 
 
-def _rows(gm: fx.GraphModule, batch: int) -> list[LayerRow]:
+def _export(gm: fx.GraphModule, inputs: Sequence[Any]) -> ExportedSize | str:
+    """The exported file's sizes, or why the network cannot be exported (the first line)."""
+    from binarize.packed_size import exported_size
+    from runtime.errors import InvalidModelError
+
+    try:
+        return exported_size(gm, inputs)
+    except (ConversionError, InvalidModelError) as error:
+        return str(error).splitlines()[0]
+
+
+def _rows(gm: fx.GraphModule, batch: int, exported: ExportedSize | str) -> list[LayerRow]:
     from passes.select import META_KEY
 
     rows: list[LayerRow] = []
@@ -172,7 +195,7 @@ def _rows(gm: fx.GraphModule, batch: int) -> list[LayerRow]:
                 else None,
                 weight_bits=(1 if binary else 32) if has_weights else None,
                 parameters=_count(module.parameters()) if first_call else 0,
-                memory_bytes=_packed_bits(gm, node, module) / 8 if first_call else 0.0,
+                memory_bytes=_memory_bytes(gm, node, module, first_call, exported),
                 float_macs=(0 if binary else macs) + _hyper_head_macs(module),
                 binary_macs=macs if binary else 0,
                 output_shape=shape[1:],
@@ -189,9 +212,33 @@ def _decision(decision: Decision | None) -> str | None:
     return f"{'binary' if decision.binary else 'float'}: {decision.reason}"
 
 
-def _totals(gm: fx.GraphModule, rows: Sequence[LayerRow]) -> Totals:
+def _memory_bytes(
+    gm: fx.GraphModule,
+    node: fx.Node,
+    module: nn.Module,
+    first_call: bool,
+    exported: ExportedSize | str,
+) -> float:
+    """Exported bytes of this call, or the estimate of its module at its first call."""
+    if isinstance(exported, ExportedSize):
+        return float(exported.node_bytes.get(node.name, 0))
+    return _packed_bits(gm, node, module) / 8 if first_call else 0.0
+
+
+def _totals(gm: fx.GraphModule, rows: Sequence[LayerRow], exported: ExportedSize | str) -> Totals:
     float_bytes = 4 * _count(t for t in (*gm.parameters(), *gm.buffers()) if t.is_floating_point())
-    packed = sum(row.memory_bytes for row in rows)
+    layers = sum(row.memory_bytes for row in rows)
+    if isinstance(exported, ExportedSize):
+        packed = exported.file_bytes
+        other = exported.tensor_bytes - layers  # tensors of ops that are no layer call
+        note = (
+            f"the file binarize.pack writes: {_bytes(layers)} in the layers above"
+            + (f", {_bytes(other)} in other ops" if other else "")
+            + f", {_bytes(exported.header_bytes)} header and graph JSON"
+        )
+    else:
+        packed = layers
+        note = f"estimate, the network cannot be exported: {exported}"
     float_macs = sum(row.float_macs for row in rows)
     binary_macs = sum(row.binary_macs for row in rows)
     all_macs = float_macs + binary_macs
@@ -199,11 +246,13 @@ def _totals(gm: fx.GraphModule, rows: Sequence[LayerRow]) -> Totals:
         parameters=_count(gm.parameters()),
         float_size_bytes=float(float_bytes),
         packed_size_bytes=float(packed),
-        compression=float_bytes / packed if packed else 1.0,
+        compression=float_bytes / packed if float_bytes and packed else 1.0,
         float_macs=float_macs,
         binary_macs=binary_macs,
         binary_mac_share=binary_macs / all_macs if all_macs else 0.0,
         ops=binary_macs / 64 + float_macs,
+        packed_size_exact=isinstance(exported, ExportedSize),
+        packed_size_note=note,
     )
 
 
@@ -240,12 +289,14 @@ def _packed_bits(gm: fx.GraphModule, node: fx.Node, module: nn.Module) -> int:
         return 32 * 2 * module.num_features
     if not isinstance(module, _BINARY):
         return 32 * _count(module.parameters())
-    outputs = module.weight.shape[0]
+    outputs, in_channels = module.weight.shape[:2]
+    taps = module.weight[0, 0].numel()  # kh * kw, or 1 for a linear layer
+    weight_words = outputs * taps * -(-in_channels // 64)
     binarizer = _count(module.input_binarizer.parameters())
     readers = [gm.get_submodule(str(u.target)) for u in node.users if u.op == "call_module"]
     read_by_norm = len(node.users) == 1 and len(readers) == 1 and isinstance(readers[0], _NORMS)
     affine = 0 if read_by_norm else 2 * outputs
-    return module.weight.numel() + 32 * (binarizer + affine)
+    return 64 * weight_words + 32 * (binarizer + affine)
 
 
 def _count(tensors: Any) -> int:

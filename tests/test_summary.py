@@ -8,7 +8,9 @@ from torch import nn
 
 from binarize.convert import convert
 from binarize.errors import ConversionError
+from binarize.pack import pack
 from binarize.summary import ModelSummary, summary
+from passes.trace import trace
 
 x = torch.randn(2, 3, 6, 6)
 
@@ -30,7 +32,8 @@ def rows(result: ModelSummary) -> dict[str, tuple[object, ...]]:
 
 
 def test_float_model(capsys: pytest.CaptureFixture[str]) -> None:
-    result = summary(small(), x)
+    model = small()
+    result = summary(model, x)
     table = rows(result)
     # per sample: 6*6*8 outputs, each 3*3*3 MACs; the linear layer 4*8
     assert table["0"] == ("Conv2d", 32, 32, 216, 864.0, 7776, 0, (8, 6, 6))
@@ -40,7 +43,8 @@ def test_float_model(capsys: pytest.CaptureFixture[str]) -> None:
     t = result.totals
     assert t.parameters == 216 + 16 + 576 + 16 + 36
     assert t.float_size_bytes == 4 * (t.parameters + 2 * 16)  # + BN running mean and var
-    assert t.packed_size_bytes == 864 + 64 + 2304 + 64 + 144
+    assert sum(r.memory_bytes for r in result.rows) == 864 + 64 + 2304 + 64 + 144
+    assert t.packed_size_exact and t.packed_size_bytes == len(pack(trace(model), x))
     assert t.binary_macs == 0 and t.binary_mac_share == 0.0
     assert t.ops == 7776 + 20736 + 32
     printed = capsys.readouterr().out
@@ -51,14 +55,16 @@ def test_reactnet_model() -> None:
     bnn = convert(small(), "reactnet", x)
     result = summary(bnn, x, print_fn=None)
     table = rows(result)
-    # 576 one-bit weights + 8 RSign thresholds; alpha folds into the BN that follows
-    assert table["3"] == ("BinaryConv2d", 1, 1, 576 + 8, 576 / 8 + 4 * 8, 0, 20736, (8, 6, 6))
+    # 576 one-bit weights in 8 x 3 x 3 64-bit words + 8 float32 thresholds (the RSign shifts
+    # and the BN before them) + 8 int8 signs; alpha folds into the BN that follows
+    assert table["3"] == ("BinaryConv2d", 1, 1, 576 + 8, 8 * 9 * 8 + 4 * 8 + 8, 0, 20736,
+                          (8, 6, 6))  # fmt: skip
     assert table["2"][0] == "RPReLU" and table["2"][4] == 4 * 3 * 8
     t = result.totals
     assert t.binary_macs == 20736 and t.float_macs == 7776 + 32
     assert t.ops == 20736 / 64 + 7776 + 32
     assert t.binary_mac_share == pytest.approx(20736 / (20736 + 7808))
-    assert t.packed_size_bytes == 864 + 64 + 96 + (72 + 32) + 64 + 96 + 144
+    assert t.packed_size_bytes == len(pack(bnn, x))
     assert t.compression == pytest.approx(t.float_size_bytes / t.packed_size_bytes)
 
 
@@ -70,8 +76,8 @@ def test_dybnn_hyper_heads_and_unfolded_scale() -> None:
     # DySign(8): hidden max(8 // 16, 8) = 8, fc1 8x8 and fc2 8x8 run once per sample
     assert table["1"][5] == 64 + 64 and table["1"][6] == 36 * 8 * 72
     # no BN reads the binary conv: alpha and bias become a 2*8-float affine; the DySign head
-    # (8*8 + 8 + 8*8 + 8 parameters) is kept in float
-    assert table["1"][4] == 576 / 8 + 4 * (2 * 8 + 144)
+    # (8*8 + 8 + 8*8 + 8 parameters) is kept in float; the weights are 8 x 3 x 3 64-bit words
+    assert table["1"][4] == 8 * 9 * 8 + 4 * (2 * 8 + 144)
     # DyPReLU(8): fc1 8x8, fc2 8x16
     assert table["2"][0] == "DyPReLU" and table["2"][5] == 64 + 128
 
@@ -123,8 +129,10 @@ def test_summary_leaves_a_training_model_as_it_was() -> None:
 
 
 def test_model_without_weights_has_no_compression_or_binary_share() -> None:
-    t = summary(nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1)), x, print_fn=None).totals
-    assert (t.parameters, t.packed_size_bytes, t.float_macs, t.binary_macs) == (0, 0.0, 0, 0)
+    model = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1))
+    t = summary(model, x, print_fn=None).totals
+    assert (t.parameters, t.float_macs, t.binary_macs) == (0, 0, 0)
+    assert t.packed_size_bytes == len(pack(trace(model), x))  # the header and graph only
     assert t.compression == 1.0 and t.binary_mac_share == 0.0
 
 
