@@ -181,17 +181,20 @@ def test_top1_agreement_on_1000_random_inputs(recipe: str) -> None:
 
 
 def test_dysign_thresholds_stay_per_sample_across_predict_chunks() -> None:
-    """predict runs batches in chunks of 64; DySign's thresholds are computed per sample, so
-    each sample of a 200-input batch (3 full chunks and 8) gets the output it gets alone and
-    the student's."""
+    """predict runs large batches in chunks (64 samples for this small model); DySign's
+    thresholds are computed per sample, so each sample of a 200-input batch (3 full chunks and
+    8) gets the output it gets alone and the student's."""
     bnn, _ = convert_random("small_cnn", {}, (2, 1, 28, 28), "dybnn")
     x = torch.randn(200, 1, 28, 28, generator=torch.Generator().manual_seed(4))
     model = runtime.load(binarize.pack(bnn, (x[:2],)))
+    chunk = model.budget.chunk
+    assert chunk == 64
     got = model.predict(x.numpy())
     ref = student_output(bnn, x)
     close = close_per_sample(got, ref)
     assert close.mean() >= 0.99, np.flatnonzero(~close)
-    for i in (0, 1, 63, 64, 65, 127, 128, 191, 192, 199):  # both sides of every chunk boundary
+    boundaries = range(chunk, len(x), chunk)
+    for i in (0, 1, *boundaries, *(b - 1 for b in boundaries), len(x) - 1):  # either side
         alone = model.predict(x[i : i + 1].numpy())
         np.testing.assert_allclose(alone[0], got[i], rtol=1e-5, atol=1e-5, err_msg=str(i))
 
