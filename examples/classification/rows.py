@@ -1,0 +1,100 @@
+"""The rows of the ablation: the Bulat ladder, the other recipes, and the schedule question.
+
+Every row is a :class:`~binarize.recipes.Recipe` built with the public API only
+(``binarize.recipes.get(name).replace(...)``, the flat keywords of ``binarize.recipes.KEYWORDS``),
+so what a row measures is exactly what a user gets from ``binarize.convert(model, recipe)``.
+
+The ladder starts from the most naive binarization and adds one technique of Bulat et al.
+2019 (arXiv 1904.05868) per rung, ending at the registered ``bulat`` recipe:
+
+1. sign with a straight-through estimator (clipped: d sign(x)/dx := 1{|x| <= 1}), the model's
+   ReLUs kept, one all-binary stage, cross-entropy on the labels. The binary convs of a
+   ResNet read ReLU outputs, and sign(relu(x)) = +1 everywhere (sign(0) = +1), so this rung
+   measures what the float stem, the shortcuts, the 1x1 projections and the classifier do
+   with binary convs that see a constant input;
+2. + the ReLUs that feed binary layers swapped for PReLU (negative inputs survive the sign);
+3. + reverse-order two-stage training: binary activations with float weights for the first
+   half of the steps (conv weight decay 1e-5), then both binary (decay 0);
+4. + progressive quantization: the sign's forward is tanh(lambda x) with lambda raised
+   geometrically from 1 to 1024 inside each stage, and its backward lambda (1 - tanh^2);
+5. + Hinton distillation from the float teacher (temperature 4, plus the label loss): the
+   ``bulat`` recipe itself.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from binarize import recipes
+from binarize.recipes import Recipe
+from binarize.schedule import ProgressiveRamp, Schedule
+
+ONE_STAGE = recipes.one_stage()  # activations and weights binary from the first step
+TWO_STAGES = Schedule()  # activations first (decay 1e-5), then weights too (decay 0)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of a results table.
+
+    Attributes:
+        name: what the table shows.
+        group: "ladder", "recipe" or "schedule".
+        recipe: the recipe the binary network is converted with.
+        budget: "short" (the base number of epochs) or "long" (``--long-factor`` times it).
+    """
+
+    name: str
+    group: str
+    recipe: Recipe
+    budget: str = "short"
+
+
+def ladder() -> list[Row]:
+    """The five rungs, each one change from the rung before (see the module docstring)."""
+    naive = recipes.get("bulat").replace(
+        activation_binarizer="ste", activation=None, schedule=ONE_STAGE, distill=None
+    )
+    prelu = naive.replace(activation="prelu")
+    two_stages = prelu.replace(schedule=TWO_STAGES)
+    progressive = two_stages.replace(
+        activation_binarizer="progressive",
+        schedule=TWO_STAGES.replace(progressive=ProgressiveRamp()),
+    )
+    distilled = progressive.replace(
+        distill="kd", distill_options={"temperature": 4.0, "label_weight": 1.0}
+    )
+    return [
+        Row("1 sign+STE, ReLU kept", "ladder", naive),
+        Row("2 + PReLU for ReLU", "ladder", prelu),
+        Row("3 + two stages", "ladder", two_stages),
+        Row("4 + progressive lambda", "ladder", progressive),
+        Row("5 + distillation (= bulat)", "ladder", distilled),
+    ]
+
+
+def other_recipes() -> list[Row]:
+    """The other registered recipes, each with its own schedule and loss."""
+    names = ("xnor", "bireal", "reactnet", "dybnn")
+    return [Row(name, "recipe", recipes.get(name)) for name in names]
+
+
+def schedule_question() -> list[Row]:
+    """ReActNet and DyBNN with one stage and with their two, at the short and long budgets.
+
+    The two-stage rows at the short budget are the recipes as registered, the ``recipe``
+    rows themselves, so they are not repeated here.
+    """
+    rows = []
+    for name in ("reactnet", "dybnn"):
+        recipe = recipes.get(name)
+        one = recipe.replace(schedule=ONE_STAGE)
+        rows.append(Row(f"{name} one stage", "schedule", one))
+        rows.append(Row(f"{name} one stage", "schedule", one, "long"))
+        rows.append(Row(f"{name} two stages", "schedule", recipe, "long"))
+    return rows
+
+
+def all_rows() -> list[Row]:
+    """Every binary row of the ablation, in table order."""
+    return [*ladder(), *other_recipes(), *schedule_question()]
