@@ -9,7 +9,8 @@
 - ``tensor``: ``add``, ``concat``, ``flatten``, ``upsample_nearest``;
 - ``pooling``: ``maxpool2d``, ``avgpool2d``, ``global_avgpool``, ``adaptive_avgpool2d``,
   ``adaptive_maxpool2d``;
-- ``shape``: ``upsample_bilinear``, ``channel_shuffle``, ``layernorm_channels``.
+- ``shape``: ``upsample_bilinear``, ``channel_shuffle``, ``layernorm_channels``,
+  ``channel_slice``.
 
 Implementations work on the runtime's layout: float values NHWC (rank 4) or [N, F] (rank 2),
 bits uint64 with channels packed along the last axis; per-channel parameters broadcast along

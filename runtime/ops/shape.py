@@ -1,9 +1,9 @@
 """Layout and resampling ops of modern CPU networks: ``upsample_bilinear`` (FCN/segmentation
-heads), ``channel_shuffle`` (ShuffleNet) and ``layernorm_channels`` (ConvNeXt's LayerNorm over
-the channels of each pixel).
+heads), ``channel_shuffle`` (ShuffleNet), ``layernorm_channels`` (ConvNeXt's LayerNorm over
+the channels of each pixel) and ``channel_slice`` (ShuffleNet-V2's channel split).
 
-All three work on the runtime's layout: NHWC float32 (rank 4; ``layernorm_channels`` also takes
-[N, F]), channels last and contiguous.
+All of them work on the runtime's layout: NHWC float32 (rank 4; ``layernorm_channels`` and
+``channel_slice`` also take [N, F]), channels last and contiguous.
 """
 
 from __future__ import annotations
@@ -179,5 +179,37 @@ register(
         infer=_layernorm_shape,
         run=layernorm_channels,
         work=lambda a, i, o: 3 * math.prod(o.shape),
+    )
+)
+
+
+# ---------------------------------------------------------------- channel slice
+def channel_slice(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> np.ndarray:
+    """``x[:, start:stop]`` of the NCHW tensor (of [N, F]: features start..stop-1): on NHWC the
+    channels are the last axis. Always a fresh contiguous array, never a view of the input."""
+    return np.array(xs[0][..., a["start"] : a["stop"]], dtype=np.float32, order="C", copy=True)
+
+
+def _slice_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[int, ...]:
+    start, stop, channels = attrs["start"], attrs["stop"], ins[0].channels
+    if not start < stop <= channels:
+        raise fail(
+            f"channels [{start}, {stop}) are not a non-empty range of the input's {channels} "
+            "channels; need start < stop <= channels"
+        )
+    return (stop - start, *ins[0].shape[1:])
+
+
+register(
+    OpDef(
+        "channel_slice",
+        "y = x[:, start:stop]: channels start..stop-1 (of [N, F]: those features); "
+        "torch's chunk / split / slicing along dim 1",
+        attrs=(
+            Attr("start", "int", minimum=0, maximum=MAX_CHANNELS - 1),
+            Attr("stop", "int", minimum=1, maximum=MAX_CHANNELS),
+        ),
+        infer=_slice_shape,
+        run=channel_slice,
     )
 )

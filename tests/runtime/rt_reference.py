@@ -288,6 +288,12 @@ def _layernorm_channels(xs, p, a):
     )
 
 
+def _channel_slice(xs, p, a):
+    """Channel by channel: out channel k = in channel start + k, for k < stop - start."""
+    x = xs[0]
+    return np.stack([x[:, a["start"] + k] for k in range(a["stop"] - a["start"])], axis=1)
+
+
 # op -> f(inputs NCHW, params by role, attrs parsed by the registry (defaults filled in));
 # the quantize ops also return their smallest |value - threshold|
 REFERENCE: dict[str, Any] = {
@@ -328,6 +334,7 @@ REFERENCE: dict[str, Any] = {
     "upsample_bilinear": _upsample_bilinear,
     "channel_shuffle": _channel_shuffle,
     "layernorm_channels": _layernorm_channels,
+    "channel_slice": _channel_slice,
     "silu": lambda xs, p, a: xs[0].astype(np.float64) * _sigmoid(xs[0]),
     "hardswish": lambda xs, p, a: xs[0].astype(np.float64) * _hardsigmoid(xs[0]),
     "hardsigmoid": lambda xs, p, a: _hardsigmoid(xs[0]),
