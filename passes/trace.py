@@ -1,8 +1,10 @@
 """Symbolic tracing of a float model into a ``torch.fx.GraphModule``.
 
 Tracing runs in eval mode (so ``if self.training`` branches and dropout take their inference
-path) and keeps as single opaque calls ("leaves"): every ``torch.nn`` module (BatchNorm, conv,
-linear, activations...), every module of ``binarize.nn``, and whatever the user adds by type or
+path; a recorded call that is the identity on that path, torchvision's
+``stochastic_depth(x, p, mode, training=False)``, is removed from the graph) and keeps as
+single opaque calls ("leaves"): every ``torch.nn`` module (BatchNorm, conv, linear,
+activations...), every module of ``binarize.nn``, and whatever the user adds by type or
 by qualified name. A failure is re-raised as :class:`binarize.ConversionError` naming the module
 being traced, the user-code line that broke, and the escape hatches.
 """
@@ -82,11 +84,38 @@ def trace(
         raise _tracing_error(model, tracer, error) from error
     finally:
         model.train(was_training)
+    _drop_inference_identities(graph)
     gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
     if concrete_args:
         _default_to_concrete(model, gm, concrete_args)
     gm.train(was_training)
     return gm
+
+
+def _is_stochastic_depth(target: Any) -> bool:
+    """torchvision's ``ops.stochastic_depth``, recorded as one call (it is ``torch.fx.wrap``-ed);
+    matched by name so that the project never imports torchvision."""
+    return getattr(target, "__name__", "") == "stochastic_depth" and str(
+        getattr(target, "__module__", "")
+    ).startswith("torchvision.")
+
+
+def _drop_inference_identities(graph: fx.Graph) -> None:
+    """Remove calls that tracing recorded although they are the identity on the inference path.
+
+    ``stochastic_depth(x, p, mode, training)`` (EfficientNet, ConvNeXt, RegNet's torchvision
+    blocks) returns ``x`` unchanged when ``training`` is False or ``p == 0``; tracing in eval mode
+    recorded ``training=False``, so the node can never drop a residual branch and its readers
+    read ``x`` directly.
+    """
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not _is_stochastic_depth(node.target):
+            continue
+        names = ("input", "p", "mode", "training")
+        bound = {**dict(zip(names, node.args)), **node.kwargs}
+        if bound.get("training", True) is False or bound.get("p") == 0:
+            node.replace_all_uses_with(bound["input"])
+            graph.erase_node(node)
 
 
 def _default_to_concrete(
