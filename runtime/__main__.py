@@ -1,14 +1,19 @@
-"""Command line: describe, time and profile a packed model (numpy + argparse, never torch).
+"""Command line: describe, time, profile or warm up packed models (numpy + argparse only).
 
     python -m runtime info model.bnn                  # inputs, outputs, op counts, sizes, plan
     python -m runtime bench model.bnn --batch 1 32 --threads 1 2 --repeats 30
     python -m runtime profile model.bnn --batch 8 --repeats 10
+    python -m runtime warmup [model.bnn ...]          # compile the kernels into numba's cache
 
 ``bench`` and ``profile`` feed seeded standard-normal float32 inputs of the model's input
 shapes. ``--batch`` and ``--threads`` take one or more values; ``bench`` prints one latency row
 (min and median over ``--repeats`` calls, after one warm-up call) per combination, ``profile``
-one per-step table (runtime/profile.py) per combination. Exit status 0, or 2 with a message
-for a bad file or bad options.
+one per-step table (runtime/profile.py) per combination. ``warmup`` (runtime/warmup.py)
+predicts on each given model, or without models on tiny graphs that reach every kernel of
+the runtime, so numba compiles them into its cache (``NUMBA_CACHE_DIR``) and a later process
+only loads them; it prints each kernel's compiled / loaded specializations. Exit status 0,
+or 2 with a message for a bad file or bad options, or 1 when a warm-up without models left
+a kernel of the runtime uncompiled (named).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import numpy as np
 from runtime.errors import RuntimeModelError
 from runtime.model import Model, load
 from runtime.threads import layer_in_use
+from runtime.warmup import sample_inputs, warmup
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,13 +39,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.verb == "info":
             print(_info(args.model, load(args.model)))
+        elif args.verb == "warmup":
+            report = warmup(args.models)
+            print(report.table())
+            if not args.models and report.missing:
+                print(
+                    f"python -m runtime warmup: no graph reached {', '.join(report.missing)}; "
+                    "add the attrs that route an op to it to VARIANTS in runtime/warmup.py",
+                    file=sys.stderr,
+                )
+                return 1
         elif args.verb == "bench":
             print(_bench(args.model, args.batch, args.threads, args.repeats))
         else:
             for threads in args.threads:
                 for batch in args.batch:
                     profiled = load(args.model, threads=threads)
-                    print(profiled.profile(_inputs(profiled, batch), args.repeats).table())
+                    print(profiled.profile(sample_inputs(profiled, batch), args.repeats).table())
                     print()
     except (OSError, RuntimeModelError, ValueError) as error:
         print(f"python -m runtime {args.verb}: {error}", file=sys.stderr)
@@ -49,7 +65,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m runtime", description="Describe, time or profile a packed .bnn model."
+        prog="python -m runtime",
+        description="Describe, time, profile or warm up packed .bnn models.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
     verbs.add_parser("info", help="inputs, outputs, op counts, parameter bytes, the plan")
@@ -70,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--repeats", type=_positive, default=repeats, metavar="N")
     for sub in verbs.choices.values():
         sub.add_argument("model", help="path of a packed model (binarize.pack)")
+    verbs.add_parser(
+        "warmup", help="compile the kernels of the given models (default: all) into numba's cache"
+    ).add_argument("models", nargs="*", metavar="model", help="packed models (binarize.pack)")
     return parser
 
 
@@ -81,13 +101,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
-
-
-def _inputs(model: Model, batch: int) -> list[np.ndarray]:
-    rng = np.random.default_rng(0)
-    return [
-        rng.standard_normal((batch, *spec.shape[1:]), dtype=np.float32) for spec in model.inputs
-    ]
 
 
 def _shape(shape: Sequence[int | None]) -> str:
@@ -120,7 +133,7 @@ def _bench(path: str, batches: Sequence[int], threads: Sequence[int], repeats: i
     for count in threads:
         model = load(path, threads=count)
         for batch in batches:
-            x = _inputs(model, batch)
+            x = sample_inputs(model, batch)
             model.predict(x)
             times = []
             for _ in range(repeats):
