@@ -141,4 +141,4 @@ def test_warmup_fills_a_fresh_numba_cache_so_the_next_process_compiles_nothing(
     assert after.returncode == 0, after.stderr
     seconds, compiled = after.stdout.split()
     assert int(compiled) == 0
-    assert float(seconds) < 2.0  # import + load + first predict
+    assert float(seconds) < 3.0  # import + load + first predict (cold: 15 s for bconv alone)
