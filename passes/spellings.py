@@ -115,8 +115,22 @@ MODULES: tuple[Rule, ...] = (
 ADD_FUNCTIONS: tuple[Any, ...] = (operator.add, operator.iadd, torch.add)
 ADD_METHODS: tuple[str, ...] = ("add", "add_")
 
+_CONSTANT_NOTE = (
+    "a per-channel constant (a parameter or buffer read in forward: [C, 1, 1] on NCHW, [C] "
+    "channels-last, [F] on [N, F]) becomes an affine"
+)
+_SPLIT_NOTE = (
+    "along channels (dim 1) of [N, C, H, W] or [N, F]; each piece taken by index "
+    "(`x1, x2 = ...`) is one channel_slice"
+)
+
 FUNCTIONS: tuple[Rule, ...] = (
-    Rule((operator.add, torch.add), "add", "add", "tensor + tensor of the same shape"),
+    Rule(
+        (operator.add, torch.add),
+        "add (affine for a constant)",
+        "add",
+        "tensor + tensor of the same shape; tensor + " + _CONSTANT_NOTE,
+    ),
     Rule((torch.cat, torch.concat), "concat", "concat", "along channels (dim 1)"),
     Rule((torch.flatten,), "flatten", "flatten_function", "from dim 1 to the end"),
     Rule((F.max_pool2d,), "maxpool2d", "maxpool_function", "no dilation, no indices"),
@@ -144,7 +158,7 @@ FUNCTIONS: tuple[Rule, ...] = (
         "mul (affine for a constant)",
         "mul",
         "same shapes, or [N, C, H, W] times a gate [N, C, 1, 1] (either order); a constant "
-        "number becomes an affine with that scale",
+        "number or " + _CONSTANT_NOTE + " with that scale (ConvNeXt's layer scale gamma * y)",
     ),
     Rule((F.adaptive_max_pool2d,), "adaptive_maxpool2d", "adaptive_maxpool_function", "no indices"),
     Rule(
@@ -155,10 +169,24 @@ FUNCTIONS: tuple[Rule, ...] = (
     ),
     Rule((torch.permute,), "(layout)", "permute", "as `x.permute()`"),
     Rule((torch.transpose,), "(layout)", "transpose", "as `x.transpose()`"),
+    Rule((torch.chunk,), "channel_slice", "chunk", _SPLIT_NOTE),
+    Rule((torch.split,), "channel_slice", "split", "a size or a list of sizes, " + _SPLIT_NOTE),
+    Rule(
+        (operator.getitem,),
+        "channel_slice",
+        "getitem",
+        "`x[:, a:b]` (also `x[:, a:b, ...]`), step 1; a piece of a chunk / split",
+    ),
+    Rule(
+        (F.layer_norm,),
+        "layernorm_channels",
+        "layer_norm_function",
+        "as nn.LayerNorm, weight and bias None or constants (torchvision's LayerNorm2d)",
+    ),
 )
 
 METHODS: tuple[Rule, ...] = (
-    Rule(("add",), "add", "add", "tensor.add(tensor) of the same shape; add_ too"),
+    Rule(("add",), "add (affine for a constant)", "add", "as `x + y`; add_ too"),
     Rule(
         ("view", "reshape", "flatten"),
         "flatten",
@@ -170,12 +198,14 @@ METHODS: tuple[Rule, ...] = (
     Rule(("size",), "(shape arithmetic)", "size", "sizes and `+ - // / % **` on them"),
     Rule(("sigmoid",), "sigmoid", "sigmoid"),
     Rule(("mul",), "mul (affine for a constant)", "mul", "as `x * y`; mul_ too"),
+    Rule(("chunk",), "channel_slice", "chunk", _SPLIT_NOTE),
+    Rule(("split",), "channel_slice", "split", "as `torch.split`"),
     Rule(
         ("permute",),
         "(layout)",
         "permute",
-        "(0, 2, 3, 1) -> nn.LayerNorm(C) / nn.Linear / elementwise ops -> (0, 3, 1, 2) "
-        "(ConvNeXt); (0, 2, 1, 3, 4) in the channel shuffle",
+        "(0, 2, 3, 1) -> nn.LayerNorm(C) / F.layer_norm / nn.Linear / elementwise ops / "
+        "per-channel constants -> (0, 3, 1, 2) (ConvNeXt); (0, 2, 1, 3, 4) in the channel shuffle",
     ),
     Rule(
         ("transpose",),
@@ -329,6 +359,10 @@ def _spelling(target: Any, kind: str) -> str:
         return "`x + y`"
     if target is operator.mul:
         return "`x * y`"
+    if target is operator.getitem:
+        return "`x[...]`"
+    if module == "torch.functional":  # torch.split is written in Python
+        return f"`torch.{name}`"
     prefix = (
         "F" if "functional" in module or target in (F.max_pool2d, F.avg_pool2d, F.gelu) else "torch"
     )
@@ -349,5 +383,10 @@ def supported_table() -> str:
     rows.append(
         f"| {activations} | relu / clamp / leaky_relu | constant bounds; made one module per "
         "call site by canonicalization |"
+    )
+    rows.append(
+        "| `self.<parameter or buffer>` in forward (FX get_attr) | (constant) | as a per-channel "
+        "factor or term of `x * y` / `x + y` (an affine), as F.layer_norm's weight / bias, or "
+        "computed from constants alone (`gamma.view(-1, 1, 1)`, evaluated at export) |"
     )
     return "\n".join(rows)

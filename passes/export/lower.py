@@ -15,6 +15,11 @@ Every FX node is looked up in the spellings table (``passes.spellings``) and han
 * SiLU, Hardswish, Hardsigmoid, Sigmoid, GELU -> their op; a product of two tensors -> ``mul``
   (same shapes, or a squeeze-excitation gate [N, C, 1, 1]), of a tensor and a number ->
   ``affine`` with that scale.
+* Multi-node spellings have their own modules, mixed into the :class:`Lowerer`: the layout
+  patterns (channel shuffle, channels-last regions) in ``passes/export/patterns.py``, channel
+  splits (``x.chunk(2, dim=1)``, ``x[:, a:b]``) in ``passes/export/split.py``, and the tensors
+  read from the model's attributes (``get_attr``: layer scales, ``F.layer_norm``'s weight) in
+  ``passes/export/constants.py``.
 
 Anything else raises :class:`binarize.errors.ConversionError` naming the node, the user's
 module and source line, and what to do. ``passes.export.fold`` then merges affines and folds
@@ -24,7 +29,6 @@ them into the binarizer thresholds.
 from __future__ import annotations
 
 import math
-import operator
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -47,7 +51,9 @@ from binarize.nn import (
     SignSTE,
 )
 from passes import spellings
+from passes.export.constants import ConstantLowering
 from passes.export.patterns import LAYOUTS, PatternLowering
+from passes.export.split import ChannelPieces, ChannelSplitLowering
 from runtime.errors import InvalidModelError
 from runtime.ops.hyper import ACTIVATIONS as _DYNAMIC_ACTIVATIONS
 from runtime.registry import make_node
@@ -84,7 +90,7 @@ def pack_sign_bits(values: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view("<u8").astype(np.uint64)
 
 
-class Lowerer(PatternLowering):
+class Lowerer(ConstantLowering, ChannelSplitLowering, PatternLowering):
     """Walks the FX graph once, emitting registry nodes and tracking every value's info.
 
     Each handler ``lower_<rule.handler>(node, target)`` reads one FX node (``target`` is the
@@ -168,12 +174,7 @@ class Lowerer(PatternLowering):
             elif node.op == "output":
                 outputs = self.lower_outputs(node)
             elif node.op == "get_attr":
-                raise self.fail(
-                    node,
-                    "the graph reads a raw tensor attribute",
-                    "Wrap constant tensors in a module the packer knows (e.g. a BatchNorm or "
-                    "affine) or remove them.",
-                )
+                self.lower_get_attr(node)
             else:
                 self.lower_call(node)
         return inputs, outputs
@@ -220,13 +221,12 @@ class Lowerer(PatternLowering):
         return spellings.method_rule(target)
 
     def lower_call(self, node: fx.Node) -> None:
-        """Dispatch a call node: shape arithmetic and the layout patterns first
-        (``passes/export/patterns.py``), then the spellings table."""
-        if self.lower_structure(node):
+        """Dispatch a call node: uses of constants (``passes/export/constants.py``), shape
+        arithmetic and the layout patterns (``passes/export/patterns.py``) first, then the
+        spellings table."""
+        if self.lower_constants(node) or self.lower_structure(node):
             return
         target, rule = self.target_of(node), self.rule_of(node)
-        if rule is None and target is operator.getitem:
-            return self.lower_getitem(node)
         if rule is None and target is getattr:
             return self.lower_getattr(node)
         if node.op == "call_module":
@@ -640,6 +640,12 @@ class Lowerer(PatternLowering):
 
     def lower_concat(self, node: fx.Node, target: Any) -> None:
         a = self.arguments(node, (("dim", 0),), first="tensors")
+        if not isinstance(a["tensors"], list | tuple):
+            raise self.fail(
+                node,
+                "it concatenates a tuple made by another node",
+                "Pass the tensors themselves: torch.cat((a, b), dim=1).",
+            )
         names = [self.value(node, t) for t in a["tensors"]]
         rank = len(self.shape(names[0])) + 1
         if a["dim"] % rank != 1:
@@ -754,12 +760,15 @@ class Lowerer(PatternLowering):
         shape = [int(s) for s in node.args[0].meta["tensor_meta"].shape]
         self.env[node] = shape[node.args[1]] if len(node.args) > 1 else shape
 
-    def lower_getitem(self, node: fx.Node) -> None:
+    def lower_getitem(self, node: fx.Node, target: Any) -> None:
+        """Indexing: a piece of a channel split or a channel slice of a tensor
+        (``passes/export/split.py``), or an item of a Python value (``x.size()[1]``)."""
         source = self.env.get(node.args[0])
-        if isinstance(source, str) or source is None:
-            raise self.fail(
-                node, "indexing or slicing a tensor", "The runtime takes whole tensors only."
-            )
+        if isinstance(source, str | ChannelPieces):
+            self.lower_channel_index(node, source)
+            return
+        if source is None or isinstance(source, LAYOUTS):
+            raise self.fail(node, "indexing a value that is not a tensor", "Index tensors only.")
         self.env[node] = source[node.args[1]]
 
     def lower_getattr(self, node: fx.Node) -> None:

@@ -8,12 +8,16 @@ tracing records them as FX nodes (``operator.floordiv`` ...); the export evaluat
 NCHW value ``v``. The runtime keeps ``v`` (its runtime layout is NHWC anyway) and remembers
 that the FX node means "``v`` seen channels-last" (:class:`ChannelsLast`). Inside the region:
 
-- ``nn.LayerNorm(C)`` normalizes each pixel's channel vector -> ``layernorm_channels`` on ``v``;
+- ``nn.LayerNorm(C)`` and ``F.layer_norm(y, (C,), weight, bias, eps)`` (torchvision's
+  ``LayerNorm2d``; weight and bias constants of ``passes/export/constants.py``) normalize each
+  pixel's channel vector -> ``layernorm_channels`` on ``v``;
 - ``nn.Linear(C, O)`` mixes each pixel's channels: ``y[n, h, w, :] = W x[n, h, w, :] + b`` is
   a 1x1 convolution with weight ``W[:, :, None, None]`` -> ``conv2d`` (a ``BinaryLinear``:
   ``quantize`` + 1x1 ``bconv2d`` + ``affine``);
 - an op that is elementwise (its handler emits only :data:`LAYOUT_FREE_OPS`) computes the same
   numbers in either layout, so it runs on the NCHW values;
+- a product or sum with a per-channel constant (ConvNeXt's layer scale ``gamma * y``, gamma of
+  shape [C]) is an ``affine`` on ``v`` (``passes/export/constants.py``);
 - ``permute(0, 3, 1, 2)`` ends the region: the FX node is ``v`` again.
 
 Anything else inside the region is a ``ConversionError`` that says what works.
@@ -35,9 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from binarize.nn import ApproxSign, BinaryLinear, ProgressiveSign, SignSTE
+from passes.export.split import SPLIT_HELP, ChannelPieces
 
 #: Python operators that tracing records on sizes (``x.size(1) // 2``); evaluated at export
 #: (a product of numbers is the ``mul`` rule's, ``Lowerer.lower_mul``).
@@ -64,9 +70,10 @@ SHUFFLE_HELP = (
     "channel_shuffle op; nn.ChannelShuffle(g) and F.channel_shuffle(x, g) work too."
 )
 CHANNELS_LAST_HELP = (
-    "Between x.permute(0, 2, 3, 1) and x.permute(0, 3, 1, 2) the runtime packs nn.LayerNorm(C), "
-    "nn.Linear (a 1x1 conv), and elementwise ops (activations, adds of two channels-last "
-    "tensors); end the region with x.permute(0, 3, 1, 2) before anything else."
+    "Between x.permute(0, 2, 3, 1) and x.permute(0, 3, 1, 2) the runtime packs nn.LayerNorm(C) "
+    "and F.layer_norm, nn.Linear (a 1x1 conv), elementwise ops (activations, adds of two "
+    "channels-last tensors) and products or sums with a per-channel constant (a layer scale "
+    "gamma * y); end the region with x.permute(0, 3, 1, 2) before anything else."
 )
 
 
@@ -87,7 +94,9 @@ class ChannelGroups:
     swapped: bool = False
 
 
-LAYOUTS = (ChannelsLast, ChannelGroups)
+#: The states of FX nodes that are not one runtime value as they stand (the channel split's
+#: tuple of ``passes/export/split.py`` too).
+LAYOUTS = (ChannelsLast, ChannelGroups, ChannelPieces)
 
 
 class PatternLowering:
@@ -124,6 +133,8 @@ class PatternLowering:
         """The error for a value inside a pattern that reaches a node outside it."""
         if isinstance(state, ChannelGroups):
             return self.fail(node, "it reads the rank-5 view of a channel shuffle", SHUFFLE_HELP)
+        if isinstance(state, ChannelPieces):
+            return self.fail(node, "it reads the tuple of pieces of a channel split", SPLIT_HELP)
         return self.fail(node, "it reads a channels-last (permuted) tensor", CHANNELS_LAST_HELP)
 
     # ---------------------------------------------------------------- spellings handlers
@@ -159,7 +170,7 @@ class PatternLowering:
                 "The runtime normalizes over channels: x.permute(0, 2, 3, 1) -> nn.LayerNorm(C) "
                 "-> x.permute(0, 3, 1, 2), or LayerNorm(F) on an [N, F] tensor.",
             )
-        self.bind(node, self._layernorm(node, mod, x))
+        self.bind(node, self._layernorm_module(node, mod, x))
 
     # ---------------------------------------------------------------- helpers
     def permutation(self, node: fx.Node, rank: int) -> tuple[int, ...] | None:
@@ -236,7 +247,10 @@ class PatternLowering:
             return
         mod = self.modules.get(str(node.target)) if node.op == "call_module" else None
         if isinstance(mod, nn.LayerNorm):
-            self.env[node] = ChannelsLast(self._layernorm(node, mod, state.name))
+            self.env[node] = ChannelsLast(self._layernorm_module(node, mod, state.name))
+            return
+        if node.op == "call_function" and node.target is F.layer_norm:
+            self.env[node] = ChannelsLast(self.layer_norm_call(node, state.name))
             return
         if isinstance(mod, nn.Linear):
             self.env[node] = ChannelsLast(self._pointwise(node, mod, state.name))
@@ -281,23 +295,38 @@ class PatternLowering:
             return self.shape(node.inputs[0]) == self.shape(node.inputs[1])
         return False
 
-    def _layernorm(self, node: fx.Node, mod: nn.LayerNorm, x: str) -> str:
+    def _layernorm_module(self, node: fx.Node, mod: nn.LayerNorm, x: str) -> str:
+        weight = _np32(mod.weight) if mod.weight is not None else None
+        bias = _np32(mod.bias) if mod.bias is not None else None
+        return self._layernorm(node, x, tuple(mod.normalized_shape), weight, bias, float(mod.eps))
+
+    def _layernorm(
+        self,
+        node: fx.Node,
+        x: str,
+        normalized_shape: tuple[int, ...],
+        weight: np.ndarray | None,
+        bias: np.ndarray | None,
+        eps: float,
+    ) -> str:
+        """``layernorm_channels`` over the channels of ``x`` (weight / bias None: 1 / 0)."""
         channels = self.shape(x)[0]
-        if tuple(mod.normalized_shape) != (channels,):
+        if tuple(normalized_shape) != (channels,):
             raise self.fail(
                 node,
-                f"LayerNorm{tuple(mod.normalized_shape)} on {channels} channels",
-                "Normalize over the channels only: nn.LayerNorm(C).",
+                f"LayerNorm{tuple(normalized_shape)} on {channels} channels",
+                "Normalize over the channels only: nn.LayerNorm(C) or F.layer_norm(x, (C,)).",
             )
-        weight = _np32(mod.weight) if mod.weight is not None else np.ones(channels, np.float32)
-        bias = _np32(mod.bias) if mod.bias is not None else np.zeros(channels, np.float32)
         return self.emit(
             "layernorm_channels",
             node.name,
             [x],
             self.shape(x),
-            attrs={"channels": channels, "eps": float(mod.eps)},
-            params={"weight": weight, "bias": bias},
+            attrs={"channels": channels, "eps": eps},
+            params={
+                "weight": np.ones(channels, np.float32) if weight is None else weight,
+                "bias": np.zeros(channels, np.float32) if bias is None else bias,
+            },
         )
 
     def _pointwise(self, node: fx.Node, mod: nn.Linear, x: str) -> str:

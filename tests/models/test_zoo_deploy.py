@@ -30,12 +30,10 @@ CASES: dict[str, dict[str, Any]] = {
     "squeezenet": {"width_mult": 0.25},
     "convnext": {"width": 8, "depths": (1, 2, 1, 1)},
 }
-#: Models whose runtime ops have not landed yet (strict: the mark must go once they pass).
-PENDING: dict[str, str] = {
-    "shufflenet_v2": "needs a runtime op for the channel split x.chunk(2, dim=1) (neither "
-    "chunk nor slicing packs)",
-    "convnext": "needs the export of F.layer_norm with weight/bias attributes (torchvision's "
-    "LayerNorm2d) and of the layer scale gamma * x (a per-channel parameter product)",
+#: An op each model's packed plan must hold (its structure that is not a plain conv net).
+SIGNATURE_OPS: dict[str, str] = {
+    "shufflenet_v2": "channel_slice",  # x1, x2 = x.chunk(2, dim=1) in each stride-1 unit
+    "convnext": "layernorm_channels",  # LayerNorm2d's F.layer_norm and the blocks' LayerNorm
 }
 
 
@@ -60,14 +58,8 @@ def calibrate_batchnorm(model: nn.Module, x: torch.Tensor, batch_size: int = 16)
         norm.momentum = momentum
 
 
-def _case(name: str) -> Any:
-    if name in PENDING:
-        return pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=PENDING[name]))
-    return name
-
-
 @pytest.mark.parametrize("recipe", ["reactnet", "xnor"])
-@pytest.mark.parametrize("name", [_case(name) for name in CASES])
+@pytest.mark.parametrize("name", list(CASES))
 def test_zoo_model_converts_trains_packs_and_matches(name: str, recipe: str) -> None:
     torch.manual_seed(0)
     model = models.get(name, num_classes=5, **CASES[name])
@@ -79,6 +71,8 @@ def test_zoo_model_converts_trains_packs_and_matches(name: str, recipe: str) -> 
     binarize.finetune(bnn, (x, y), epochs=1, lr=1e-3, batch_size=32, progress=False)
     bnn.schedule.finalize(bnn)
     packed = runtime.load(binarize.pack(bnn, example_inputs=(x[:2],)))
+    if name in SIGNATURE_OPS:
+        assert SIGNATURE_OPS[name] in {s.label.split("+")[0] for s in packed.plan}
     with torch.no_grad():
         expected = bnn.eval()(x).numpy()
     got = packed.predict(x.numpy())
