@@ -7,6 +7,7 @@ or labels out of range stops training with a `TrainingError` naming the batch.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from torch import Tensor
@@ -137,8 +138,14 @@ def check_inputs(x: Tensor, y: Tensor, sample_shape: tuple[int, ...], where: str
         raise TrainingError(f"{where}: {len(x)} inputs but {len(y)} targets")
 
 
-def check_targets(output: Tensor, y: Tensor, where: str) -> None:
-    """Class-index targets must be [N] integers in [0, C) for a [N, C] output."""
+def check_targets(output: Tensor | Sequence[Tensor], y: Tensor, where: str) -> None:
+    """Class-index targets must be [N] integers in [0, C) for a [N, C] output; float targets
+    must have the output's shape. A list/tuple output (several heads, e.g. every stack of a
+    stacked hourglass) is checked head by head against the same targets."""
+    if isinstance(output, list | tuple):
+        for head in output:
+            check_targets(head, y, where)
+        return
     if y.is_floating_point():
         if y.shape != output.shape:
             raise TrainingError(

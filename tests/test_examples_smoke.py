@@ -66,3 +66,19 @@ def test_classification_ablation_smoke(tmp_path: Path) -> None:
         assert name in results
     for plot in ("accuracy.png", "curves.png"):
         assert (out / plot).read_bytes()[:8] == PNG
+
+
+def test_pose_smoke(tmp_path: Path) -> None:
+    run_example(REPO / "examples" / "pose" / "run.py", tmp_path)
+    out = tmp_path / "out"
+    records = json.loads((out / "results.json").read_text())
+    floats = [r for r in records if r["recipe"] is None]
+    binary = [r for r in records if r["recipe"] is not None]
+    assert sorted(r["stacks"] for r in floats) == [1, 2, 3] and len(binary) == 6
+    for record in binary:  # the packed hourglass (list outputs) scores as PyTorch does
+        assert abs(record["runtime_minus_torch_points"]) <= 0.5, record
+        assert record["runtime_ms"] > 0 and record["packed_bytes"] > 0
+    results = (out / "RESULTS.md").read_text()
+    assert "SYNTHETIC" in results and "bulat, 3 stacks" in results and "no distillation" in results
+    for plot in ("skeletons.png", "curves.png"):
+        assert (out / plot).read_bytes()[:8] == PNG

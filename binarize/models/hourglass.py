@@ -9,29 +9,47 @@ image to 1/4 resolution, then ``num_stacks`` hourglasses in sequence. Each hourg
 
 Every stack ends in a 1x1 head producing ``num_joints`` heatmaps (intermediate supervision);
 between stacks the features and the heatmaps are mapped back to ``width`` channels by 1x1
-convs and added to the stack's input. Residual blocks are two 3x3 conv-BN layers with a
-shortcut (1x1 conv + BN when the width changes) and a ReLU after the add.
+convs and added to the stack's input. Two residual blocks (``block=``):
 
-The output is one tensor ``[N, num_stacks * num_joints, H/4, W/4]``: the heatmaps of stack
-``s`` are channels ``s*J .. (s+1)*J - 1`` (the last stack is the prediction). One rank-4
-tensor joined by ``torch.cat`` traces with torch.fx and packs (``concat``), and an MSE loss
+- ``"basic"``: two 3x3 conv-BN layers with a shortcut (1x1 conv + BN when the width changes)
+  and a ReLU after the add;
+- ``"hierarchical"``: the hierarchical, parallel and multi-scale block Bulat and
+  Tzimiropoulos 2017 (arXiv 1703.00862) designed for binary hourglasses and Bulat et al.
+  2019 train: three 3x3 convs in sequence, each after BN and ReLU, with C/2, C/4 and C/4
+  output channels, concatenated back to C and added to the input:
+  ``out = cat(c1, c2, c3) + x``, ``c1 = conv(relu(bn(x)))``, ``c2 = conv(relu(bn(c1)))``,
+  ``c3 = conv(relu(bn(c2)))``. Binarized, every conv sees a larger receptive field at the
+  cost of one conv of C^2 / 2 + C^2 / 8 + C^2 / 16 weights instead of two of C^2.
+
+``outputs=`` picks the output: ``"concat"``, one tensor ``[N, num_stacks * num_joints, H/4,
+W/4]`` whose channels ``s*J .. (s+1)*J - 1`` are the heatmaps of stack ``s`` (an MSE loss
 against the target repeated ``num_stacks`` times supervises every stack;
-:meth:`HourGlassNet.split_stacks` views it as ``[N, S, J, H, W]``.
+:meth:`HourGlassNet.split_stacks` views it as ``[N, S, J, H, W]``), or ``"list"``, a list of
+``num_stacks`` tensors ``[N, J, H/4, W/4]`` (the usual way of writing it). Both trace with
+torch.fx and pack; the last stack is the prediction.
 
 Example::
 
     >>> model = hourglass(num_stacks=2, num_joints=8, depth=3, width=32)
     >>> model(torch.randn(1, 3, 64, 64)).shape
     torch.Size([1, 16, 16, 16])
+    >>> model = hourglass(2, 8, 3, 32, block="hierarchical", outputs="list")
+    >>> [heatmaps.shape for heatmaps in model(torch.randn(1, 3, 64, 64))]
+    [torch.Size([1, 8, 16, 16]), torch.Size([1, 8, 16, 16])]
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["HourGlass", "HourGlassNet", "Residual", "hourglass"]
+__all__ = ["HierarchicalBlock", "HourGlass", "HourGlassNet", "Residual", "hourglass"]
+
+BLOCKS = ("basic", "hierarchical")
+OUTPUTS = ("concat", "list")
 
 
 class Residual(nn.Module):
@@ -58,21 +76,51 @@ class Residual(nn.Module):
         return self.relu2(out + self.shortcut(x))
 
 
+class HierarchicalBlock(nn.Module):
+    """``cat(c1, c2, c3) + x`` with ``c_k = conv3x3(relu(bn(c_{k-1})))``, ``c_0 = x``, of
+    ``C/2, C/4, C/4`` channels (Bulat and Tzimiropoulos 2017); ``C`` must be divisible by 4."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        if channels % 4:
+            raise ValueError(f"HierarchicalBlock needs channels divisible by 4, got {channels}")
+        widths = [channels, channels // 2, channels // 4, channels // 4]
+        self.bns = nn.ModuleList(nn.BatchNorm2d(c) for c in widths[:3])
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(3))
+        self.convs = nn.ModuleList(
+            nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+            for c_in, c_out in itertools.pairwise(widths)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        branches = []
+        out = x
+        for bn, relu, conv in zip(self.bns, self.relus, self.convs):
+            out = conv(relu(bn(out)))
+            branches.append(out)
+        return torch.cat(branches, dim=1) + x
+
+
+def _block(kind: str, width: int) -> nn.Module:
+    return Residual(width, width) if kind == "basic" else HierarchicalBlock(width)
+
+
 class HourGlass(nn.Module):
     """One hourglass of ``depth`` levels (each halves, then restores, the resolution)."""
 
-    def __init__(self, depth: int, width: int) -> None:
+    def __init__(self, depth: int, width: int, block: str = "basic") -> None:
         super().__init__()
         if depth < 1:
             raise ValueError(f"HourGlass depth must be >= 1, got {depth}")
-        self.up1 = Residual(width, width)
-        self.pool = nn.MaxPool2d(2)
-        self.low1 = Residual(width, width)
-        self.inner: nn.Module = HourGlass(depth - 1, width) if depth > 1 else Residual(width, width)
-        self.low3 = Residual(width, width)
+        self.up1 = _block(block, width)
+        self.low1 = _block(block, width)
+        self.inner: nn.Module = (
+            HourGlass(depth - 1, width, block) if depth > 1 else _block(block, width)
+        )
+        self.low3 = _block(block, width)
 
     def forward(self, x: Tensor) -> Tensor:
-        low = self.low3(self.inner(self.low1(self.pool(x))))
+        low = self.low3(self.inner(self.low1(F.max_pool2d(x, 2))))
         return self.up1(x) + F.interpolate(low, scale_factor=2, mode="nearest")
 
 
@@ -85,6 +133,8 @@ class HourGlassNet(nn.Module):
         depth: levels of each hourglass; the input side must be divisible by ``4 * 2**depth``.
         width: channels inside the hourglasses.
         in_channels: channels of the input image.
+        block: ``"basic"`` or ``"hierarchical"`` residual blocks (module docstring).
+        outputs: ``"concat"`` (one tensor) or ``"list"`` (one tensor per stack).
     """
 
     def __init__(
@@ -94,24 +144,34 @@ class HourGlassNet(nn.Module):
         depth: int = 3,
         width: int = 64,
         in_channels: int = 3,
+        block: str = "basic",
+        outputs: str = "concat",
     ) -> None:
         super().__init__()
         if num_stacks < 1:
             raise ValueError(f"HourGlassNet needs num_stacks >= 1, got {num_stacks}")
+        if block not in BLOCKS or outputs not in OUTPUTS:
+            raise ValueError(
+                f"HourGlassNet block must be one of {BLOCKS} and outputs one of {OUTPUTS}, got "
+                f"block={block!r}, outputs={outputs!r}"
+            )
         self.num_stacks = num_stacks
         self.num_joints = num_joints
+        self.outputs = outputs
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 7, stride=2, padding=3, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(inplace=True),
-            Residual(width, width),
+            _block(block, width),
             nn.MaxPool2d(2),
-            Residual(width, width),
+            _block(block, width),
         )
-        self.hourglasses = nn.ModuleList(HourGlass(depth, width) for _ in range(num_stacks))
+        self.hourglasses = nn.ModuleList(
+            HourGlass(depth, width, block) for _ in range(num_stacks)
+        )
         self.features = nn.ModuleList(
             nn.Sequential(
-                Residual(width, width),
+                _block(block, width),
                 nn.Conv2d(width, width, 1, bias=False),
                 nn.BatchNorm2d(width),
                 nn.ReLU(inplace=True),
@@ -126,7 +186,7 @@ class HourGlassNet(nn.Module):
             nn.Conv2d(num_joints, width, 1) for _ in range(num_stacks - 1)
         )
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor | list[Tensor]:
         x = self.stem(x)
         heatmaps = []
         for s in range(self.num_stacks):
@@ -135,6 +195,8 @@ class HourGlassNet(nn.Module):
             heatmaps.append(heatmap)
             if s + 1 < self.num_stacks:
                 x = x + self.merge_features[s](features) + self.merge_heatmaps[s](heatmap)
+        if self.outputs == "list":
+            return heatmaps
         return torch.cat(heatmaps, dim=1)
 
     def split_stacks(self, output: Tensor) -> Tensor:
@@ -144,7 +206,15 @@ class HourGlassNet(nn.Module):
 
 
 def hourglass(
-    num_stacks: int = 2, num_joints: int = 8, depth: int = 3, width: int = 64, in_channels: int = 3
+    num_stacks: int = 2,
+    num_joints: int = 8,
+    depth: int = 3,
+    width: int = 64,
+    in_channels: int = 3,
+    *,
+    block: str = "basic",
+    outputs: str = "concat",
 ) -> HourGlassNet:
-    """A small stacked HourGlass; output ``[N, num_stacks * num_joints, H/4, W/4]``."""
-    return HourGlassNet(num_stacks, num_joints, depth, width, in_channels)
+    """A small stacked HourGlass; output ``[N, num_stacks * num_joints, H/4, W/4]``, or a
+    list of ``num_stacks`` tensors ``[N, num_joints, H/4, W/4]`` with ``outputs="list"``."""
+    return HourGlassNet(num_stacks, num_joints, depth, width, in_channels, block, outputs)
