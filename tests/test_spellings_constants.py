@@ -130,6 +130,7 @@ class LayerScaleBlock(nn.Module):
         "mul_method": lambda g, y: y.mul(g),
         "torch_mul": lambda g, y: torch.mul(g, y),
         "viewed": lambda g, y: y * g.view(1, 1, 1, -1),
+        "halved": lambda g, y: (g * y) * 0.5,  # a number inside the channels-last region
     }
 
     def __init__(self, scale: str) -> None:

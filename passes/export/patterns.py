@@ -14,8 +14,9 @@ that the FX node means "``v`` seen channels-last" (:class:`ChannelsLast`). Insid
 - ``nn.Linear(C, O)`` mixes each pixel's channels: ``y[n, h, w, :] = W x[n, h, w, :] + b`` is
   a 1x1 convolution with weight ``W[:, :, None, None]`` -> ``conv2d`` (a ``BinaryLinear``:
   ``quantize`` + 1x1 ``bconv2d`` + ``affine``);
-- an op that is elementwise (its handler emits only :data:`LAYOUT_FREE_OPS`) computes the same
-  numbers in either layout, so it runs on the NCHW values;
+- an op that is elementwise (its handler emits only :data:`LAYOUT_FREE_OPS`, a shared-slope
+  PReLU, a same-shape ``mul`` or an ``affine`` with one scale and bias for all channels, such
+  as ``y * 0.5``) computes the same numbers in either layout, so it runs on the NCHW values;
 - a product or sum with a per-channel constant (ConvNeXt's layer scale ``gamma * y``, gamma of
   shape [C]) is an ``affine`` on ``v`` (``passes/export/constants.py``);
 - ``permute(0, 3, 1, 2)`` ends the region: the FX node is ``v`` again.
@@ -293,6 +294,9 @@ class PatternLowering:
             return node.params["weight"].size == 1
         if node.op == "mul":  # elementwise unless one factor is a per-channel gate
             return self.shape(node.inputs[0]) == self.shape(node.inputs[1])
+        if node.op == "affine":  # one scale and one bias for all channels (y * 0.5)
+            scale, bias = node.params["scale"], node.params["bias"]
+            return bool((scale == scale[0]).all() and (bias == bias[0]).all())
         return False
 
     def _layernorm_module(self, node: fx.Node, mod: nn.LayerNorm, x: str) -> str:
