@@ -32,3 +32,22 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the one-line summaries that tests record with
+    ``record_property("terminal_summary", text)`` (the fuzz suite's case count and outcome
+    histogram), passed or failed, also from pytest-xdist workers (the property travels with
+    the test's report)."""
+    lines = [
+        value
+        for reports in terminalreporter.stats.values()
+        for report in reports
+        if getattr(report, "when", None) == "call"
+        for name, value in getattr(report, "user_properties", ())
+        if name == "terminal_summary"
+    ]
+    if lines:
+        terminalreporter.section("test summaries")
+        for line in lines:
+            terminalreporter.write_line(str(line))
