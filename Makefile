@@ -37,7 +37,7 @@ data: setup
 demo: setup data
 	$(PY) examples/quickstart.py
 
-# The ablation of examples/classification (full: ~80 min on 2 cores; ARGS=--quick: < 20 min).
+# The ablation of examples/classification (full: ~75 min on 2 cores; ARGS=--quick: < 20 min).
 ablation: setup data
 	$(PY) examples/classification/ablation.py $(ARGS)
 

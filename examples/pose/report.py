@@ -32,6 +32,8 @@ NOTES = [
     "of the last stack's 16x16 heatmaps moved a quarter pixel toward the higher neighbour.",
     "- Heatmap distillation: every stack also regresses the float teacher's heatmaps of the "
     "same stack (MSE, weight 1) on top of the MSE to the targets.",
+    "- The gap to float compares with the float hourglass of the same stacks (its mean over "
+    "its seeds); the speed-up is float PyTorch / packed runtime at batch 1, one thread.",
     "- 'runtime - PyTorch' is the largest difference over seeds between the packed file's "
     "PCKh (run by `runtime`) and the PyTorch student's, in points.",
 ]
@@ -60,16 +62,17 @@ def _groups(records: Sequence[Record]) -> dict[tuple[str, int], list[Record]]:
 
 def main_table(groups: dict, rows: Sequence[str]) -> list[str]:
     lines = [
-        "| row | stacks | PCKh@0.5 % | gap to float (points) | packed runtime PCKh % | "
+        "| row | stacks | seeds | PCKh@0.5 % | gap to float (points) | packed runtime PCKh % | "
         "runtime - PyTorch (points) | runtime ms | float PyTorch ms | speed-up | s / epoch |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for stacks in (1, 2, 3):
         floats = groups.get(("float", stacks), [])
         if floats:
             lines.append(
-                f"| float hourglass | {stacks} | {_pct([r['pck'] for r in floats])} | - | - | - | "
-                f"- | {mean_std([r['torch_ms'] for r in floats])[0]:.2f} | - | "
+                f"| float hourglass | {stacks} | {len(floats)} | "
+                f"{_pct([r['pck'] for r in floats])} | - | - | - | - | "
+                f"{mean_std([r['torch_ms'] for r in floats])[0]:.2f} | - | "
                 f"{mean_std([r['seconds_per_epoch'] for r in floats])[0]:.1f} |"
             )
     for (name, stacks), runs in sorted(groups.items(), key=lambda kv: _order(kv[0], rows)):
@@ -81,7 +84,7 @@ def main_table(groups: dict, rows: Sequence[str]) -> list[str]:
         runtime_ms = mean_std([r["runtime_ms"] for r in runs])[0]
         torch_ms = mean_std([r["float_torch_ms"] for r in runs])[0]
         lines.append(
-            f"| {name} | {stacks} | {_pct([r['pck'] for r in runs])} | {gap:.2f} | "
+            f"| {name} | {stacks} | {len(runs)} | {_pct([r['pck'] for r in runs])} | {gap:.2f} | "
             f"{_pct([r['runtime_pck'] for r in runs])} | {worst:+.2f} | {runtime_ms:.2f} | "
             f"{torch_ms:.2f} | {torch_ms / runtime_ms:.1f}x | "
             f"{mean_std([r['seconds_per_epoch'] for r in runs])[0]:.1f} |"
