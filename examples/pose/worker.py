@@ -107,11 +107,13 @@ def run(task: Task) -> dict[str, Any]:
     example = (test["images"][:2],)
     if task.recipe is None:
         record = _record(task, teacher, history, test)
+        teacher = teacher.cpu()
         record["torch_ms"] = _latency(lambda x: teacher(torch.from_numpy(x)), example)
     else:
         c = task.config
         bnn = binarize.convert(teacher, recipe=task.recipe, example_inputs=example)
-        loss = metrics.StackedHeatmapLoss(bnn.teacher if task.distill else None)
+        # finetune moves the model, not a loss's teacher: put it on the training device
+        loss = metrics.StackedHeatmapLoss(bnn.teacher.to(task.device) if task.distill else None)
         history = finetune(
             bnn, (train["images"], train["heatmaps"]), (val["images"], val["heatmaps"]),
             epochs=task.epochs, lr=c.lr, batch_size=c.batch_size, loss=loss,
