@@ -88,7 +88,18 @@ class Task:
         return self.cache / "float" / f"{self.dataset}-s{self.seed}-{self.key(False)}.pt"
 
 
-@functools.lru_cache(maxsize=4)
+@functools.lru_cache(maxsize=2)
+def _whole(dataset: str) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """The whole train and test sets, read once per process (MNIST's file takes seconds)."""
+    return LOADERS[dataset]("train"), LOADERS[dataset]("test")
+
+
+def _draw(data: tuple[Tensor, Tensor], n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """`n` samples without replacement, by a generator seeded `seed` (binarize.data's rule)."""
+    keep = torch.randperm(len(data[1]), generator=torch.Generator().manual_seed(seed))[:n]
+    return data[0][keep], data[1][keep]
+
+
 def load_data(
     dataset: str, n_train: int, n_val: int, n_test: int, seed: int
 ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
@@ -100,8 +111,9 @@ def load_data(
         train_x, train_y = x[n_test:], y[n_test:]
         test = (x[:n_test], y[:n_test])
     else:
-        train_x, train_y = LOADERS[dataset]("train", subset=n_train + n_val, seed=seed)
-        test = LOADERS[dataset]("test", subset=n_test, seed=0)
+        whole_train, whole_test = _whole(dataset)
+        train_x, train_y = _draw(whole_train, n_train + n_val, seed)
+        test = _draw(whole_test, n_test, 0)
     val = (train_x[:n_val], train_y[:n_val])
     train = (train_x[n_val:], train_y[n_val:])
     return train, val, test
