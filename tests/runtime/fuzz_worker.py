@@ -33,11 +33,13 @@ case in the calling process and prints its outcome.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import os
 import pickle
 import resource
 import select
+import signal
 import struct
 import subprocess
 import sys
@@ -62,6 +64,7 @@ RSS_SLACK = 192 << 20  # a numba compile of a new specialization, allocator slac
 CASE_SECONDS = 60.0
 STARTUP_SECONDS = 300.0  # a worker's start, or one base's warm-up (a cold numba cache compiles)
 PASSING = ("invalid", "ran", "nonfinite", "input")
+PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h): a signal for when the parent dies
 
 
 # ------------------------------------------------------------------------- one case
@@ -150,24 +153,39 @@ the pool reports each one as the failure it is."""
 # ------------------------------------------------------------------------------ pipes
 def send(stream: IO[bytes], message: Any) -> None:
     data = pickle.dumps(message)
-    stream.write(struct.pack("<Q", len(data)) + data)
+    view = memoryview(struct.pack("<Q", len(data)) + data)
+    while view:  # a raw pipe may take fewer bytes per write
+        view = view[stream.write(view) or 0 :]
     stream.flush()
 
 
 def receive(stream: IO[bytes]) -> Any:
     """The next message, or None at end of stream (the other side is gone)."""
-    head = stream.read(8)
-    if len(head) < 8:
+    head = _read(stream, 8)
+    if head is None:
         return None
-    (length,) = struct.unpack("<Q", head)
-    data = stream.read(length)
-    return pickle.loads(data) if len(data) == length else None
+    data = _read(stream, struct.unpack("<Q", head)[0])
+    return None if data is None else pickle.loads(data)
+
+
+def _read(stream: IO[bytes], size: int) -> bytes | None:
+    """Exactly ``size`` bytes (a raw pipe may return fewer per read), or None at the end."""
+    parts, missing = [], size
+    while missing:
+        part = stream.read(missing)
+        if not part:
+            return None
+        parts.append(part)
+        missing -= len(part)
+    return b"".join(parts)
 
 
 def serve() -> None:
     """The worker: answer ``base`` and ``case`` messages until ``stop`` or end of input."""
     writer = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # stray prints go to the log, never into the pipe
+    if sys.platform.startswith("linux"):  # die with the parent, also while hung in a case
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     reader = sys.stdin.buffer
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
     bases: dict[int, tuple[str, dict[str, np.ndarray]]] = {}
@@ -222,8 +240,9 @@ class Worker:
     def __init__(self, log: Path) -> None:
         self.log_path = log
         self.log = open(log, "ab")  # noqa: SIM115  (closed in close())
-        self.process = subprocess.Popen(
+        self.process = subprocess.Popen(  # unbuffered: select() must see every byte
             [sys.executable, __file__],
+            bufsize=0,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.log,

@@ -119,7 +119,7 @@ def test_the_mutations_are_reproducible() -> None:
     assert len({mutate(base, 7, case)[0] for case in range(40)}) > 30
 
 
-def summary(results: Results, names: list[str], seconds: float) -> str:
+def summary(results: Results, names: list[str], warm: float, seconds: float) -> str:
     outcomes = ", ".join(f"{k} {v}" for k, v in results.outcomes.most_common())
     families = sorted({family for family, _ in results.by_family})
     rows = []
@@ -129,7 +129,8 @@ def summary(results: Results, names: list[str], seconds: float) -> str:
         rows.append(f"{family} {total} ({', '.join(f'{o} {n}' for o, n in counts.items())})")
     slow, case = results.slowest
     return (
-        f"fuzz: {results.cases} cases on {len(names)} bases (seed {SEED}) in {seconds:.1f} s: "
+        f"fuzz: {results.cases} cases on {len(names)} bases (seed {SEED}) in {seconds:.1f} s "
+        f"({warm:.1f} s building the bases and warming the workers): "
         f"{outcomes}; {len(results.failures)} failures, {results.restarts} worker restarts; "
         f"slowest case {case} {slow:.2f} s; largest peak-RSS rise in a case "
         f"{results.most_grown / 2**20:.0f} MiB\n  by family: " + "; ".join(rows)
@@ -149,10 +150,12 @@ def test_mutated_files_are_refused_or_run_bounded_and_finite(
         names = list(bases)
         for name, (outcome, detail) in zip(names, pool.warm()):
             assert outcome == "ran", f"base {name} must load and run under the limits: {detail}"
+        warm = time.perf_counter() - start
         results = pool.run(SEED, ((case % len(names), case) for case in range(CASES)))
     finally:
         pool.close()
-    record_property("terminal_summary", summary(results, names, time.perf_counter() - start))
+    seconds = time.perf_counter() - start
+    record_property("terminal_summary", summary(results, names, warm, seconds))
 
     assert results.cases == CASES
     reports = []
