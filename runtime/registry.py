@@ -30,9 +30,9 @@ document against it). The ops themselves are declared next to their implementati
 modules of ``runtime/ops/``; importing ``runtime.ops`` fills :data:`OPS`.
 
 Adding an op: declare it with :func:`register` in the ``runtime/ops`` module of its family
-(with its implementation), add its torch spelling to ``passes/export/table.py``, a naive
-reference to ``tests/runtime/rt_reference.py``, and regenerate the table of ``docs/IR.md``
-(``python -m runtime.registry``).
+(with its implementation), add its torch spelling to ``passes/spellings.py`` and its
+handler to ``passes/export/lower.py``, a naive reference to ``tests/runtime/rt_reference.py``,
+and regenerate the table of ``docs/IR.md`` (``python -m runtime.registry``).
 """
 
 from __future__ import annotations
