@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,16 @@ def run(task: Task) -> dict[str, Any]:
         record.update(_deploy(bnn.cpu(), teacher.cpu(), test, example, record["pck"]))
     record["wall_seconds"] = time.perf_counter() - started
     record["other_seconds"] = record["wall_seconds"] - record["train_seconds"]
-    task.result_path.parent.mkdir(parents=True, exist_ok=True)
-    task.result_path.write_text(json.dumps(record, indent=1))
+    write_json(task.result_path, record)
     return record
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Write `value` as JSON atomically (a killed run leaves no half file to resume from)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".{os.getpid()}.tmp")
+    temporary.write_text(json.dumps(value, indent=1))
+    temporary.replace(path)
 
 
 def float_teacher(
@@ -147,8 +155,7 @@ def float_teacher(
         loss=metrics.StackedHeatmapLoss(), metric=heatmap_mse, lr_schedule="cosine",
         seed=task.seed, device=task.device, progress=False,
     ).records
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_suffix(".json").write_text(json.dumps(history))
+    write_json(path.with_suffix(".json"), history)
     save_checkpoint(model.cpu().state_dict(), path)
     return model.cpu().eval(), history
 
