@@ -16,7 +16,7 @@ says so already exists, there:
   test_an_overflowing_scale_names_the_step``; negative_slope 1e308,
   ``test_attrs_beyond_their_bounds_are_refused`` (beyond float32); max-pool windows wholly in
   padding, ``tests/runtime/test_budget.py::
-  test_a_max_pool_window_wholly_in_the_padding_is_an_error_not_minus_inf``; here a threshold
+  test_a_max_pool_window_wholly_in_the_padding_is_refused_at_load``; here a threshold
   (:func:`test_regression_threshold_of_3_4e38_gives_finite_outputs`) and a dense weight
   (:func:`test_regression_dense_weight_of_3_4e38_is_a_non_finite_error`);
 - fork after predict: ``tests/runtime/test_fork_threads.py::

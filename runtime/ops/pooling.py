@@ -124,8 +124,30 @@ def _pool_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[int
         n = pool_output_size(size, k, s, p, d, attrs["ceil_mode"])
         if n < 1:
             raise fail(f"kernel {k} is larger than the padded input {axis} {size} + 2*{p}")
+        # max: -inf; average without the padding: 0/0 (with it, 0 as torch gives)
+        empty = (
+            None
+            if attrs.get("count_include_pad", False)
+            else _first_empty_window(size, k, s, p, d, n)
+        )
+        if empty is not None:
+            raise fail(
+                f"output {empty} along {axis} pools no input pixel (its {k} taps with dilation "
+                f"{d} all fall in the padding), so it would be -inf or 0/0 for every input; "
+                "use less padding or dilation"
+            )
         out.append(n)
     return (c, out[0], out[1])
+
+
+def _first_empty_window(size: int, k: int, s: int, p: int, d: int, n: int) -> int | None:
+    """The first output position whose window ``o*s - p + j*d`` (j < k) holds no index in
+    [0, size), or None. Tap j is inside when ``ceil((p - o*s)/d) <= j <= (size-1+p-o*s)//d``."""
+    start = np.arange(n, dtype=np.int64) * s - p
+    low = np.maximum(0, -(start // d))  # ceil(-start / d)
+    high = np.minimum(k - 1, (size - 1 - start) // d)
+    empty = np.flatnonzero(low > high)
+    return int(empty[0]) if empty.size else None
 
 
 def _pool_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:

@@ -10,6 +10,7 @@ import pytest
 
 import runtime
 from runtime.budget import DEFAULT_MAX_MEMORY, MAX_CHUNK
+from runtime.format import write_model
 from tests.runtime.rt_builder import IRBuilder
 
 
@@ -106,15 +107,33 @@ def test_an_overflowing_scale_names_the_step() -> None:
         model.predict(_x(2, 4, 6, 6) * 10)
 
 
-def test_a_max_pool_window_wholly_in_the_padding_is_an_error_not_minus_inf() -> None:
+def test_a_max_pool_window_wholly_in_the_padding_is_refused_at_load() -> None:
     b = IRBuilder(seed=5)
     x = b.input([2, 1, 5])
+    b.output(x)
+    graph, tensors = b.build()
     # along the height of 1, kernel 2 with dilation 2 and padding 1 reads rows -1 and 1: both
-    # outside the input (torch gives -inf there)
-    b.output(b.pool("maxpool2d", x, kernel=2, stride=1, padding=1, dilation=2))
-    model = runtime.load(b.to_bytes())
-    with pytest.raises(runtime.NonFiniteError, match="maxpool2d"):
-        model.predict(_x(1, 2, 1, 5))
+    # outside the input (torch gives -inf there, for every input)
+    graph["nodes"].append(
+        {
+            "op": "maxpool2d",
+            "name": "pool",
+            "inputs": ["input"],
+            "outputs": ["pooled"],
+            "attrs": {"kernel": 2, "stride": 1, "padding": 1, "dilation": 2},
+        }
+    )
+    graph["outputs"] = [{"name": "pooled"}]
+    with pytest.raises(runtime.InvalidModelError, match="output 0 along height pools no input"):
+        write_model(None, graph, tensors)
+
+
+def test_an_average_pool_window_in_the_padding_counts_it_as_torch_does() -> None:
+    b = IRBuilder(seed=5)
+    x = b.input([2, 2, 2])
+    b.output(b.pool("avgpool2d", x, kernel=3, stride=2, padding=1, ceil_mode=True))
+    y = runtime.load(b.to_bytes()).predict(_x(1, 2, 2, 2))
+    assert np.isfinite(y).all()
 
 
 def test_finite_models_are_unaffected() -> None:
