@@ -156,9 +156,13 @@ def _specs(d: Draft, key: str) -> list[dict[str, Any]]:
 def _value_names(d: Draft) -> list[str]:
     names = [s.get("name") for s in _specs(d, "inputs")]
     for node in _nodes(d):
-        outputs = node.get("outputs")
-        names += outputs if isinstance(outputs, list) else []
+        names += _list(node, "outputs")
     return [n for n in names if isinstance(n, str)]
+
+
+def _list(node: dict[str, Any], key: str) -> list[Any]:
+    value = node.get(key)
+    return value if isinstance(value, list) else []
 
 
 def _near(rng: np.random.Generator, value: Any, attr: Attr | None) -> Any:
@@ -306,11 +310,11 @@ def mutate_names(d: Draft) -> None:
     node = nodes[i]
     names = _value_names(d) or ["input"]
     what = int(rng.integers(12))
-    inputs = node.get("inputs") if isinstance(node.get("inputs"), list) else []
+    inputs = _list(node, "inputs")
     if what == 0 and inputs:  # dangling
         inputs[int(rng.integers(len(inputs)))] = pick(rng, ["ghost", "", "v-1", "input "])
     elif what == 1 and inputs:  # a later value: a cycle, or the node's own output
-        later = [n for m in nodes[i:] for n in m.get("outputs", []) if isinstance(n, str)]
+        later = [n for m in nodes[i:] for n in _list(m, "outputs") if isinstance(n, str)]
         inputs[int(rng.integers(len(inputs)))] = pick(rng, later or ["ghost"])
     elif what == 2 and inputs:  # any value: a valid rewiring, or a kind/shape mismatch
         inputs[int(rng.integers(len(inputs)))] = pick(rng, names)
@@ -680,7 +684,7 @@ def mutate_bytes(d: Draft) -> None:
             return bytes(data)
         if what == 4:  # the header length field
             new = pick(local, [length + 1, length - 1, length + 8, 0, 2**63, 2**64 - 1, len(data)])
-            return struct.pack("<Q", max(0, new)) + bytes(data[8:])
+            return struct.pack("<Q", min(max(0, new), 2**64 - 1)) + bytes(data[8:])
         if what == 5:  # trailing bytes
             return bytes(data) + bytes(int(local.integers(1, 64)))
         if len(data) > 8 + length:  # a flip inside the tensor data
