@@ -356,12 +356,13 @@ class Pool:
             outcomes.append((message[2], message[3]))
         return outcomes
 
-    def probe(self, what: str) -> str:
-        """The outcome of :data:`PROBES` ``[what]`` in the first worker (replaced if it dies)."""
+    def probe(self, what: str, timeout: float | None = None) -> str:
+        """The outcome of :data:`PROBES` ``[what]`` in the first worker (replaced if it dies)
+        within ``timeout`` seconds (default: the pool's)."""
         worker = self.workers[0]
         worker.send(("probe", what))
         try:
-            return worker.receive(self.timeout)[1]
+            return worker.receive(self.timeout if timeout is None else timeout)[1]
         except WorkerGone as gone:
             self._replace(worker)
             return gone.outcome
