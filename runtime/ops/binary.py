@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from runtime import kernels
+from runtime.errors import NonFiniteError
 from runtime.kernels.pack import words_for
 from runtime.ops.common import (
     channels_attr,
@@ -66,6 +67,11 @@ def dyquantize(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> 
     bit = x >= alpha[n, c], packed along the channel axis."""
     x = xs[0]
     alpha = hyper_function(x, p, a["activation"])
+    if not np.isfinite(alpha).all():  # bits hide a NaN threshold: say so here (N x C values)
+        raise NonFiniteError(
+            "dyquantize's per-sample thresholds are Inf or NaN for a finite input: its "
+            "fc1/fc2 parameters overflow float32; re-pack from a healthy training run"
+        )
     flat = x.reshape(x.shape[0], -1, x.shape[-1])
     return kernels.pack_bits_per_sample(flat, alpha).reshape(*x.shape[:-1], -1)
 

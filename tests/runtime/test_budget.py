@@ -142,3 +142,14 @@ def test_finite_models_are_unaffected() -> None:
     b.output(b.affine(b.conv2d(x, 4)))
     y = runtime.load(b.to_bytes()).predict(_x(3, 4, 6, 6))
     assert np.isfinite(y).all()
+
+
+def test_overflowing_dysign_thresholds_are_an_error_not_constant_bits() -> None:
+    b = IRBuilder(seed=7)
+    x = b.input([4, 6, 6])
+    h = b.dyquantize(x, hidden=3)
+    b.tensors[f"{b.nodes[-1]['name']}.fc1_weight"][:] = np.float32(3.0e38)
+    b.output(b.affine(b.bconv2d(h, 4)))
+    model = runtime.load(b.to_bytes())
+    with pytest.raises(runtime.NonFiniteError, match="dyquantize's per-sample thresholds"):
+        model.predict(_x(2, 4, 6, 6) * 10)

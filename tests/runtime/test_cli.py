@@ -139,6 +139,7 @@ def test_warmup_fills_a_fresh_numba_cache_so_the_next_process_compiles_nothing(
         env=dict(os.environ, PYTHONPATH=str(ROOT), NUMBA_CACHE_DIR=str(cache)),
     )  # fmt: skip
     assert after.returncode == 0, after.stderr
-    seconds, compiled = after.stdout.split()
+    _seconds, compiled = after.stdout.split()
+    # nothing compiled in the new process: the exact check (times belong in benchmarks; the
+    # README states the measured cold and warm first-predict times)
     assert int(compiled) == 0
-    assert float(seconds) < 3.0  # import + load + first predict (cold: 15 s for bconv alone)
