@@ -109,7 +109,26 @@ def _rss() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (Linux: ``clear_refs`` 5 resets VmHWM), so a case's peak
+    is its own, not one inherited from the process it was forked from; False if unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _peak_rss() -> int:
+    """Peak resident bytes since the last reset (VmHWM), else since the process started."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -117,6 +136,7 @@ def run_checked(case: Callable[[], tuple[str, str]], size: int) -> tuple[str, st
     """``case()`` (``run_case`` on a file of ``size`` bytes) with every other exception and
     the RSS bound turned into an outcome; also returns how far the case raised the peak RSS
     above the RSS before it (0 if the peak did not move)."""
+    _reset_peak_rss()
     before, peak_before = _rss(), _peak_rss()
     try:
         outcome, detail = case()
