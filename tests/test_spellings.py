@@ -6,15 +6,13 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-import binarize
-import runtime
 from passes import spellings
+from tests.deploy_check import deploy_and_compare
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -126,21 +124,7 @@ def test_every_spelling_is_in_some_case() -> None:
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_spelling_converts_trains_packs_and_matches(case: int, recipe: str) -> None:
     torch.manual_seed(case)
-    model = Spelled(**CASES[case])
-    x = torch.randn(64, 3, 8, 8)
-    y = torch.randint(0, 5, (64,))
-    bnn = binarize.convert(model, recipe=recipe, example_inputs=(x[:2],))
-    binarize.finetune(bnn, (x, y), epochs=1, lr=1e-3, batch_size=32, progress=False)
-    bnn.schedule.finalize(bnn)
-    packed = runtime.load(binarize.pack(bnn, example_inputs=(x[:2],)))
-    with torch.no_grad():
-        expected = bnn.eval()(x).numpy()
-    got = packed.predict(x.numpy())
-    close = np.isclose(got, expected, rtol=1e-4, atol=1e-4).all(axis=1)
-    # float32 rounding can put a value on the other side of a threshold now and then; the
-    # student's top-1 must still agree, and almost every sample must match to 1e-4
-    assert close.mean() >= 0.95, f"only {close.mean():.0%} of samples match"
-    assert (got.argmax(1) == expected.argmax(1)).mean() >= 0.95
+    deploy_and_compare(Spelled(**CASES[case]), torch.randn(64, 3, 8, 8), recipe)
 
 
 def test_readme_lists_the_generated_spellings() -> None:

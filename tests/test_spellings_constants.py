@@ -21,6 +21,7 @@ import runtime
 from binarize.errors import ConversionError
 from passes.export import lower
 from passes.trace import trace
+from tests.deploy_check import deploy_and_compare
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,18 +29,7 @@ Split = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _train_and_compare(model: nn.Module, x: torch.Tensor, recipe: str) -> runtime.Model:
-    y = torch.randint(0, 5, (len(x),))
-    bnn = binarize.convert(model, recipe=recipe, example_inputs=(x[:2],))
-    binarize.finetune(bnn, (x, y), epochs=1, lr=1e-2, batch_size=32, progress=False)
-    bnn.schedule.finalize(bnn)
-    packed = runtime.load(binarize.pack(bnn, example_inputs=(x[:2],)))
-    with torch.no_grad():
-        expected = bnn.eval()(x).numpy()
-    got = packed.predict(x.numpy())
-    close = np.isclose(got, expected, rtol=1e-4, atol=1e-4).all(axis=1)
-    # a float32 rounding can put a value on the other side of a threshold now and then
-    assert close.mean() >= 0.95, f"only {close.mean():.0%} of samples match"
-    return packed
+    return deploy_and_compare(model, x, recipe, lr=1e-2)
 
 
 def _labels(packed: runtime.Model) -> list[str]:

@@ -20,6 +20,7 @@ from passes.trace import trace
 from runtime.format import write_model
 from runtime.ops import pooling, shape
 from runtime.schema import Graph
+from tests.deploy_check import deploy_and_compare
 
 
 def nhwc(x: torch.Tensor) -> np.ndarray:
@@ -183,19 +184,8 @@ class VGGHead(nn.Module):
         return self.fc(torch.cat([torch.flatten(p, 1) for p in parts], 1))
 
 
-def _train_and_compare(model: nn.Module, x: torch.Tensor, recipe: str, **options) -> None:
-    y = torch.randint(0, 5, (len(x),))
-    bnn = binarize.convert(model, recipe=recipe, example_inputs=(x[:2],), **options)
-    binarize.finetune(bnn, (x, y), epochs=1, lr=1e-3, batch_size=32, progress=False)
-    bnn.schedule.finalize(bnn)
-    packed = runtime.load(binarize.pack(bnn, example_inputs=(x[:2],)))
-    with torch.no_grad():
-        expected = bnn.eval()(x).numpy()
-    got = packed.predict(x.numpy())
-    close = np.isclose(got, expected, rtol=1e-4, atol=1e-4).all(axis=1)
-    # a float32 rounding can put a value on the other side of a threshold now and then
-    assert close.mean() >= 0.95, f"only {close.mean():.0%} of samples match"
-    return packed
+def _train_and_compare(model: nn.Module, x: torch.Tensor, recipe: str, **options) -> runtime.Model:
+    return deploy_and_compare(model, x, recipe, lr=1e-3, **options)
 
 
 @pytest.mark.parametrize("spelling", list(SHUFFLES))
