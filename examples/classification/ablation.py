@@ -121,23 +121,34 @@ def tasks_of(mode: Mode, seeds: int, datasets: Sequence[str], cache: Path) -> tu
 
 
 def run_all(tasks: Sequence[worker.Task], jobs: int, done: list[dict[str, Any]]) -> None:
-    """Run `tasks` on `jobs` processes (in this process when 1), appending their records."""
-    def report_one(record: dict[str, Any]) -> None:
-        done.append(record)
-        print(
-            f"[{len(done)}] {record['dataset']} seed {record['seed']} {record['name']} "
-            f"({record['epochs']} epochs): {100 * record['test_accuracy']:.2f}% "
-            f"in {record['wall_seconds']:.0f} s", flush=True,
-        )
+    """Run `tasks` on `jobs` processes (in this process when 1), appending their records.
+
+    Rows that are the same run (a registered recipe equal to one of the schedule
+    question's variants: same recipe, budget, data and seed) run once; each row gets its own
+    copy of the record, under its own name.
+    """
+    by_key: dict[Path, list[worker.Task]] = {}
+    for task in tasks:
+        by_key.setdefault(task.result_path, []).append(task)
+
+    def report_one(record: dict[str, Any], same: list[worker.Task]) -> None:
+        for task in same:
+            done.append({**record, "name": task.name})
+            print(
+                f"[{len(done)}] {task.dataset} seed {task.seed} {task.name} "
+                f"({record['epochs']} epochs): {100 * record['test_accuracy']:.2f}% "
+                f"in {record['wall_seconds']:.0f} s", flush=True,
+            )
 
     if jobs <= 1:
-        for task in tasks:
-            report_one(worker.run(task))
+        for same in by_key.values():
+            report_one(worker.run(same[0]), same)
         return
     with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
                              initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        for future in as_completed([pool.submit(worker.run, task) for task in tasks]):
-            report_one(future.result())
+        futures = {pool.submit(worker.run, same[0]): same for same in by_key.values()}
+        for future in as_completed(futures):
+            report_one(future.result(), futures[future])
 
 
 def estimate_full(records: Sequence[dict[str, Any]], measured: Mode, jobs: int) -> float:

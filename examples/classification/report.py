@@ -78,8 +78,7 @@ def schedule_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[s
     for recipe in ("reactnet", "dybnn"):
         for budget in ("short", "long"):
             one = [r["test_accuracy"] for r in groups[dataset, f"{recipe} one stage", budget]]
-            two_name = recipe if budget == "short" else f"{recipe} two stages"
-            two = [r["test_accuracy"] for r in groups[dataset, two_name, budget]]
+            two = [r["test_accuracy"] for r in groups[dataset, f"{recipe} two stages", budget]]
             diff = 100 * (mean_std(two)[0] - mean_std(one)[0])
             lines.append(
                 f"| {recipe} | {epochs[budget]} | {_pct(one)} | {_pct(two)} | {diff:+.2f} |"
