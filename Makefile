@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FMNIST := /usr/share/datasets/fashion-mnist
 export NUMBA_CACHE_DIR ?= $(CURDIR)/.cache/numba
 
-.PHONY: setup data demo ablation pose test lint bench clean
+.PHONY: setup data demo ablation pose test lint bench bench-peers clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ data: setup
 demo: setup data
 	$(PY) examples/quickstart.py
 
-# The ablation of examples/classification (full: ~75 min on 2 cores; ARGS=--quick: < 20 min).
+# The ablation of examples/classification (ARGS=--quick: < 20 min on 2 cores; the full mode states its wall time).
 ablation: setup data
 	$(PY) examples/classification/ablation.py $(ARGS)
 
@@ -55,6 +55,25 @@ bench: setup
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_runtime.py
 	$(PY) benchmarks/bench_train.py
+
+# Peers side by side (benchmarks/bench_peers.py -> benchmarks/RESULTS_peers.md; ARGS=--quick):
+# Larq Compute Engine and onnxruntime in their own venv, never a dependency of the library
+# (TensorFlow 2.16 needs numpy < 2). onnx is held at 1.17: later ones need ml_dtypes >= 0.5,
+# TensorFlow 2.16 pins ml_dtypes 0.3. The second pip line may fail alone: the script then
+# skips onnxruntime and says why.
+PEERS       ?= .venv-peers
+PEERS_STAMP := $(PEERS)/.installed
+PEERS_PINS  := tensorflow-cpu==2.16.2 tf-keras==2.16.0 larq==0.13.3 larq-compute-engine==0.16.0
+
+$(PEERS_STAMP):
+	$(PYTHON) -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check $(PEERS_PINS)
+	$(PEERS)/bin/python -m pip install -q --disable-pip-version-check $(PEERS_PINS) \
+	  onnxruntime==1.32.0 onnx==1.17.0 || echo "onnxruntime/onnx did not install: skipped"
+	touch $(PEERS_STAMP)
+
+bench-peers: setup $(PEERS_STAMP)
+	$(PY) benchmarks/bench_peers.py --peers-python $(PEERS)/bin/python $(ARGS)
 
 clean:
 	rm -rf $(VENV) .cache
