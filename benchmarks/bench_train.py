@@ -28,8 +28,8 @@ from torch import nn
 
 import binarize
 from binarize.models import resnet_small
-from binarize.nn import ApproxSign, DyPReLU, DySign, ProgressiveSign, RPReLU, RSign, SignSTE
 from binarize.recipes import names as recipe_names
+from operators import ApproxSign, DyPReLU, DySign, ProgressiveSign, RPReLU, RSign, SignSTE
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS_train.md"
 

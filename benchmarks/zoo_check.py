@@ -142,6 +142,7 @@ def check(name: str, recipe: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
     import binarize
+    import operators
     import runtime
 
     side = max(MODELS[name][1] or 0, args.size)
@@ -169,7 +170,7 @@ def check(name: str, recipe: str, args: argparse.Namespace) -> dict[str, Any]:
         bnn = stage(
             "convert", lambda: binarize.convert(model, recipe=recipe, example_inputs=(example,))
         )
-        row["binary_convs"] = sum(isinstance(m, binarize.nn.BinaryConv2d) for m in bnn.modules())
+        row["binary_convs"] = sum(isinstance(m, operators.BinaryConv2d) for m in bnn.modules())
         row["converts"] = True
         calib = torch.randn(args.calibrate, *shape)
         stage("calibrate", lambda: calibrate_batchnorm(bnn, calib, args.batch))

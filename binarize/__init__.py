@@ -6,11 +6,10 @@ history = binarize.finetune(bnn, train_loader, val_loader, epochs=8)
 packed = binarize.pack(bnn, example_inputs=(x,), path="model.bnn")
 y = runtime.load("model.bnn").predict(x_numpy)
 
-Imports go one way (lowest first): ``runtime`` <- the operators (``binarize.nn``,
-``binarize.errors``) <- ``passes`` <- the API (``convert``, ``pack``, ``summary``, ``finetune``,
-``recipes``). The passes import ``binarize.nn`` and ``binarize.errors``, which runs this file,
-so this file imports nothing that imports a pass: every public name but the errors is loaded
-on first use (PEP 562 ``__getattr__``).
+Imports go one way (lowest first): ``runtime`` <- ``operators`` (the binary layers and the
+errors; ``binarize.nn`` and ``binarize.errors`` re-export them) <- ``passes`` <- this package.
+Every public name but the errors is loaded on first use (PEP 562 ``__getattr__``), so
+``import binarize`` stays cheap and loads no pass.
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import sys
 import types
 from typing import Any
 
-from binarize.errors import BinarizeError, ConversionError, TrainingError
+from operators.errors import BinarizeError, ConversionError, TrainingError
 
 __version__ = "0.1.0"
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 from runtime.atomic import write_atomic
 
 CHECKPOINT_NAME = "last.pt"

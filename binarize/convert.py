@@ -20,9 +20,9 @@ import torch
 from torch import fx, nn
 
 from binarize import recipes
-from binarize.errors import ConversionError
 from binarize.recipes import Recipe
 from binarize.schedule import Schedule
+from operators.errors import ConversionError
 from passes.base import run_passes
 from passes.export import check_exportable
 from passes.shapes import input_tuple

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 KINDS = ("distributional", "kd", "mse")
 

@@ -1,16 +1,8 @@
-"""Library errors. Every message says what was wrong, where, and what to do about it."""
+"""The library's errors under their user-facing name (defined in :mod:`operators.errors`,
+the lowest layer, so every package can raise them without importing ``binarize``)."""
 
 from __future__ import annotations
 
+from operators.errors import BinarizeError, ConversionError, TrainingError
 
-class BinarizeError(Exception):
-    """Base class of every error raised by the training-time library."""
-
-
-class ConversionError(BinarizeError):
-    """A model (or one of its nodes or layers) cannot be converted, or packed, as asked."""
-
-
-class TrainingError(BinarizeError):
-    """Fine-tuning cannot go on: bad data from a loader, a non-finite loss, an unwritable
-    checkpoint folder. The last good checkpoint is left untouched."""
+__all__ = ["BinarizeError", "ConversionError", "TrainingError"]

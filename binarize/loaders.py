@@ -20,7 +20,7 @@ from torch.utils.data import (
     TensorDataset,
 )
 
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 Data = DataLoader | Dataset | tuple[Tensor, Tensor]
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 Check = Callable[[str, Any], str | None]
 """A check takes (name, value) and returns what is wrong with the value, or None."""

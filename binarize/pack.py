@@ -22,8 +22,9 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from binarize.errors import ConversionError
-from binarize.nn import Binarizer, binary_layers
+from operators import Binarizer, binary_layers
+from operators.errors import ConversionError
+from passes.export import fold, lower
 from runtime.format import write_model
 
 if TYPE_CHECKING:
@@ -152,7 +153,6 @@ def lower_for_runtime(
     bnn: nn.Module, example_inputs: torch.Tensor | Sequence[torch.Tensor]
 ) -> Graph:
     """The folded op list ``pack`` writes (useful to inspect what the runtime will run)."""
-    from passes.export import fold, lower  # passes import binarize.nn: load them on use
 
     student = _student(bnn)
     _check_weights(student)

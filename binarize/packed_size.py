@@ -26,6 +26,9 @@ from dataclasses import dataclass
 import torch
 from torch import fx
 
+from binarize.pack import lower_for_runtime
+from runtime.format import write_model
+
 
 @dataclass(frozen=True)
 class ExportedSize:
@@ -49,8 +52,6 @@ def exported_size(gm: fx.GraphModule, inputs: Sequence[torch.Tensor]) -> Exporte
     runtime lacks, several example inputs, weights off the CPU or not float32) and
     ``runtime.InvalidModelError`` when the exported graph breaks the file's contract.
     """
-    from binarize.pack import lower_for_runtime  # imports the passes: load them on use
-    from runtime.format import write_model
 
     graph, tensors = lower_for_runtime(gm, tuple(inputs)).to_file_parts()
     file_bytes = len(write_model(None, graph, tensors))

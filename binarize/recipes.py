@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from binarize.distill import Distillation
-from binarize.errors import BinarizeError, ConversionError
 from binarize.schedule import ProgressiveRamp, Schedule, Stage
+from operators.errors import BinarizeError, ConversionError
 from passes.activations import ActivationOptions, SwapActivations
 from passes.base import GraphPass
 from passes.binarize_layers import BinarizeLayers, BinarizerOptions

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 _RAMPS = ("geometric", "linear")
 _STAGE_KEYS = {"name", "activations", "weights", "fraction", "epochs", "weight_decay"}
@@ -276,7 +276,7 @@ class Schedule:
 
     def finalize(self, model: nn.Module) -> None:
         """The export state: every binarizer on with its hard sign, every weight binary."""
-        from binarize.nn import binarizers, set_binarization
+        from operators import binarizers, set_binarization
 
         set_binarization(model, activations=True, weights=True)
         for binarizer in binarizers(model):
@@ -319,7 +319,7 @@ class Schedule:
 
     # ----------------------------------------------------------------------------- internals
     def _apply(self, model: nn.Module, stage: Stage, lam: float | None) -> None:
-        from binarize.nn import binarizers, set_binarization
+        from operators import binarizers, set_binarization
 
         set_binarization(model, activations=stage.activations, weights=stage.weights)
         if lam is None:

@@ -32,17 +32,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tabulate import tabulate
 from torch import fx, nn
 
-from binarize.errors import ConversionError
-from binarize.nn import BinaryConv2d, BinaryLinear
-from binarize.packed_size import ExportedSize
-
-if TYPE_CHECKING:
-    from passes.select import Decision
+from binarize.packed_size import ExportedSize, exported_size
+from operators import BinaryConv2d, BinaryLinear
+from operators.errors import ConversionError
+from passes.select import META_KEY, Decision
+from passes.shapes import input_tuple, propagate_shapes
+from passes.trace import trace
 
 _BINARY = (BinaryConv2d, BinaryLinear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -143,9 +143,6 @@ def summary(
         A :class:`ModelSummary` with the rows and totals (see the module docstring for how
         each number is counted).
     """
-    # Imported here: `import binarize` loads this module and the passes import binarize.
-    from passes.shapes import input_tuple, propagate_shapes
-    from passes.trace import trace
 
     inputs = input_tuple(example_inputs)
     student = getattr(model, "student", model)
@@ -163,7 +160,6 @@ def summary(
 
 def _export(gm: fx.GraphModule, inputs: Sequence[Any]) -> ExportedSize | str:
     """The exported file's sizes, or why the network cannot be exported (the first line)."""
-    from binarize.packed_size import exported_size
     from runtime.errors import InvalidModelError
 
     try:
@@ -173,7 +169,6 @@ def _export(gm: fx.GraphModule, inputs: Sequence[Any]) -> ExportedSize | str:
 
 
 def _rows(gm: fx.GraphModule, batch: int, exported: ExportedSize | str) -> list[LayerRow]:
-    from passes.select import META_KEY
 
     rows: list[LayerRow] = []
     seen: set[int] = set()

@@ -54,7 +54,6 @@ from binarize.checkpoint import (
     set_rng_state,
 )
 from binarize.distill import KINDS, LabelLoss, TrainingLoss, make_loss
-from binarize.errors import TrainingError
 from binarize.loaders import (
     Data,
     as_loader,
@@ -65,8 +64,9 @@ from binarize.loaders import (
     set_epoch,
     unpack_batch,
 )
-from binarize.nn import binarizers, binary_layers
 from binarize.schedule import Schedule, param_groups
+from operators import binarizers, binary_layers
+from operators.errors import TrainingError
 
 __all__ = ["History", "evaluate", "finetune", "load_checkpoint", "save_checkpoint"]
 

@@ -4,7 +4,7 @@ Conversion (``binarize.convert`` runs a recipe's list of these, in this order):
 
 * ``base``: the pass protocol (``GraphPass`` -> ``PassResult``), ``run_passes`` (lint,
   recompile and drop unused submodules after every pass) and shared graph helpers.
-* ``trace``: ``BinarizeTracer`` / ``trace``: eval-mode tracing with torch.nn, binarize.nn and
+* ``trace``: ``BinarizeTracer`` / ``trace``: eval-mode tracing with torch.nn, operators and
   user leaves; failures name the module and the line.
 * ``shapes``: ``RecordShapes`` / ``propagate_shapes``: ``node.meta["tensor_meta"]`` by ShapeProp.
 * ``canonicalize``: ``Canonicalize`` = ``OutOfPlace`` + ``ActivationsToModules`` (every ReLU

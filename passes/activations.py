@@ -16,7 +16,7 @@ Which activations (after :mod:`passes.canonicalize`, every spelling is an ``nn.R
 * ``"all"``: every one of them.
 
 The replacement for an activation on ``C`` channels (from the recorded shapes, dim 1) is
-``binarize.nn.PReLU(C, init)`` (torch's PReLU with a faster backward), ``RPReLU(C, init)``
+``operators.PReLU(C, init)`` (torch's PReLU with a faster backward), ``RPReLU(C, init)``
 or ``DyPReLU(C, init=init)``, its own module per call site. With ``init = 0`` each of them
 equals ReLU at the start (DyPReLU's last FC starts at zero), which is what the conversion's
 exactness test relies on. ReLU6 and Hardtanh clip at the top too, so no PReLU-family init
@@ -31,8 +31,8 @@ from typing import Any
 
 from torch import fx, nn
 
-from binarize.errors import ConversionError
-from binarize.nn import BinaryConv2d, BinaryLinear, DyPReLU, PReLU, RPReLU
+from operators import BinaryConv2d, BinaryLinear, DyPReLU, PReLU, RPReLU
+from operators.errors import ConversionError
 from passes.base import PassResult, consumers, module_of, producers, tensor_shape, walk
 from passes.canonicalize import ACTIVATION_TYPES
 from passes.options import check_choice, check_constructor_options, check_number

@@ -14,7 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from torch import fx, nn
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes import spellings
 
 

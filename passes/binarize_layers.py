@@ -15,8 +15,8 @@ from typing import Any
 
 from torch import fx, nn
 
-from binarize.errors import ConversionError
-from binarize.nn import BINARIZERS, WEIGHT_SCALES, BinaryConv2d, BinaryLinear, make_binarizer
+from operators import BINARIZERS, WEIGHT_SCALES, BinaryConv2d, BinaryLinear, make_binarizer
+from operators.errors import ConversionError
 from passes.base import PassResult, module_of
 from passes.options import check_choice, check_constructor_options
 from passes.select import META_KEY, Decision
@@ -32,11 +32,11 @@ class BinarizerOptions:
     """How every binary layer binarizes its input and its weights (checked when built).
 
     Attributes:
-        kind: the activation binarizer (a key of ``binarize.nn.BINARIZERS``: ``"ste"``,
+        kind: the activation binarizer (a key of ``operators.BINARIZERS``: ``"ste"``,
             ``"approx"``, ``"progressive"``, ``"rsign"``, ``"dysign"``), built per layer for
             its input channels.
         weight_scale: ``"detached"``, ``"attached"``, ``"learnable"`` or ``"none"`` (see
-            ``binarize.nn.BinaryConv2d``).
+            ``operators.BinaryConv2d``).
         options: extra keyword arguments of the binarizer's constructor (e.g.
             ``{"reduction": 8}`` for DySign, ``{"backward": "ste"}`` for RSign).
     """

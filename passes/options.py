@@ -14,7 +14,7 @@ import numbers
 from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 
 #: Constructor arguments a pass fills in itself; they are never options.
 SET_BY_THE_PASS = frozenset({"device", "dtype"})

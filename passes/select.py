@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes.base import (
     PassResult,
     consumers,

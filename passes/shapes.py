@@ -10,7 +10,7 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes.base import PassResult
 
 

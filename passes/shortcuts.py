@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from torch import fx, nn
 
-from binarize.nn import BinaryConv2d
+from operators import BinaryConv2d
 from passes.base import PassResult, add_module_node, is_add, module_nodes, module_of, tensor_shape
 from passes.options import check_flag
 

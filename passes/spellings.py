@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from binarize.nn import BinaryConv2d, BinaryLinear, DyPReLU, RPReLU
+from operators import BinaryConv2d, BinaryLinear, DyPReLU, RPReLU
 
 
 @dataclass(frozen=True)
@@ -351,7 +351,7 @@ def _spelling(target: Any, kind: str) -> str:
         return (
             f"`nn.{target.__name__}`"
             if target.__module__.startswith("torch")
-            else (f"`binarize.nn.{target.__name__}`")
+            else (f"`operators.{target.__name__}`")
         )
     module = getattr(target, "__module__", None) or ""
     name = getattr(target, "__name__", str(target))

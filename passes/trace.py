@@ -4,7 +4,7 @@ Tracing runs in eval mode (so ``if self.training`` branches and dropout take the
 path; a recorded call that is the identity on that path, torchvision's
 ``stochastic_depth(x, p, mode, training=False)``, is removed from the graph) and keeps as
 single opaque calls ("leaves"): every ``torch.nn`` module (BatchNorm, conv, linear,
-activations...), every module of ``binarize.nn``, and whatever the user adds by type or
+activations...), every module of ``operators``, and whatever the user adds by type or
 by qualified name. A failure is re-raised as :class:`binarize.ConversionError` naming the module
 being traced, the user-code line that broke, and the escape hatches.
 """
@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 
 LeafSpec = type | str
 
@@ -28,7 +28,7 @@ _TORCH_DIR = os.path.dirname(torch.__file__)
 
 
 class BinarizeTracer(fx.Tracer):
-    """An ``fx.Tracer`` whose leaves are torch.nn modules, binarize.nn modules and user leaves.
+    """An ``fx.Tracer`` whose leaves are torch.nn modules, ``operators`` modules, user leaves.
 
     Args:
         leaf_modules: extra leaves, each a module type (every instance is a leaf) or a
@@ -51,7 +51,7 @@ class BinarizeTracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if module_qualified_name in self.leaf_names or isinstance(m, self.leaf_types):
             return True
-        if type(m).__module__.startswith("binarize.nn"):
+        if type(m).__module__.partition(".")[0] == "operators":
             return True
         return super().is_leaf_module(m, module_qualified_name)
 

@@ -11,10 +11,10 @@ from torch import nn
 
 from binarize import recipes
 from binarize.convert import BinaryModel, convert
-from binarize.errors import ConversionError
 from binarize.models import SmallCNN
-from binarize.nn import BinaryConv2d, set_binarization
 from binarize.schedule import Schedule
+from operators import BinaryConv2d, set_binarization
+from operators.errors import ConversionError
 
 x16 = torch.randn(2, 1, 16, 16)
 

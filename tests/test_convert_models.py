@@ -20,7 +20,7 @@ from torch import nn
 
 from binarize import models, recipes
 from binarize.convert import BinaryModel, convert
-from binarize.nn import BinaryConv2d, BinaryLinear, RPReLU, set_binarization
+from operators import BinaryConv2d, BinaryLinear, RPReLU, set_binarization
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,5 +1,5 @@
 """The project explains itself: no file points at notes that are not shipped, and
-docs/OPERATORS.md covers every operator ``binarize.nn`` exports."""
+docs/OPERATORS.md covers every operator ``operators`` exports."""
 
 from __future__ import annotations
 
@@ -47,14 +47,14 @@ def test_no_tracked_file_cites_the_unshipped_notes():
 
 
 def public_operators() -> list[str]:
-    """The classes and functions of ``binarize.nn.__all__``."""
-    import binarize.nn
+    """The classes and functions of ``operators.__all__``."""
+    import operators
 
     return [
         name
-        for name in binarize.nn.__all__
-        if inspect.isclass(getattr(binarize.nn, name))
-        or inspect.isfunction(getattr(binarize.nn, name))
+        for name in operators.__all__
+        if inspect.isclass(getattr(operators, name))
+        or inspect.isfunction(getattr(operators, name))
     ]
 
 

@@ -2,7 +2,7 @@
 
 The runtime computes every binary layer's ``+-1`` sum as an integer (popcounts); the student
 computes ``alpha * conv(sign(x), sign(W))`` with the sum exact in float32 (see
-``binarize.nn.scaled_products``). Where nothing but binary layers, their scales and
+``operators.scaled_products``). Where nothing but binary layers, their scales and
 exactly-representable steps stand between two binarizers, both sides must then decide every
 bit identically: a sum that is exactly 0 gives ``+1`` on both sides, which the textbook
 ``conv(sign(x), alpha * sign(W))`` got wrong about half the time (it rounds the sum to
@@ -43,7 +43,7 @@ from torch import nn
 
 import binarize
 import runtime
-from binarize.nn import BinaryConv2d
+from operators import BinaryConv2d
 
 SHAPE = (4, 64, 8, 8)
 SHORTCUT_FREE = {"xnor": {}, "bireal": {"shortcuts": False}, "reactnet": {"shortcuts": False},

@@ -1,14 +1,16 @@
-"""Imports go one way: runtime <- operators (binarize.nn, binarize.errors) <- passes <- API.
+"""Imports go one way, package by package: runtime <- operators <- passes <- binarize.
 
 * ``runtime`` imports nothing of the project (a deployed model has no torch);
-* the operators (``binarize.nn``, ``binarize.errors``) import only each other;
-* ``passes`` import the operators and ``runtime``, never binarize's API modules (``convert``,
-  ``pack``, ``summary``, ``train``, ``recipes``, ...), which are built on top of the passes;
-* ``import binarize`` loads no pass, so ``import passes.x`` on its own never meets a partially
-  initialised module.
+* ``operators`` (the binary layers, binarizers and the library's errors) imports only itself;
+* ``passes`` imports ``operators`` and ``runtime``, never ``binarize``;
+* ``binarize`` (the API: ``convert``, ``pack``, ``summary``, ``finetune``, ``recipes``, and the
+  user-facing re-exports ``binarize.nn`` / ``binarize.errors``) may import all three;
+* so no two packages import each other, not even inside a function, and ``import binarize``
+  stays cheap (its API names load on first use).
 
-Two checks: every module of the three packages imports alone, in a process where no project
-module was loaded before; and a static check of every import statement against the layers.
+Two checks: every module of the four packages imports alone, in a process where no project
+module was loaded before; and a static check of every import statement (module level, inside
+functions, under ``if TYPE_CHECKING:``) against the layers.
 """
 
 from __future__ import annotations
@@ -24,19 +26,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("binarize", "passes", "runtime")
-OPERATORS = ("binarize.nn", "binarize.errors")
+PACKAGES = ("binarize", "operators", "passes", "runtime")
+LAYERS = ("runtime", "operators", "passes", "binarize")
+"""Lowest first: a package may import itself and the packages before it, nothing after."""
 
 
 def module_name(path: Path) -> str:
-    """``binarize/nn/layers.py`` -> ``binarize.nn.layers``; a package's ``__init__`` -> the
+    """``operators/layers.py`` -> ``operators.layers``; a package's ``__init__`` -> the
     package."""
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
 def project_files() -> dict[str, Path]:
-    """Every module of the three packages, by dotted name, found by walking the source tree."""
+    """Every module of the four packages, by dotted name, found by walking the source tree."""
     files = (path for package in PACKAGES for path in sorted((ROOT / package).rglob("*.py")))
     return {module_name(path): path for path in files if "__pycache__" not in path.parts}
 
@@ -52,7 +55,7 @@ FORKING_IMPORTER = textwrap.dedent(
     import collections, importlib, json, os, sys, traceback
     import numba, numpy, safetensors.numpy, torch, torch.fx  # noqa: F401
 
-    PACKAGES = ("binarize", "passes", "runtime")
+    PACKAGES = ("binarize", "operators", "passes", "runtime")
     assert not [m for m in sys.modules if m.split(".")[0] in PACKAGES]
 
     def start(name):
@@ -107,7 +110,7 @@ def imported_alone() -> dict[str, dict]:
 
 
 def test_the_source_tree_walk_finds_every_package() -> None:
-    for name in ("binarize", "binarize.nn.layers", "passes.base", "runtime.kernels.bconv"):
+    for name in ("binarize", "operators.layers", "passes.base", "runtime.kernels.bconv"):
         assert name in MODULES
 
 
@@ -121,14 +124,14 @@ def test_importing_the_binarize_package_loads_no_pass(imported_alone: dict[str, 
     """``import binarize`` is cheap and pass-free: the API names load on first use."""
     loaded = imported_alone["binarize"]["loaded"]
     assert not [m for m in loaded if m.startswith("passes")], loaded
-    operators = imported_alone["binarize.nn"]["loaded"]
+    operators = imported_alone["operators"]["loaded"]
     assert not [m for m in operators if m.startswith(("passes", "runtime"))], operators
 
 
 def imported_modules(source: str, package: str) -> set[str]:
     """Project modules an import statement anywhere in ``source`` names (also inside functions
     and ``if TYPE_CHECKING:``). ``from binarize import nn`` names ``binarize.nn``, ``from
-    binarize.nn import BinaryConv2d`` names ``binarize.nn``; relative imports are resolved
+    operators import BinaryConv2d`` names ``operators``; relative imports are resolved
     against ``package`` (the package the module is in)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(source)):
@@ -149,21 +152,10 @@ def imports_of(name: str) -> set[str]:
     return imported_modules(path.read_text(), package)
 
 
-def within(name: str, prefixes: tuple[str, ...]) -> bool:
-    return any(name == prefix or name.startswith(f"{prefix}.") for prefix in prefixes)
-
-
 def layer_violations(name: str, imports: set[str]) -> list[str]:
     """The imports of module ``name`` that go against the layering (module docstring)."""
-    if within(name, ("runtime",)):
-        allowed: tuple[str, ...] = ("runtime",)
-    elif within(name, OPERATORS):
-        allowed = OPERATORS
-    elif within(name, ("passes",)):
-        allowed = ("passes", "runtime", *OPERATORS)
-    else:
-        return []
-    return sorted(other for other in imports if not within(other, allowed))
+    allowed = LAYERS[: LAYERS.index(name.split(".")[0]) + 1]
+    return sorted(other for other in imports if other.split(".")[0] not in allowed)
 
 
 def test_every_import_follows_the_layers() -> None:
@@ -172,12 +164,25 @@ def test_every_import_follows_the_layers() -> None:
     assert not bad, f"imports against the layering (module: what it imports): {bad}"
 
 
+def test_no_two_packages_import_each_other() -> None:
+    """Counted by top-level package, over every import statement of every module."""
+    edges = {
+        (name.split(".")[0], other.split(".")[0])
+        for name in MODULES
+        for other in imports_of(name)
+        if other.split(".")[0] != name.split(".")[0]
+    }
+    both_ways = sorted((a, b) for a, b in edges if (b, a) in edges and a < b)
+    assert not both_ways, f"packages that import each other: {both_ways}"
+    assert ("passes", "operators") in edges and ("binarize", "passes") in edges  # the walk works
+
+
 def test_the_layer_check_can_fail() -> None:
     source = textwrap.dedent(
         """
         import torch
         from binarize import nn, recipes
-        from binarize.nn.layers import BinaryConv2d
+        from operators.layers import BinaryConv2d
         from . import base
         from ..runtime.errors import InputError
 
@@ -186,11 +191,13 @@ def test_the_layer_check_can_fail() -> None:
         """
     )
     found = imported_modules(source, "passes")
-    assert found == {"binarize.nn", "binarize.recipes", "binarize.nn.layers", "passes.base",
+    assert found == {"binarize.nn", "binarize.recipes", "operators.layers", "passes.base",
                      "runtime.errors", "binarize.convert"}  # fmt: skip
-    assert layer_violations("passes.x", found) == ["binarize.convert", "binarize.recipes"]
-    assert layer_violations("runtime.x", {"binarize.errors", "runtime.errors"}) == [
-        "binarize.errors"
+    assert layer_violations("passes.x", found) == [
+        "binarize.convert", "binarize.nn", "binarize.recipes"
+    ]  # fmt: skip
+    assert layer_violations("runtime.x", {"operators.errors", "runtime.errors"}) == [
+        "operators.errors"
     ]
-    assert layer_violations("binarize.nn.x", {"passes.base", "binarize.errors"}) == ["passes.base"]
-    assert layer_violations("binarize.convert", {"passes.base"}) == []
+    assert layer_violations("operators.x", {"passes.base", "operators.errors"}) == ["passes.base"]
+    assert layer_violations("binarize.convert", {"passes.base", "runtime.format"}) == []

@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 import binarize
+import operators
 import runtime
 from binarize import models
-from binarize.nn import Binarizer
 from binarize.pack import lower_for_runtime
+from operators import Binarizer
 
 
 class Plain(nn.Module):
@@ -83,14 +84,14 @@ def test_written_file_is_what_pack_returns(tmp_path) -> None:
 
 def test_soft_training_state_warns_and_names_the_parts() -> None:
     bnn = binarize.convert(Plain(), recipe="reactnet", example_inputs=(X,))
-    binarize.nn.set_binarization(bnn, weights=False)
+    operators.set_binarization(bnn, weights=False)
     with pytest.warns(UserWarning, match=r"c2 \(weights not binarized\), c3 \(weights not"):
         binarize.pack(bnn, (X,))
 
 
 def test_disabled_binarizers_warn_and_are_named() -> None:
     bnn = binarize.convert(Plain(), recipe="reactnet", example_inputs=(X,))
-    binarize.nn.set_binarization(bnn, activations=False)
+    operators.set_binarization(bnn, activations=False)
     with pytest.warns(UserWarning, match=r"c2\.input_binarizer \(binarizer disabled\)"):
         binarize.pack(bnn, (X,))
 

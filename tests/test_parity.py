@@ -24,10 +24,11 @@ import torch.fx as fx
 from torch import nn
 
 import binarize
+import operators
 import runtime
 from binarize import models, recipes
-from binarize.nn import Binarizer, BinaryConv2d, BinaryLinear, DyPReLU, RPReLU, RSign
 from binarize.pack import lower_for_runtime
+from operators import Binarizer, BinaryConv2d, BinaryLinear, DyPReLU, RPReLU, RSign
 
 # (model name, constructor kwargs, input shape): small inputs keep the suite fast.
 MODELS = [
@@ -77,7 +78,7 @@ def convert_random(name: str, kwargs: dict, shape: tuple, recipe: str):
     x = torch.randn(shape)
     bnn = binarize.convert(float_model, recipe=recipe, example_inputs=(x,), teacher=False)
     randomize(bnn.student, seed=2)
-    binarize.nn.set_binarization(bnn, activations=True, weights=True)
+    operators.set_binarization(bnn, activations=True, weights=True)
     return bnn.eval(), x
 
 

@@ -10,9 +10,9 @@ import torch
 
 from binarize import recipes
 from binarize.distill import Distillation
-from binarize.errors import ConversionError, TrainingError
 from binarize.recipes import KEYWORDS, PARTS, Recipe
 from binarize.schedule import Schedule
+from operators.errors import ConversionError, TrainingError
 from passes.activations import ActivationOptions, SwapActivations
 from passes.binarize_layers import BinarizeLayers, BinarizerOptions
 from passes.canonicalize import Canonicalize

@@ -13,7 +13,7 @@ from torch import nn
 
 import binarize
 import runtime
-from binarize.nn import BinaryConv2d
+from operators import BinaryConv2d
 
 ACTS = {
     "hardswish": lambda: nn.Hardswish(),

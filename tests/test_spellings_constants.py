@@ -18,7 +18,7 @@ from torch import nn
 
 import binarize
 import runtime
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes.export import lower
 from passes.trace import trace
 from tests.deploy_check import deploy_and_compare

@@ -13,8 +13,8 @@ from torch import nn
 
 import binarize
 import runtime
-from binarize.errors import ConversionError
-from binarize.nn import ApproxSign, BinaryLinear
+from operators import ApproxSign, BinaryLinear
+from operators.errors import ConversionError
 from passes.export import fold, lower
 from passes.trace import trace
 from runtime.format import write_model

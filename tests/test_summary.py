@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 from binarize.convert import convert
-from binarize.errors import ConversionError
 from binarize.pack import pack
 from binarize.summary import ModelSummary, summary
+from operators.errors import ConversionError
 from passes.trace import trace
 
 x = torch.randn(2, 3, 6, 6)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import torch
 from torch import fx
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes.export.fold import fold
 from passes.export.lower import lower
 

@@ -21,7 +21,7 @@ Every FX node is looked up in the spellings table (``passes.spellings``) and han
   read from the model's attributes (``get_attr``: layer scales, ``F.layer_norm``'s weight) in
   ``passes/export/constants.py``.
 
-Anything else raises :class:`binarize.errors.ConversionError` naming the node, the user's
+Anything else raises :class:`operators.errors.ConversionError` naming the node, the user's
 module and source line, and what to do. ``passes.export.fold`` then merges affines and folds
 them into the binarizer thresholds.
 """
@@ -39,8 +39,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
-from binarize.errors import ConversionError
-from binarize.nn import (
+from operators import (
     ApproxSign,
     BinaryConv2d,
     DyPReLU,
@@ -50,6 +49,7 @@ from binarize.nn import (
     RSign,
     SignSTE,
 )
+from operators.errors import ConversionError
 from passes import spellings
 from passes.export.constants import ConstantLowering
 from passes.export.patterns import LAYOUTS, PatternLowering

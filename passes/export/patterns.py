@@ -43,7 +43,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-from binarize.nn import ApproxSign, BinaryLinear, ProgressiveSign, SignSTE
+from operators import ApproxSign, BinaryLinear, ProgressiveSign, SignSTE
 from passes.export.split import SPLIT_HELP, ChannelPieces
 
 #: Python operators that tracing records on sizes (``x.size(1) // 2``); evaluated at export

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import binarize
+import operators
 import runtime
 from binarize import models
 
@@ -66,7 +67,7 @@ def test_zoo_model_converts_trains_packs_and_matches(name: str, recipe: str) -> 
     x = torch.randn(64, 3, 32, 32)
     y = torch.randint(0, 5, (64,))
     bnn = binarize.convert(model, recipe=recipe, example_inputs=(x[:2],))
-    assert any(isinstance(m, binarize.nn.BinaryConv2d) for m in bnn.modules()), name
+    assert any(isinstance(m, operators.BinaryConv2d) for m in bnn.modules()), name
     calibrate_batchnorm(bnn, x)
     binarize.finetune(bnn, (x, y), epochs=1, lr=1e-3, batch_size=32, progress=False)
     bnn.schedule.finalize(bnn)

@@ -7,8 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binarize.errors import ConversionError
-from binarize.nn import (
+from operators import (
     ApproxSign,
     DySign,
     ProgressiveSign,
@@ -16,6 +15,7 @@ from binarize.nn import (
     SignSTE,
     make_binarizer,
 )
+from operators.errors import ConversionError
 
 shapes = st.sampled_from([(3, 5), (2, 5, 3, 4), (1, 5, 1, 1)])
 

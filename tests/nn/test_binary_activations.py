@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from binarize.nn import DyPReLU, RPReLU
+from operators import DyPReLU, RPReLU
 
 shapes = st.sampled_from([(3, 4), (2, 4, 3, 5), (1, 4, 1, 1)])
 

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from binarize.nn import (
+from operators import (
     ApproxSign,
     BinaryConv2d,
     BinaryLinear,
@@ -27,7 +27,7 @@ from binarize.nn import (
     set_binarization,
     weight_sign,
 )
-from binarize.nn.scaled_products import scaled_conv2d, scaled_linear
+from operators.scaled_products import scaled_conv2d, scaled_linear
 
 SCALES = ["detached", "attached", "learnable", "none"]
 

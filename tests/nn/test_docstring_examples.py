@@ -1,4 +1,4 @@
-"""The examples in the docstrings of binarize.nn and binarize.models run and print what they
+"""The examples in the docstrings of operators and binarize.models run and print what they
 show."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ import torch
 from torch import nn
 
 MODULES = [
-    "binarize.nn",
-    "binarize.nn.activations",
-    "binarize.nn.binarizers",
-    "binarize.nn.channelwise",
-    "binarize.nn.functional",
-    "binarize.nn.layers",
-    "binarize.nn.scaled_products",
+    "operators",
+    "operators.activations",
+    "operators.binarizers",
+    "operators.channelwise",
+    "operators.functional",
+    "operators.layers",
+    "operators.scaled_products",
     "binarize.models",
     "binarize.models.hourglass",
     "binarize.models.mobilenet",

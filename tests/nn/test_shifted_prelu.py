@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from binarize.nn import PReLU
-from binarize.nn.functional import prelu, shifted_prelu
+from operators import PReLU
+from operators.functional import prelu, shifted_prelu
 
 cases = st.sampled_from(
     [((3, 4), (1, 4)), ((3, 4), (3, 4)), ((2, 4, 3, 2), (1, 4, 1, 1)), ((2, 4, 3, 2), (2, 4, 1, 1))]

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from binarize.nn.functional import (
+from operators.functional import (
     approx_sign,
     binarize_activation,
     progressive_sign,

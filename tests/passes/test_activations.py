@@ -7,8 +7,8 @@ import torch
 from graph_models import MLP, DepthwiseNet, TinyResNet, canonical, module_counts
 from torch import fx, nn
 
-from binarize.errors import ConversionError
-from binarize.nn import DyPReLU, RPReLU
+from operators import DyPReLU, RPReLU
+from operators.errors import ConversionError
 from passes.activations import ActivationOptions, SwapActivations
 from passes.base import module_of, run_passes
 from passes.binarize_layers import BinarizeLayers

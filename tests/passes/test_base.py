@@ -9,7 +9,7 @@ import torch
 from graph_models import TinyResNet
 from torch import fx, nn
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes.base import PassResult, consumers, producers, run_passes, unique_target, walk
 from passes.select import is_weight_node
 from passes.trace import trace

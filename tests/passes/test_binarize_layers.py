@@ -7,8 +7,8 @@ import torch
 from graph_models import MLP, TinyResNet, canonical, module_counts
 from torch import fx, nn
 
-from binarize.errors import ConversionError
-from binarize.nn import BinaryConv2d, BinaryLinear, DySign, RSign, SignSTE
+from operators import BinaryConv2d, BinaryLinear, DySign, RSign, SignSTE
+from operators.errors import ConversionError
 from passes.base import module_of, run_passes
 from passes.binarize_layers import BinarizeLayers, BinarizerOptions
 from passes.select import LayerSelection, SelectLayers

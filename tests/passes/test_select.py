@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from graph_models import DepthwiseNet, TinyResNet, basic_block, bottleneck, canonical
 from torch import fx, nn
 
-from binarize.errors import ConversionError
+from operators.errors import ConversionError
 from passes.base import run_passes
 from passes.select import META_KEY, LayerSelection, SelectLayers
 
@@ -280,7 +280,7 @@ def test_channels_last_models_convert_and_run_forward_and_backward(recipe: str) 
     # before the layout rule the first forward raised a ValueError from the binarizer (or,
     # with H == C as in ChannelsLast, ran with each row thresholded by another channel's shift)
     from binarize import models, recipes
-    from binarize.nn import BinaryConv2d
+    from operators import BinaryConv2d
     from passes.trace import trace
 
     convnext = models.convnext(num_classes=3, width=8, depths=(1, 1, 1, 1))

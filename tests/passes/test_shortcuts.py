@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from model_state import randomize_batchnorm
 from torch import fx, nn
 
-from binarize.nn import set_binarization
+from operators import set_binarization
 from passes.activations import ActivationOptions, SwapActivations
 from passes.base import module_of, run_passes
 from passes.binarize_layers import BinarizeLayers

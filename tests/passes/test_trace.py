@@ -7,8 +7,8 @@ import torch
 from graph_models import TinyResNet, module_counts
 from torch import nn
 
-from binarize.errors import ConversionError
-from binarize.nn import BinaryConv2d, RPReLU
+from operators import BinaryConv2d, RPReLU
+from operators.errors import ConversionError
 from passes.trace import trace
 
 

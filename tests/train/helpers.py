@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from binarize.nn import BinaryConv2d
 from binarize.schedule import Schedule
+from operators import BinaryConv2d
 
 
 def tiny_float(classes: int = 4) -> nn.Sequential:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from binarize.data import fashion_mnist, find_fashion_mnist, read_idx, synthetic_images
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 
 def write_idx(path: Path, array: np.ndarray, *, type_code: int = 0x08) -> Path:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from binarize.data import find_mnist, mnist, read_mnist_pickle
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 
 def write_pickle(path: Path, splits: object) -> Path:

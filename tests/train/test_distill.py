@@ -18,7 +18,7 @@ from binarize.distill import (
     make_loss,
     mse_loss,
 )
-from binarize.errors import TrainingError
+from operators.errors import TrainingError
 
 logit_batches = st.tuples(st.integers(1, 5), st.integers(2, 6), st.integers(0, 10_000))
 

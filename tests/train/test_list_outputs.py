@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from binarize.errors import TrainingError
 from binarize.train import evaluate, finetune
+from operators.errors import TrainingError
 
 
 class TwoHeads(nn.Module):

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from binarize.errors import TrainingError
-from binarize.nn import BinaryConv2d, binarizers, binary_layers
 from binarize.schedule import ProgressiveRamp, Schedule, Stage, param_groups
+from operators import BinaryConv2d, binarizers, binary_layers
+from operators.errors import TrainingError
 
 from .helpers import TWO_STAGES
 

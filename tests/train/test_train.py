@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
 import binarize.train as train_module
-from binarize.errors import TrainingError
 from binarize.schedule import Schedule
 from binarize.train import History, evaluate, finetune, load_checkpoint
+from operators.errors import TrainingError
 
 from .helpers import TWO_STAGES, make_bnn, tiny_float
 

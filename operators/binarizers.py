@@ -2,7 +2,7 @@
 
 Every binarizer computes ``x_b = B(x - alpha)`` where ``B`` is the exact sign
 (``+1`` where its input is ``>= 0``) with the surrogate gradient named by ``backward``
-(see :mod:`binarize.nn.functional`), and ``alpha`` is the threshold:
+(see :mod:`operators.functional`), and ``alpha`` is the threshold:
 
 ===================  ==========================================  ==========================
 module               threshold ``alpha``                          paper
@@ -39,14 +39,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from binarize.errors import ConversionError
-from binarize.nn.channelwise import (
+from operators.channelwise import (
     channel_view,
     check_channels,
     global_average,
     hyper_head,
 )
-from binarize.nn.functional import ACTIVATION_BACKWARDS, DEFAULT_LAM_MAX, binarize_activation
+from operators.errors import ConversionError
+from operators.functional import ACTIVATION_BACKWARDS, DEFAULT_LAM_MAX, binarize_activation
 
 __all__ = [
     "BINARIZERS",

@@ -20,7 +20,7 @@ is constantly +1); binary networks swap it for a learnable piecewise-linear func
   ``PReLU(init)``.
 
 All three are computed as ``prelu(x - gamma, beta) + zeta`` by
-:func:`~binarize.nn.functional.shifted_prelu` (one fused autograd node; PReLU with
+:func:`~operators.functional.shifted_prelu` (one fused autograd node; PReLU with
 ``gamma = zeta = 0``). Backward, with ``d = x - gamma`` and ``g`` the incoming gradient::
 
     d L / d x      = g * (1 if d >= 0 else beta_c)        (slope 1 at the kink)
@@ -42,8 +42,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from binarize.nn.channelwise import channel_view, check_channels, global_average, hyper_head
-from binarize.nn.functional import prelu, shifted_prelu
+from operators.channelwise import channel_view, check_channels, global_average, hyper_head
+from operators.functional import prelu, shifted_prelu
 
 __all__ = ["DyPReLU", "PReLU", "RPReLU"]
 
@@ -51,7 +51,7 @@ __all__ = ["DyPReLU", "PReLU", "RPReLU"]
 class PReLU(nn.PReLU):
     """``torch.nn.PReLU`` (He et al. 2015; in binary networks Bulat et al. 2019):
     ``x if x >= 0 else weight_c * x``, with the fused backward of
-    :func:`~binarize.nn.functional.prelu` (``d L / d x = g`` where ``x >= 0``, ``g * weight_c``
+    :func:`~operators.functional.prelu` (``d L / d x = g`` where ``x >= 0``, ``g * weight_c``
     below; ``d L / d weight_c = sum g * min(x, 0)``) on inputs of rank >= 2. An ``isinstance``
     of ``nn.PReLU`` with the same constructor, ``weight`` parameter and state_dict.
 

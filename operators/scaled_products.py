@@ -26,7 +26,7 @@ and ``G = dL/dy``,
 * ``dL/dbias_o = sum_{n,h,w} G_o``;
 
 only weight-sized tensors are scaled, so a training step costs what the textbook form costs.
-The gradient to ``s(W)`` continues through :func:`~binarize.nn.functional.weight_sign`'s STE,
+The gradient to ``s(W)`` continues through :func:`~operators.functional.weight_sign`'s STE,
 and the gradient to ``alpha`` through whatever computed it (none when it is detached).
 
 Example::

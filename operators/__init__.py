@@ -3,30 +3,35 @@
 docs/OPERATORS.md gives the exact forward and backward of every operator, with its paper;
 each module's docstring repeats the math of what it defines:
 
-* :mod:`binarize.nn.functional`: ``sign_ste``, ``approx_sign``, ``progressive_sign``,
+* :mod:`operators.functional`: ``sign_ste``, ``approx_sign``, ``progressive_sign``,
   ``weight_sign``, ``binarize_activation`` (exact sign forward, ``sign(0) = +1``; surrogate
   gradients), ``shifted_prelu`` / ``prelu``.
-* :mod:`binarize.nn.binarizers`: ``SignSTE``, ``ApproxSign``, ``ProgressiveSign``, ``RSign``,
+* :mod:`operators.binarizers`: ``SignSTE``, ``ApproxSign``, ``ProgressiveSign``, ``RSign``,
   ``DySign`` (all :class:`Binarizer`), built by name with ``make_binarizer`` / ``BINARIZERS``.
-* :mod:`binarize.nn.activations`: ``PReLU`` (``torch.nn.PReLU`` with a fast backward),
+* :mod:`operators.activations`: ``PReLU`` (``torch.nn.PReLU`` with a fast backward),
   ``RPReLU``, ``DyPReLU``.
-* :mod:`binarize.nn.layers`: ``BinaryConv2d``, ``BinaryLinear`` (``weight_scale`` one of
+* :mod:`operators.layers`: ``BinaryConv2d``, ``BinaryLinear`` (``weight_scale`` one of
   ``WEIGHT_SCALES``).
+
+A top-level package below ``passes`` (which builds binary networks out of these modules) and
+``binarize`` (whose users reach it as ``binarize.nn``; the errors as ``binarize.errors``): it
+imports only torch and itself.
 
 Every module here takes ``[N, C]`` or ``[N, C, H, W]`` inputs with channels on dim 1.
 
 What the other packages rely on:
 
-* ``passes.trace`` keeps every module of ``binarize.nn`` as one opaque (leaf) call.
+* ``passes.trace`` keeps every module of ``operators`` as one opaque (leaf) call.
 * The schedule (``binarize.schedule``) switches the stages through :func:`set_binarization`
   and writes the ``lam`` buffer of the binarizers whose ``backward == "progressive"``.
 * ``binarize.pack`` exports the hard network and warns about parts still in a soft training
   state: a binarizer with ``enabled = False``, a progressive ``lam < lam_max``, a binary
   layer with ``binarize_weights = False``.
-* ``binarize.pack``'s lowering recognises the binarizers by type: ``SignSTE`` / ``ApproxSign`` /
-  ``ProgressiveSign`` become a threshold-0 ``quantize`` node, ``RSign`` one with threshold
-  ``alpha``, ``DySign`` a ``dyquantize`` node carrying ``fc1`` / ``fc2`` and ``activation``
-  (likewise ``DyPReLU``); a binary layer's scale is read through ``weight_scale_values()``.
+* The export (``passes.export.lower``) recognises the binarizers by type: ``SignSTE`` /
+  ``ApproxSign`` / ``ProgressiveSign`` become a threshold-0 ``quantize`` node, ``RSign`` one
+  with threshold ``alpha``, ``DySign`` a ``dyquantize`` node carrying ``fc1`` / ``fc2`` and
+  ``activation`` (likewise ``DyPReLU``); a binary layer's scale is read through
+  ``weight_scale_values()``.
 
 Example::
 
@@ -42,8 +47,8 @@ from collections.abc import Iterator
 
 from torch import nn
 
-from binarize.nn.activations import DyPReLU, PReLU, RPReLU
-from binarize.nn.binarizers import (
+from operators.activations import DyPReLU, PReLU, RPReLU
+from operators.binarizers import (
     BINARIZERS,
     ApproxSign,
     Binarizer,
@@ -53,7 +58,7 @@ from binarize.nn.binarizers import (
     SignSTE,
     make_binarizer,
 )
-from binarize.nn.functional import (
+from operators.functional import (
     approx_sign,
     binarize_activation,
     prelu,
@@ -62,7 +67,7 @@ from binarize.nn.functional import (
     sign_ste,
     weight_sign,
 )
-from binarize.nn.layers import WEIGHT_SCALES, BinaryConv2d, BinaryLinear
+from operators.layers import WEIGHT_SCALES, BinaryConv2d, BinaryLinear
 
 __all__ = [
     "BINARIZERS",

@@ -7,14 +7,14 @@ compute::
     y = conv(B(x), W_b) + bias        W_b = alpha_o * sign(W)     (XNOR-Net, Rastegari 2016)
 
 evaluated as ``alpha_o * conv(B(x), sign(W)) + bias`` (the same number, one scale per output
-channel; :mod:`binarize.nn.scaled_products`): the ``+-1`` sum is computed exactly and scaled
+channel; :mod:`operators.scaled_products`): the ``+-1`` sum is computed exactly and scaled
 once, so it equals the packed runtime's popcount sum times ``alpha`` in training and in eval
 -- a sum that is exactly 0 stays 0 and the next sign sees ``+1`` on both sides -- while the
 gradients to ``x``, ``W`` and ``alpha`` are those of the first line.
 
-``B`` is the ``input_binarizer`` (any :class:`~binarize.nn.binarizers.Binarizer`, a name from
-:data:`~binarize.nn.binarizers.BINARIZERS`, or ``None`` for a float input). ``sign`` is
-:func:`~binarize.nn.functional.weight_sign` (``sign(0) = +1``, clipped STE ``1{|W| <= 1}`` back
+``B`` is the ``input_binarizer`` (any :class:`~operators.binarizers.Binarizer`, a name from
+:data:`~operators.binarizers.BINARIZERS`, or ``None`` for a float input). ``sign`` is
+:func:`~operators.functional.weight_sign` (``sign(0) = +1``, clipped STE ``1{|W| <= 1}`` back
 to the latent float weights). ``alpha_o`` is one scale per output channel, chosen by
 ``weight_scale``:
 
@@ -63,9 +63,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from binarize.nn.binarizers import make_binarizer
-from binarize.nn.functional import weight_sign
-from binarize.nn.scaled_products import scaled_conv2d, scaled_linear
+from operators.binarizers import make_binarizer
+from operators.functional import weight_sign
+from operators.scaled_products import scaled_conv2d, scaled_linear
 
 __all__ = ["WEIGHT_SCALES", "BinaryConv2d", "BinaryLinear"]
 
