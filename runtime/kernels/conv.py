@@ -3,20 +3,33 @@
 NHWC float32 in and out, ``F.conv2d`` semantics (zero padding, stride, dilation, groups), and
 the same fused epilogue as the binary kernels (affine, residual, activation, quantize).
 
-- groups == 1: im2col (numba, parallel over output rows) into [N*OH*OW, kh*kw*C] followed by
-  one float32 GEMM through numpy's BLAS; a 1x1 / stride 1 / no padding conv skips the im2col.
-  (numba's ``np.dot`` needs scipy, so the GEMM runs from Python.)
-- depthwise (groups == C, O = m*C): a direct numba kernel, channels innermost.
-- other groups: one im2col, then one GEMM per group.
+- groups < C (and groups == 1): **tiled** im2col + GEMM. The output pixels of the whole
+  batch, p = (n * OH + oy) * OW + ox, are cut into tiles of consecutive pixels
+  (``_tile_pixels``: about 192 KiB of im2col rows + results, so the tile stays in L2). Each
+  tile is im2col'ed (a nogil numba kernel; a 1x1 / stride 1 / no padding conv reads its
+  input rows in place), multiplied by the weight with numpy's BLAS (one GEMM per group, into
+  the columns of that group), and finished by the fused epilogue (``finish_pixel``, nogil)
+  while it is still in cache. ``numba.get_num_threads()`` threads share the tiles: the
+  caller and a persistent pool of Python threads each take the next unclaimed tile (BLAS
+  and the nogil kernels release the GIL; during ``predict`` OpenBLAS itself runs one thread,
+  runtime/threads.py). (numba's ``np.dot`` needs scipy, so the GEMM is called from Python.)
+- depthwise (groups == C, O = m*C): a direct numba kernel, channels innermost, epilogue
+  fused per pixel.
 
-Measured on the 2-core Zen 4 box (1 thread): im2col + OpenBLAS beat a direct numba kernel
-(eight taps and two pixels per pass over the output channels) by 1.2-1.7x on the ResNet stem
-(7x7/2, 3->64, 224x224) and on 1x1 convs, so the GEMM path stays. The stem still takes about
-2x torch's oneDNN time (benchmarks/RESULTS_layers.md).
+Measured on the 2-core Zen 4 box (1 thread, ResNet stem 7x7/2 3->64 224x224, conv + folded BN
++ ReLU, ms per image, CPU time of the thread while other jobs loaded both cores): the former
+whole-batch path (one im2col of the chunk into [N*OH*OW, kh*kw*C] = 7.4 MB per image, one GEMM,
+an epilogue pass) 6.6 at batch 1 and 12.1 at batch 32; tiled 4.5 and 4.4; torch 2.13's
+``relu(bn(conv(x)))`` 4.0 and 15.4. Of the tiled 4.5 ms, the GEMM is about 2.8, the im2col 0.6
+and the epilogue 0.3. Earlier, im2col + OpenBLAS beat a direct numba kernel (eight taps and
+two pixels per pass over the output channels) by 1.2-1.7x on the stem and on 1x1 convs.
 """
 
 from __future__ import annotations
 
+import itertools
+import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -28,7 +41,7 @@ from runtime.errors import InvalidModelError
 from runtime.kernels.calls import check_call
 from runtime.kernels.epilogue import (
     Epilogue,
-    apply_epilogue,
+    _as_rows,
     check_residual,
     finish_pixel,
     output_buffers,
@@ -103,34 +116,135 @@ def prepare_conv2d(
                     (ph, pw), (dh, dw), groups, depthwise, np.ascontiguousarray(layout))
 
 
-@njit(cache=True, parallel=True)
-def _im2col(x, kh, kw, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, cols):
-    """x f32[N, H, W, C] -> cols f32[N, OH, OW, kh*kw*C] (taps in the padding are 0).
+@njit(cache=True, nogil=True)
+def _im2col_tile(x, geometry, first, count, cols):
+    """Rows ``first .. first + count`` of the im2col matrix of x f32[N, H, W, C] -> cols[:count]
+    for a groups == 1 conv.
 
-    Element loops per tap: measured faster than slice copies (their overhead dominates with
-    the stem's 3 channels) and than copying whole kernel-row runs.
+    Output pixel p = (n * OH + oy) * OW + ox owns row p, its patch in (ky, kx, c) order (the
+    GEMM weight rows' order):
+
+        cols[p - first, (ky * kw + kx) * C + c] = x[n, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw, c]
+
+    (0 for a tap in the padding). ``geometry`` is the plan's int64
+    [kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW].
+
+    Where a pixel's window lies inside the image horizontally (and dw == 1), each kernel row
+    is one run of kw*C contiguous input floats (or zeros above and below the image), copied
+    with unsigned flat indices: numba checks a signed index for wraparound, which kept the
+    copy scalar. Measured on the stem: 1.7 -> 0.66 ms per image (and the grouped layout's
+    extra loop in the same kernel cost 0.3 ms of that, hence a kernel of its own).
     """
-    n_batch, height, width, channels = x.shape
-    out_h, out_w = cols.shape[1], cols.shape[2]
-    rows = x.reshape(n_batch, height, width * channels)
-    for r in prange(n_batch * out_h):
-        n = r // out_h
-        oy = r - n * out_h
-        for ox in range(out_w):
-            patch = cols[n, oy, ox]
-            for ky in range(kh):
-                iy = oy * stride_h - pad_h + ky * dil_h
-                for kx in range(kw):
-                    ix = ox * stride_w - pad_w + kx * dil_w
-                    base = (ky * kw + kx) * channels
-                    if 0 <= iy < height and 0 <= ix < width:
-                        row = rows[n, iy]
-                        start = ix * channels
-                        for c in range(channels):
-                            patch[base + c] = row[start + c]
-                    else:
-                        for c in range(channels):
-                            patch[base + c] = 0.0
+    kh, kw, stride_h, stride_w = geometry[0], geometry[1], geometry[2], geometry[3]
+    pad_h, pad_w, dil_h, dil_w = geometry[4], geometry[5], geometry[6], geometry[7]
+    out_h, out_w = geometry[9], geometry[10]
+    _, height, width, channels = x.shape
+    depth = cols.shape[1]
+    run = kw * channels
+    source = x.ravel()
+    target = cols.ravel()
+    n = first // (out_h * out_w)
+    oy = (first - n * out_h * out_w) // out_w
+    ox = first - (n * out_h + oy) * out_w
+    for i in range(count):
+        ix0 = ox * stride_w - pad_w
+        whole_rows = dil_w == 1 and ix0 >= 0 and ix0 + kw <= width
+        for ky in range(kh):
+            iy = oy * stride_h - pad_h + ky * dil_h
+            row_inside = 0 <= iy < height
+            if whole_rows:
+                to = np.uint64(i * depth + ky * run)
+                if row_inside:
+                    start = np.uint64(((n * height + iy) * width + ix0) * channels)
+                    for j in range(np.uint64(run)):
+                        target[to + j] = source[start + j]
+                else:
+                    for j in range(np.uint64(run)):
+                        target[to + j] = 0.0
+                continue
+            for kx in range(kw):
+                ix = ix0 + kx * dil_w
+                inside = row_inside and 0 <= ix < width
+                to = np.uint64(i * depth + (ky * kw + kx) * channels)
+                for c in range(channels):
+                    target[to + c] = source[((n * height + iy) * width + ix) * channels + c] \
+                        if inside else 0.0
+        ox += 1
+        if ox == out_w:
+            ox = 0
+            oy += 1
+            if oy == out_h:
+                oy = 0
+                n += 1
+
+
+@njit(cache=True, nogil=True)
+def _im2col_grouped_tile(x, geometry, first, count, cols):
+    """``_im2col_tile`` for groups > 1: with Cg = C / groups, pixel p's row holds group g's
+    patch as one block in the (ky, kx, c) order of that group's GEMM weight rows,
+
+        cols[p - first, g * kh*kw*Cg + (ky * kw + kx) * Cg + ci]
+            = x[n, oy*sh - ph + ky*dh, ox*sw - pw + kx*dw, g * Cg + ci],
+
+    so cols[:, g*kh*kw*Cg : (g+1)*kh*kw*Cg] is group g's im2col matrix.
+    """
+    kh, kw, stride_h, stride_w = geometry[0], geometry[1], geometry[2], geometry[3]
+    pad_h, pad_w, dil_h, dil_w = geometry[4], geometry[5], geometry[6], geometry[7]
+    groups, out_h, out_w = geometry[8], geometry[9], geometry[10]
+    _, height, width, channels = x.shape
+    group_in = channels // groups
+    group_k = kh * kw * group_in
+    n = first // (out_h * out_w)
+    oy = (first - n * out_h * out_w) // out_w
+    ox = first - (n * out_h + oy) * out_w
+    for i in range(count):
+        patch = cols[i]
+        for ky in range(kh):
+            iy = oy * stride_h - pad_h + ky * dil_h
+            for kx in range(kw):
+                ix = ox * stride_w - pad_w + kx * dil_w
+                inside = 0 <= iy < height and 0 <= ix < width
+                for g in range(groups):
+                    base = g * group_k + (ky * kw + kx) * group_in
+                    for c in range(group_in):
+                        patch[base + c] = x[n, iy, ix, g * group_in + c] if inside else 0.0
+        ox += 1
+        if ox == out_w:
+            ox = 0
+            oy += 1
+            if oy == out_h:
+                oy = 0
+                n += 1
+
+
+@njit(cache=True, nogil=True)
+def _finish_tile(y, first, count, residual, table, activation, quantize, out_float, out_bits):
+    """The epilogue (``finish_pixel``) of output pixels first .. first + count from the GEMM
+    result y f32[>= count, O] (used as scratch); residual, out_float and out_bits are the
+    layer's [N*OH*OW, ...] rows (empty when unused).
+
+    One loop per (residual, quantize) case instead of choosing each pixel's row views with
+    ``a if flag else b``: such a choice costs a reference count update per view and pixel
+    (measured on the stem: 0.72 -> 0.38 ms per image).
+    """
+    no_float = np.empty(0, np.float32)
+    no_bits = np.empty(0, np.uint64)
+    if residual.shape[0] > 0:
+        if quantize:
+            for i in range(count):
+                finish_pixel(y[i], residual[first + i], table, activation, True, no_float,
+                             out_bits[first + i])
+        else:
+            for i in range(count):
+                finish_pixel(y[i], residual[first + i], table, activation, False,
+                             out_float[first + i], no_bits)
+    elif quantize:
+        for i in range(count):
+            finish_pixel(y[i], no_float, table, activation, True, no_float, out_bits[first + i])
+    else:
+        for i in range(count):
+            finish_pixel(y[i], no_float, table, activation, False, out_float[first + i],
+                         no_bits)
 
 
 @njit(cache=True, parallel=True)
@@ -199,49 +313,123 @@ def conv2d(
                           *plan.padding, *plan.dilation, residual, epilogue.table,
                           epilogue.activation, epilogue.quantize, out_float, out_bits)
         return result
-    return apply_epilogue(_gemm(plan, x, shape), epilogue, shape, residual, out)
-
-
-_SPLIT_MACS = 4_000_000  # below this a GEMM is too short to share between threads
-_pools: dict[int, ThreadPoolExecutor] = {}
-
-
-def _row_split_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` with the rows of ``a`` shared among numba's thread count.
-
-    While a model predicts, OpenBLAS runs one thread (runtime/threads.py), so a big GEMM such
-    as the ResNet stem's would not use the second core; numpy releases the GIL inside BLAS, so
-    Python threads each multiplying a block of rows do. Each row's arithmetic is unchanged.
-    Measured on the stem (12544 x 147 x 64) at 2 threads: 4.8 ms -> 3.6 ms.
-    """
-    threads = numba.get_num_threads()
-    rows = a.shape[0]
-    if threads == 1 or rows < 2 * threads or rows * a.shape[1] * b.shape[1] < _SPLIT_MACS:
-        return a @ b
-    out = np.empty((rows, b.shape[1]), np.float32)
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads))
-    blocks = [(bounds[i], bounds[i + 1]) for i in range(threads)]
-    list(pool.map(lambda lo_hi: np.matmul(a[lo_hi[0] : lo_hi[1]], b, out=out[lo_hi[0] : lo_hi[1]]),
-                  blocks))
-    return out
-
-
-def _gemm(plan: ConvPlan, x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Raw convolution result f32[N*OH*OW, O] by (im2col +) BLAS GEMM."""
-    kh, kw = plan.kernel
+    residual = check_residual(residual, shape)
+    result, out_float, out_bits = output_buffers(shape, epilogue, out)
     rows = shape[0] * shape[1] * shape[2]
-    pointwise = (plan.kernel == (1, 1) and plan.stride == (1, 1) and plan.padding == (0, 0))
-    if pointwise:
-        cols = x.reshape(rows, -1)
-    else:
-        cols = np.empty((*shape[:3], kh * kw * plan.in_channels), np.float32)
-        _im2col(x, kh, kw, *plan.stride, *plan.padding, *plan.dilation, cols)
-        cols = cols.reshape(rows, -1)
-    if plan.groups == 1:
-        return _row_split_matmul(cols, plan.weights[0])
-    group_in = plan.in_channels // plan.groups
-    taps = cols.reshape(rows, kh * kw, plan.groups, group_in)
-    return np.concatenate(
-        [taps[:, :, g].reshape(rows, -1) @ plan.weights[g] for g in range(plan.groups)], axis=1
-    )
+    _TiledConv(plan, x, epilogue, _as_rows(residual, rows), _as_rows(out_float, rows),
+               _as_rows(out_bits, rows)).run()
+    return result
+
+
+# Bytes of one tile's im2col rows + GEMM result (per thread): small enough to stay in the
+# per-core L2 (512 KiB on Zen 4) between the im2col, the GEMM and the epilogue. Measured on
+# the stem at 1 thread (min wall time, interleaved, loaded machine; ms per image): tiles of
+# 112 pixels 4.7, 224-448 pixels 4.0-4.1, 896 pixels 3.9 at batch 1 (torch 3.7), and 5.7-5.9
+# for 224-896 pixels at batch 8. Below ~200 pixels the per-tile Python calls (~10 us) and
+# BLAS's per-call packing of the weight start to show, hence also _MIN_TILE_PIXELS.
+_TILE_BYTES = 192 * 1024
+_MIN_TILE_PIXELS = 256
+_WEIGHT_BYTES_PER_PIXEL = 4096
+_SCRATCH_CACHE_BYTES = 4 << 20  # scratch up to this size stays with its thread between calls
+_SPLIT_MACS = 4_000_000  # below this a conv is too short to share between threads
+_pools: dict[int, ThreadPoolExecutor] = {}
+_scratch = threading.local()
+
+
+def _thread_scratch(size: int) -> np.ndarray:
+    """A float32[size] buffer owned by the calling thread (reused by its next tiles/calls)."""
+    buffer = getattr(_scratch, "buffer", None)
+    if buffer is not None and buffer.size >= size:
+        return buffer[:size]
+    buffer = np.empty(size, np.float32)
+    if size * 4 <= _SCRATCH_CACHE_BYTES:
+        _scratch.buffer = buffer
+    return buffer
+
+
+def _tile_pixels(rows: int, depth: int, out_channels: int, weight_bytes: int,
+                 threads: int) -> int:
+    """Output pixels per tile of a conv with ``rows`` output pixels, GEMM K = ``depth``.
+
+    The largest of: the pixels whose im2col row + result row (4 * (K + O) bytes each) fill
+    ``_TILE_BYTES``; ``_MIN_TILE_PIXELS``; and weight_bytes / ``_WEIGHT_BYTES_PER_PIXEL``.
+    BLAS re-packs the whole weight matrix for every GEMM call, so with a large weight (a
+    512->512 3x3 conv: 9.4 MB) short tiles spend their time packing, not multiplying.
+    At most ``rows``, and at most ceil(rows / threads) so every thread gets a tile.
+    """
+    tile = max(_TILE_BYTES // (4 * (depth + out_channels)), _MIN_TILE_PIXELS,
+               weight_bytes // _WEIGHT_BYTES_PER_PIXEL)
+    return max(1, min(tile, -(-rows // threads)))
+
+
+class _TiledConv:
+    """One groups != C conv call, computed tile by tile (module docstring).
+
+    The output pixels p in 0 .. M = N*OH*OW are cut into tiles of ``tile`` consecutive
+    pixels (the last one shorter; a tile may span rows and samples). For each tile:
+    im2col rows -> GEMM ``cols @ W`` (per group) into scratch y -> epilogue into the output.
+    """
+
+    def __init__(self, plan: ConvPlan, x: np.ndarray, epilogue: Epilogue,
+                 residual: np.ndarray, out_float: np.ndarray, out_bits: np.ndarray) -> None:
+        self.plan, self.x, self.epilogue = plan, x, epilogue
+        self.residual, self.out_float, self.out_bits = residual, out_float, out_bits
+        kh, kw = plan.kernel
+        self.pointwise = plan.kernel == (1, 1) and plan.stride == (1, 1) \
+            and plan.padding == (0, 0)
+        self.depth = kh * kw * plan.in_channels  # GEMM K summed over the groups
+        self.rows = x.shape[0] * plan.out_hw[0] * plan.out_hw[1]
+        self.threads = numba.get_num_threads()
+        macs = self.rows * self.depth * plan.out_channels // plan.groups
+        if macs < _SPLIT_MACS:
+            self.threads = 1
+        self.tile = _tile_pixels(self.rows, self.depth, plan.out_channels,
+                                 plan.weights.nbytes, self.threads)
+        self.tiles = -(-self.rows // self.tile)
+        self.flat = x.reshape(self.rows, -1) if self.pointwise else x
+        self.geometry = np.array([kh, kw, *plan.stride, *plan.padding, *plan.dilation,
+                                  plan.groups, *plan.out_hw], np.int64)
+
+    def run(self) -> None:
+        """All tiles: on the calling thread, or shared with ``numba.get_num_threads() - 1``
+        pool threads (each takes the next unclaimed tile; numpy's BLAS and the nogil numba
+        kernels release the GIL)."""
+        threads = min(self.threads, self.tiles)
+        if threads <= 1:
+            self.work(iter(range(self.tiles)))
+            return
+        pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads - 1))
+        claims = itertools.count()  # next() on it is atomic: each tile is claimed once
+        helpers = [pool.submit(self.work, claims) for _ in range(threads - 1)]
+        self.work(claims)
+        for helper in helpers:
+            helper.result()
+
+    def work(self, claims: Iterator[int]) -> None:
+        """Compute the tiles taken from ``claims`` until it passes the last tile."""
+        plan, tile, epilogue = self.plan, self.tile, self.epilogue
+        out_channels, groups = plan.out_channels, plan.groups
+        scratch = _thread_scratch(tile * (out_channels + (0 if self.pointwise else self.depth)))
+        y = scratch[: tile * out_channels].reshape(tile, out_channels)
+        cols = scratch[tile * out_channels :].reshape(tile, -1)
+        group_out, group_depth = out_channels // groups, self.depth // groups
+        im2col = _im2col_tile if groups == 1 else _im2col_grouped_tile
+        for index in claims:
+            if index >= self.tiles:
+                return
+            first = index * tile
+            count = min(tile, self.rows - first)
+            if self.pointwise:
+                a = self.flat[first : first + count]
+            else:
+                im2col(self.x, self.geometry, first, count, cols)
+                a = cols[:count]
+            if groups == 1:
+                np.matmul(a, plan.weights[0], out=y[:count])
+            else:
+                per_group = a.reshape(count, groups, group_depth)
+                for g in range(groups):
+                    np.matmul(per_group[:, g], plan.weights[g],
+                              out=y[:count, g * group_out : (g + 1) * group_out])
+            _finish_tile(y, first, count, self.residual, epilogue.table, epilogue.activation,
+                         epilogue.quantize, self.out_float, self.out_bits)

@@ -109,9 +109,10 @@ def test_float_kernels_reject_bad_arguments():
 
 @pytest.mark.parametrize("threads", [2, 3])
 def test_conv2d_row_split_among_threads_matches_reference(threads, monkeypatch):
-    """The GEMM of a big conv is split into ``threads`` row blocks (rows * threads // t
-    boundaries); 1 * 47 * 47 = 2209 rows divide evenly by neither 2 nor 3, so a split that
-    drops or misplaces the remainder rows, or offsets a block, differs from the reference."""
+    """The tiles of a big conv are shared among ``threads`` threads (the caller and a pool of
+    threads - 1); 1 * 47 * 47 = 2209 output pixels divide evenly into neither the tiles nor
+    the threads, so a split that drops or misplaces the remainder pixels, or offsets a tile,
+    differs from the reference (tests/runtime/test_conv_tiled.py tests the tiling itself)."""
     rng = np.random.default_rng(1)
     size, channels, out_channels = 47, 16, 64  # 2209 * 144 * 64 MACs: far above the split size
     x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
