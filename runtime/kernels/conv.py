@@ -28,9 +28,10 @@ two pixels per pass over the output channels) by 1.2-1.7x on the stem and on 1x1
 from __future__ import annotations
 
 import itertools
+import os
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import numba
@@ -334,6 +335,9 @@ _SCRATCH_CACHE_BYTES = 4 << 20  # scratch up to this size stays with its thread 
 _SPLIT_MACS = 4_000_000  # below this a conv is too short to share between threads
 _pools: dict[int, ThreadPoolExecutor] = {}
 _scratch = threading.local()
+# a fork()ed child has only the forking thread: the pools' workers are gone, and a task
+# submitted to such a pool would never run (the call would wait for it forever)
+os.register_at_fork(after_in_child=_pools.clear)
 
 
 def _thread_scratch(size: int) -> np.ndarray:
@@ -401,7 +405,10 @@ class _TiledConv:
         pool = _pools.get(threads) or _pools.setdefault(threads, ThreadPoolExecutor(threads - 1))
         claims = itertools.count()  # next() on it is atomic: each tile is claimed once
         helpers = [pool.submit(self.work, claims) for _ in range(threads - 1)]
-        self.work(claims)
+        try:
+            self.work(claims)
+        finally:  # never return (or raise) while a helper may still write the output
+            wait(helpers)
         for helper in helpers:
             helper.result()
 

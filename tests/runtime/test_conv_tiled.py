@@ -12,8 +12,12 @@ threshold.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import zlib
+from pathlib import Path
 
 import numba
 import numpy as np
@@ -187,3 +191,45 @@ def test_tile_size_rules():
     assert conv_kernels._tile_pixels(392, 4608, 512, big, 1) == 392
     assert conv_kernels._tile_pixels(49, 4608, 512, big, 2) == 25
     assert conv_kernels._tile_pixels(1, 4608, 512, big, 2) == 1
+
+
+FORK_SCRIPT = """
+import multiprocessing
+import numba
+import numpy as np
+from runtime.kernels import conv as conv_kernels
+from runtime.kernels import conv2d, prepare_conv2d
+
+rng = np.random.default_rng(0)
+x = rng.standard_normal((1, 64, 64, 3)).astype(np.float32)
+plan = prepare_conv2d(rng.standard_normal((64, 3, 7, 7)).astype(np.float32), 3, (64, 64), 2, 3)
+numba.set_num_threads(2)
+conv_kernels._SPLIT_MACS = 0
+expected = conv2d(plan, x)  # the parent starts the 2-thread pool
+assert list(conv_kernels._pools) == [2]
+
+def child(_):
+    numba.set_num_threads(2)
+    return conv2d(plan, x)
+
+with multiprocessing.get_context("fork").Pool(1) as pool:
+    got = pool.map_async(child, [0]).get(timeout=60)[0]
+np.testing.assert_array_equal(got, expected)
+print("child agrees")
+"""
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2 or not hasattr(os, "fork"),
+                    reason="needs 2 numba threads and fork()")
+def test_tiled_conv_in_forked_child_after_parent_used_the_pool():
+    """A fork()ed child gets none of the parent's pool threads: its conv must make its own
+    pool instead of waiting forever for a task queued on a dead one (it hung before)."""
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    try:
+        result = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env,
+                                capture_output=True, text=True, timeout=240)
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"the forked child's conv hung: {error.stderr}")
+    assert result.returncode == 0, result.stderr
+    assert "child agrees" in result.stdout
