@@ -13,6 +13,15 @@ Binary MACs per cycle = N * OH * OW * O * kh * kw * C / (time * clock * threads)
 measured: a chain of dependent 64-bit squarings x = x * x (3 cycles each on Zen 3/4) timed in numba;
 ``/proc/cpuinfo``'s MHz is printed beside it. Writes benchmarks/RESULTS_layers.md.
 
+Popcount strategies (runtime.kernels.bconv's module docstring): the main table runs each plan's
+default; a second table runs "vpopcntdq" and "avx2" on the same layer (batch 1, 1 thread, bits
+out), interleaved, with the min of each, the median of the paired per-repeat ratios, MACs/cycle
+and the fraction of the strategy's ceiling on an AVX2-only core with 4 vector ALU pipes:
+256 MACs (4 channels x 64 bits) per vector of VECTOR_UOPS[strategy] uops, 4 uops per cycle,
+i.e. 120.5 ("vpopcntdq" as LLVM lowers it without VPOPCNTDQ: 8.5 uops) and 170.7 ("avx2": 6).
+On a VPOPCNTDQ target the "vpopcntdq" fraction is not printed (another instruction mix).
+``--strategies-only`` runs just that table and writes nothing.
+
 Run: NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_layers.py [--repeats 30]
 """
 
@@ -37,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from runtime.kernels import bconv2d, conv2d, make_epilogue, prepare_bconv, prepare_conv2d
 from runtime.kernels import conv as conv_kernels
-from runtime.kernels.bconv import _bconv_kernel
+from runtime.kernels.bconv import POPCOUNT_STRATEGIES, _popcount_pair, default_popcount
+from runtime.kernels.popcount import patch_popcounts4_high, patch_popcounts4_low
 from runtime.threads import thread_limits
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
@@ -49,9 +59,14 @@ FLOAT_LAYERS = [
     ("depthwise 3x3 128 56x56", 128, 128, 56, 3, 1, 1, 128),
 ]
 IMUL_LATENCY_CYCLES = 3
-# binary MACs/cycle a prototype of this kernel reached with the AVX2 nibble-table popcount
-# (vpshufb/vpsadbw) on Zen 3, the ceiling of that method on that core
-VPSHUFB_CEILING = 103
+# vector ALU uops per 256-bit vector of 4 output channels (256 binary MACs) on an AVX2-only core,
+# counted in the inner loops' assembly (LLVM 22, znver3): "vpopcntdq", LLVM's v4i64 ctpop of
+# the pass of four words, 68 per 8 vectors (per vector vpxor, 2 vpand, vpsrlw, 2 vpshufb,
+# vpaddb; LLVM adds the 4 words' byte counts before one vpsadbw + vpaddq per pixel); "avx2",
+# the nibble lookups, 48 per 8 vectors (2 vpxor, 2 vpshufb, 2 vpaddb)
+VECTOR_UOPS = {"vpopcntdq": 8.5, "avx2": 6}
+VECTOR_PIPES = 4  # Zen 3 / Zen 4: FP0-FP3
+CEILING_MACS_PER_CYCLE = {name: 256 * VECTOR_PIPES / uops for name, uops in VECTOR_UOPS.items()}
 
 
 @njit(cache=True)
@@ -87,17 +102,44 @@ def cpuinfo_mhz() -> str:
     return f"{name.group(1) if name else '?'}, {mhz[0] if mhz else '?'} MHz, popcount ISA {popcnt}"
 
 
-def popcount_instructions() -> str:
-    """Which popcount the compiled bconv kernel uses (from the assembly of a fresh, uncached
-    compile: numba cannot inspect cached code)."""
-    fresh = numba.njit(parallel=True)(_bconv_kernel.py_func)
-    asm = []
-    for signature in _bconv_kernel.signatures:
+def _plain_pair(words, offsets, count, weights, acc0, acc1):
+    _popcount_pair(words, 0, 1, offsets, count, weights, acc0, acc1)
+
+
+def _bytes_quad(nibbles, offsets, count, weights, acc):
+    patch_popcounts4_low(nibbles, 0, 1, offsets, count, weights, 0, acc)
+    patch_popcounts4_high(nibbles, 0, 1, offsets, count, weights, 0, acc)
+
+
+def popcount_instruction_counts() -> dict[str, dict[str, int]]:
+    """Popcount instructions in the inner loops of each strategy (the "vpopcntdq" pair loop,
+    the "avx2" 4-pixel intrinsics), each from the assembly of a fresh, uncached compile of a
+    small wrapper (numba cannot inspect cached code; the kernel holds both strategies)."""
+    u64 = numba.types.uint64
+    one, two = u64[::1], u64[:, ::1]
+    offsets = numba.types.int64[::1]
+    wrappers = {
+        "vpopcntdq": (_plain_pair, (one, offsets, numba.types.int64, two, one, one)),
+        "avx2": (_bytes_quad, (two, offsets, numba.types.int64, two, two)),
+    }
+    found = {}
+    for name, (fn, signature) in wrappers.items():
+        fresh = numba.njit(fn)
         fresh.compile(signature)
-        asm.append(fresh.inspect_asm(signature))
-    asm = "\n".join(asm)
-    counts = {name: len(re.findall(rf"\b{name}\b", asm)) for name in ("vpopcntq", "vpshufb")}
-    return ", ".join(f"{name} x{count}" for name, count in counts.items())
+        asm = fresh.inspect_asm(signature)
+        found[name] = {op: len(re.findall(rf"\b{op}\b", asm))
+                       for op in ("vpopcntq", "vpshufb", "vpsadbw", "vpsrlw")}
+    return found
+
+
+def describe_instructions(found: dict[str, dict[str, int]]) -> str:
+    return "; ".join(f"{name}: " + ", ".join(f"{op} x{n}" for op, n in ops.items())
+                     for name, ops in found.items())
+
+
+def popcount_instructions() -> str:
+    """``popcount_instruction_counts`` as one line of text."""
+    return describe_instructions(popcount_instruction_counts())
 
 
 def timed(fn) -> float:
@@ -141,6 +183,60 @@ def bench_layer(channels: int, size: int, batch: int, repeats: int, rng) -> dict
             for name, fn in variants.items():
                 times[name].append(timed(fn))
     return times
+
+
+def bench_strategies(channels: int, size: int, repeats: int, rng) -> dict[str, list[float]]:
+    """Times of bconv2d + affine + threshold-and-pack for each popcount strategy on one layer
+    (batch 1), interleaved round-robin; checks that they give the same bits."""
+    words = channels // 64
+    weight_bits = rng.integers(0, 2**64, (channels, 3, 3, words), dtype=np.uint64)
+    a_bits = rng.integers(0, 2**64, (1, size, size, words), dtype=np.uint64)
+    to_bits = make_epilogue(channels, scale=rng.uniform(0.5, 1.5, channels).astype(np.float32),
+                            quantize=(rng.uniform(-9, 9, channels).astype(np.float32), None))
+    outs, variants = {}, {}
+    for name in POPCOUNT_STRATEGIES:
+        plan = prepare_bconv(weight_bits, channels, (size, size), 3, 1, 1, 0, popcount=name)
+        outs[name] = np.empty((1, size, size, words), np.uint64)
+        variants[name] = (lambda plan=plan, out=outs[name]:
+                          bconv2d(plan, a_bits, to_bits, out=out))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for fn in variants.values():
+        fn()
+        fn()
+    first = outs[POPCOUNT_STRATEGIES[0]]
+    if not all(np.array_equal(first, out) for out in outs.values()):
+        raise AssertionError(f"popcount strategies disagree on {channels}ch {size}x{size}")
+    for _ in range(repeats):
+        for name, fn in variants.items():
+            times[name].append(timed(fn))
+    return times
+
+
+def bench_strategy_table(repeats: int, clock: float, vpopcntq: bool, rng) -> list[str]:
+    """The strategy table (batch 1, 1 thread): per layer both strategies' min time, the
+    ratio of the mins and the median of the paired per-repeat ratios, MACs/cycle, the
+    fraction of CEILING_MACS_PER_CYCLE."""
+    lines = ["| layer | vpopcntdq ms (min) | avx2 ms (min) | avx2 / vpopcntdq (mins; median of "
+             "paired ratios) | MACs/cycle (vpopcntdq / avx2) | of ceiling (vpopcntdq / avx2) |",
+             "|---|---|---|---|---|---|"]
+    numba.set_num_threads(1)
+    for channels, size in STAGES:
+        t = bench_strategies(channels, size, repeats, rng)
+        macs = size * size * channels * channels * 9
+        mins = {name: min(values) for name, values in t.items()}
+        rate = {name: macs / (mins[name] * clock) for name in mins}
+        paired = statistics.median(b / a for a, b in zip(t["vpopcntdq"], t["avx2"]))
+        ceiling = {name: f"{rate[name] / CEILING_MACS_PER_CYCLE[name]:.0%}" for name in rate}
+        if vpopcntq:
+            ceiling["vpopcntdq"] = "n/a"
+        lines.append(
+            f"| {channels}ch {size}x{size} | {mins['vpopcntdq'] * 1e3:.3f} | "
+            f"{mins['avx2'] * 1e3:.3f} | {mins['avx2'] / mins['vpopcntdq']:.3f}; {paired:.3f} "
+            f"| {rate['vpopcntdq']:.0f} / {rate['avx2']:.0f} | {ceiling['vpopcntdq']} / "
+            f"{ceiling['avx2']} |"
+        )
+        print(lines[-1], flush=True)
+    return lines
 
 
 def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float]:
@@ -263,10 +359,19 @@ def main() -> None:
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--stem-batches", default="1,32")
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_layers.md")))
+    parser.add_argument("--strategies-only", action="store_true",
+                        help="run only the popcount strategy table; write nothing")
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()[0]
     clock = measure_clock_hz()
+    instructions = popcount_instruction_counts()
+    vpopcntq = instructions["vpopcntdq"]["vpopcntq"] > 0
+    print(f"clock {clock / 1e9:.2f} GHz; default strategy {default_popcount()}; "
+          f"{describe_instructions(instructions)}", flush=True)
+    strategy_lines = bench_strategy_table(args.repeats, clock, vpopcntq, rng)
+    if args.strategies_only:
+        return
     header = ("| layer | batch | threads | torch fp32 ms (min / median) | bconv+res+rprelu ms "
               "(min / median) | speed-up | bconv+pack ms (min) | speed-up | binary MACs/cycle "
               "per thread (float / pack) |")
@@ -311,10 +416,13 @@ def main() -> None:
         f"- Clock measured by a dependent imul chain: {clock / 1e9:.2f} GHz. Load average "
         f"(1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
         f"{os.cpu_count()} CPUs: other work shared the machine.",
-        f"- Compiled bconv kernel popcount: {popcount_instructions()}.",
-        f"- The AVX2 vpshufb popcount peaks near {VPSHUFB_CEILING} binary MACs/cycle (measured "
-        "with a prototype of this kernel on Zen 3); on a CPU with AVX-512 VPOPCNTDQ LLVM emits "
-        "vpopcntq instead, so MACs/cycle above that ceiling are possible and expected here.",
+        f"- Default popcount strategy of a 3x3 layer here: {default_popcount()}. Inner-loop "
+        f"instructions per strategy (fresh compiles): {describe_instructions(instructions)}.",
+        "- Ceilings on an AVX2-only core with 4 vector ALU pipes (256 binary MACs per vector, "
+        f"uops per vector {VECTOR_UOPS}): "
+        + ", ".join(f"{name} {value:.1f}" for name, value in CEILING_MACS_PER_CYCLE.items())
+        + " MACs/cycle; with AVX-512 VPOPCNTDQ the vpopcntdq strategy uses vpopcntq and "
+        "can pass its number.",
         "- Speed-up = torch min / bconv min, both in this process, interleaved. The float "
         "variant includes the fused epilogue of a ReActNet block (affine + residual + RPReLU), "
         "the bits variant affine + threshold-and-pack. Shared machine: compare ratios, not "
@@ -327,6 +435,10 @@ def main() -> None:
         *lines,
         "",
         *summary,
+        "",
+        "## Popcount strategies (batch 1, 1 thread, bconv + pack; interleaved, same process)",
+        "",
+        *strategy_lines,
         "",
         "## Float layers kept real-valued (batch 1, 1 thread; im2col + numpy OpenBLAS GEMM, "
         "direct numba kernel for depthwise)",

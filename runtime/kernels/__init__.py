@@ -25,9 +25,14 @@ API
 ``pack_bits_per_sample(x f32[N, P, C], threshold f32[N, C], sign | None) -> uint64[N, P, Cw]``
 ``make_epilogue(O, *, scale, bias, prelu, rprelu, quantize) -> Epilogue``
 ``prepare_bconv(weight_bits u64[O, kh, kw, Cw], in_channels, in_hw, kernel, stride, padding,
-pad_value) -> BConvPlan``; ``bconv2d(plan, a_bits u64[N, H, W, Cw], epilogue, *, residual,
-out)``: exact zero (pad_value 0) or +-1 padding, any kernel/stride, dilation 1, groups 1.
-``prepare_bdense(weight_bits u64[O, Fw], in_features) -> BConvPlan``;
+pad_value, *, popcount) -> BConvPlan``; ``bconv2d(plan, a_bits u64[N, H, W, Cw], epilogue, *,
+residual, out)``: exact zero (pad_value 0) or +-1 padding, any kernel/stride, dilation 1,
+groups 1. ``popcount``: the popcount strategy, "vpopcntdq" (LLVM's own ctpop loops;
+``vpopcntq`` on AVX-512 VPOPCNTDQ) or "avx2" (nibble-table ``vpshufb`` intrinsics with
+byte-count accumulators), both exact on any host; None: chosen from numba's target features
+(``NUMBA_CPU_FEATURES`` or the host's), overridden by ``$BINARIZE_POPCOUNT``
+(``runtime.kernels.bconv``).
+``prepare_bdense(weight_bits u64[O, Fw], in_features, *, popcount) -> BConvPlan``;
 ``bdense(plan, a_bits u64[N, Fw], epilogue, *, residual, out)``.
 ``prepare_conv2d(weight f32[O, C/g, kh, kw], in_channels, in_hw, stride, padding, dilation,
 groups) -> ConvPlan``; ``conv2d(plan, x f32[N, H, W, C], epilogue, *, residual, out)``

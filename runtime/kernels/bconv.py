@@ -23,10 +23,39 @@ weight load and four patch words share each accumulator update, which cuts the l
 stores per popcount: that register blocking is what makes small channel counts fast. The
 patch words are read in place (no im2col, no gather copy) through a per-call table of word
 offsets from the patch's top-left word.
+
+Popcount strategies (``BConvPlan.popcount``, chosen by ``prepare_bconv``; both give the same
+integers on every host, one compiled kernel runs both):
+
+- "vpopcntdq": the loops above. On AVX-512 VPOPCNTDQ one ``vpopcntq`` per vector.
+- "avx2": blocks of BLOCK_CHANNELS (16) output channels, each with its weights stored
+  contiguously per patch word and split into low and high nibbles, the input split the same
+  way once per call (``_split_nibbles``, a serial pass before the rows); for 4 pixels (then
+  2, then 1 at a row's end) the ``patch_popcounts*`` intrinsics of
+  ``runtime.kernels.popcount`` run all patch words with the byte-count accumulators in
+  registers: per 4-channel vector and word 2 vpxor + 2 vpshufb + 2 vpaddb, no vpsadbw (one
+  horizontal byte sum per 31 words).
+
+Default (``default_popcount``): "avx2" on an x86 target with AVX2 and without AVX-512
+VPOPCNTDQ (the target numba compiles for: ``NUMBA_CPU_FEATURES`` when set, else the host),
+except for single-pixel outputs (binary dense: the nibble-split weights are twice the
+bytes, streamed once per sample); "vpopcntdq" elsewhere. ``$BINARIZE_POPCOUNT`` (vpopcntdq |
+avx2) overrides the default for every plan; ``prepare_bconv(..., popcount=)`` for one.
+
+Ceiling of each strategy on an AVX2-only core with 4 vector ALU pipes, 2 of which shuffle
+(Zen 3): one vector is 4 channels x 64 bits = 256 binary MACs of one pixel. "vpopcntdq"
+compiles (LLVM 22, znver3) to 68 vector uops per 8 vectors in its pass of four words: per
+vector vpxor, 2 vpand, vpsrlw, 2 vpshufb, vpaddb, and LLVM already adds the four words'
+byte counts before one vpsadbw + vpaddq per pixel: 8.5 uops, >= 2.125 cycles, <= 120.5
+MACs/cycle. "avx2" needs 6 (2 vpxor, 2 vpshufb, 2 vpaddb; 48 per 8 vectors in its 4-pixel
+loop): >= 1.5 cycles, <= 170.7 MACs/cycle (its 2 vpshufb on the 2 shuffle pipes need only
+1 cycle). Loads, the epilogue and loop overhead come on top (``benchmarks/bench_layers.py``
+reports the fraction of these ceilings reached).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,7 +71,16 @@ from runtime.kernels.epilogue import (
 )
 from runtime.kernels.geometry import conv_output_size, int_pair
 from runtime.kernels.pack import words_for
-from runtime.kernels.popcount import popcount64
+from runtime.kernels.popcount import (
+    BLOCK_CHANNELS,
+    LOW_NIBBLES,
+    patch_popcount_bytes,
+    patch_popcounts4_high,
+    patch_popcounts4_low,
+    patch_popcounts_bytes,
+    popcount64,
+    target_features,
+)
 
 # numba hoists the first pass's constant-index loads (offsets[0..3], weights[0..3]) out of the
 # prange loop, where they run even when the patch has fewer than 4 words: the offset table and
@@ -50,16 +88,22 @@ from runtime.kernels.popcount import popcount64
 # loads stay in bounds.
 MIN_PATCH_ROWS = 4
 LAYER = "binary conv"
+POPCOUNT_STRATEGIES = ("vpopcntdq", "avx2")
+POPCOUNT_ENV = "BINARIZE_POPCOUNT"
 
 
 @dataclass(frozen=True)
 class BConvPlan:
     """A binary convolution prepared for one input size (see ``prepare_bconv``).
 
-    ``weights`` uint64[max(kh * kw * Cw, 4), O]: patch word ((ky * kw + kx) * Cw + w),
-    channel o (rows past kh * kw * Cw are zero padding, see MIN_PATCH_ROWS).
+    ``weights`` ("vpopcntdq") uint64[R, O], R = max(kh * kw * Cw, 4): patch word
+    k = (ky * kw + kx) * Cw + w, channel o (rows past kh * kw * Cw are zero padding, see
+    MIN_PATCH_ROWS); ("avx2") uint64[ceil(O / 16), R * 2 * 16]: block b, patch word k holds
+    the 16 words W[k, 16 b + l] & LOW_NIBBLES, then the 16 (W[k, 16 b + l] >> 4) &
+    LOW_NIBBLES (channels past O zero).
     ``tap_ones`` uint64[kh, kw, O]: popcount of the weights of each tap (zero-padding fix).
     ``pad_word`` uint64[Cw]: the word written into the padding of the input copy.
+    ``popcount``: the strategy, "vpopcntdq" or "avx2" (see the module docstring).
     """
 
     in_channels: int
@@ -73,6 +117,29 @@ class BConvPlan:
     weights: np.ndarray
     tap_ones: np.ndarray
     pad_word: np.ndarray
+    popcount: str = "vpopcntdq"
+
+
+def default_popcount(out_hw: tuple[int, int] = (2, 2)) -> str:
+    """The popcount strategy for a layer with output size ``out_hw`` on this target.
+
+    ``$BINARIZE_POPCOUNT`` when set; else "avx2" on an AVX2 target without AVX-512 VPOPCNTDQ
+    (numba's target: ``NUMBA_CPU_FEATURES`` when set, see ``target_features``), unless the
+    output is a single pixel (a binary dense layer: every weight is read once per sample,
+    and the avx2 layout's doubled weight bytes made it 1.1x slower); else "vpopcntdq".
+    """
+    override = os.environ.get(POPCOUNT_ENV)
+    if override:
+        if override not in POPCOUNT_STRATEGIES:
+            raise InvalidModelError(
+                f"{POPCOUNT_ENV} must be one of {', '.join(POPCOUNT_STRATEGIES)}, got "
+                f"{override!r}."
+            )
+        return override
+    features = target_features()
+    if features.get("avx2") and not features.get("avx512vpopcntdq") and max(out_hw) > 1:
+        return "avx2"
+    return "vpopcntdq"
 
 
 def padding_bits_clear(bits: np.ndarray, channels: int) -> bool:
@@ -92,10 +159,14 @@ def prepare_bconv(
     stride: int | tuple[int, int] = 1,
     padding: int | tuple[int, int] = 0,
     pad_value: int = 0,
+    *,
+    popcount: str | None = None,
 ) -> BConvPlan:
     """Re-lay out packed weights uint64[O, kh, kw, ceil(C/64)] for ``bconv2d`` on [H, W] inputs.
 
     ``pad_value``: 0 (zero padding, as ``F.conv2d`` on +-1 tensors), +1 or -1.
+    ``popcount``: "vpopcntdq", "avx2" or None (``default_popcount(out_hw)``, from the
+    target's features); both strategies give the same integers on any host.
     Raises InvalidModelError when the weights do not match the attributes.
     """
     kh, kw = int_pair(kernel, "kernel", 1, LAYER)
@@ -123,9 +194,29 @@ def prepare_bconv(
             f"binary conv with kernel {kh}x{kw}, stride {sh}x{sw}, padding {ph}x{pw} has an "
             f"empty output on a {height}x{width} input."
         )
+    if popcount is None:
+        popcount = default_popcount(out_hw)
+    if popcount not in POPCOUNT_STRATEGIES:
+        raise InvalidModelError(
+            f"binary conv popcount must be one of {', '.join(POPCOUNT_STRATEGIES)}, got "
+            f"{popcount!r}."
+        )
     patch_words = kh * kw * cw
-    weights = _aligned_zeros((max(patch_words, MIN_PATCH_ROWS), weight_bits.shape[0]))
-    weights[:patch_words] = weight_bits.transpose(1, 2, 3, 0).reshape(patch_words, -1)
+    rows = max(patch_words, MIN_PATCH_ROWS)
+    by_word = weight_bits.transpose(1, 2, 3, 0).reshape(patch_words, -1)
+    if popcount == "avx2":
+        blocks = -(-weight_bits.shape[0] // BLOCK_CHANNELS)
+        staged = np.zeros((rows, blocks * BLOCK_CHANNELS), np.uint64)
+        staged[:patch_words, :weight_bits.shape[0]] = by_word
+        staged = staged.reshape(rows, blocks, BLOCK_CHANNELS).transpose(1, 0, 2)
+        nibbles = np.uint64(LOW_NIBBLES)
+        weights = _aligned_zeros((blocks, rows * 2 * BLOCK_CHANNELS))
+        split = weights.reshape(blocks, rows, 2, BLOCK_CHANNELS)
+        split[:, :, 0] = staged & nibbles
+        split[:, :, 1] = (staged >> np.uint64(4)) & nibbles
+    else:
+        weights = _aligned_zeros((rows, weight_bits.shape[0]))
+        weights[:patch_words] = by_word
     weight_bytes = np.ascontiguousarray(weight_bits).view(np.uint8)
     ones = np.unpackbits(weight_bytes, axis=3).sum(axis=3, dtype=np.int64)
     pad_word = np.zeros(cw, np.uint64)
@@ -134,7 +225,8 @@ def prepare_bconv(
         pad_word[-1] >>= np.uint64(cw * 64 - in_channels)
     return BConvPlan(in_channels, weight_bits.shape[0], (height, width), out_hw, (kh, kw),
                      (sh, sw), (ph, pw), int(pad_value), weights,
-                     np.ascontiguousarray(ones.transpose(1, 2, 0).astype(np.uint64)), pad_word)
+                     np.ascontiguousarray(ones.transpose(1, 2, 0).astype(np.uint64)), pad_word,
+                     popcount)
 
 
 def _aligned_zeros(shape: tuple[int, int], alignment: int = 64) -> np.ndarray:
@@ -163,6 +255,16 @@ def _pad_input(a, pad_h, pad_w, pad_word, padded):
                     row[i] = source[n, y - pad_h, i - inner_start]
                 else:
                     row[i] = pad_word[i % cw]
+
+
+@njit(cache=True, inline="always")
+def _split_nibbles(words, nibbles):
+    """nibbles[0] = words & LOW_NIBBLES, nibbles[1] = (words >> 4) & LOW_NIBBLES (the avx2
+    strategy's input: each byte's low and high nibble, ready to index a 16-entry table)."""
+    mask = np.uint64(LOW_NIBBLES)
+    for i in range(words.shape[0]):
+        nibbles[0, i] = words[i] & mask
+        nibbles[1, i] = (words[i] >> np.uint64(4)) & mask
 
 
 @njit(cache=True, inline="always")
@@ -246,14 +348,25 @@ def _valid_bits(popcounts, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_paddi
 
 @njit(cache=True, parallel=True)
 def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pad_h, pad_w,
-                  zero_padding, residual, table, activation, quantize, out_float, out_bits):
-    """padded uint64[N, Hp, Wp, Cw] -> out_float f32[N, OH, OW, O] | out_bits u64[.., Ow]."""
+                  zero_padding, residual, table, activation, quantize, out_float, out_bits,
+                  byte_counts):
+    """padded uint64[N, Hp, Wp, Cw] -> out_float f32[N, OH, OW, O] | out_bits u64[.., Ow].
+
+    ``byte_counts`` picks the popcount strategy per call (one compiled kernel serves both):
+    False "vpopcntdq", the ``popcount64`` loops LLVM vectorizes; True "avx2", the
+    ``patch_popcounts*`` intrinsics (``weights`` in the avx2 layout, see ``BConvPlan``).
+    """
     n_batch, padded_h, padded_w, cw = padded.shape
     kh, kw, out_channels = tap_ones.shape
+    columns = weights.shape[0] * BLOCK_CHANNELS if byte_counts else weights.shape[1]
+    blocks = weights.shape[0]
     height, width = padded_h - 2 * pad_h, padded_w - 2 * pad_w
     out_h = max(out_float.shape[1], out_bits.shape[1])
     out_w = max(out_float.shape[2], out_bits.shape[2])
     words = padded.reshape(-1)
+    split = np.empty((2, words.shape[0] if byte_counts else 0), np.uint64)
+    if byte_counts:
+        _split_nibbles(words, split)
     row_words = padded_w * cw
     run = kw * cw
     count = kh * run
@@ -267,32 +380,46 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
     for r in prange(n_batch * out_h):
         n = r // out_h
         oy = r - n * out_h
-        acc0 = np.empty(out_channels, np.uint64)
-        acc1 = np.empty(out_channels, np.uint64)
+        accs = np.empty((4, columns), np.uint64)
+        acc0, acc1 = accs[0], accs[1]
         y = np.empty(out_channels, np.float32)
         row_base = (n * padded_h + oy * stride_h) * row_words
         ky0 = max(0, pad_h - oy * stride_h)
         ky1 = min(kh, height + pad_h - oy * stride_h)
         ox = 0
         while ox < out_w:
-            pair = ox + 1 < out_w
+            left = out_w - ox
+            pixels = 4 if byte_counts and left >= 4 else (2 if left >= 2 else 1)
             base = row_base + ox * stride_w * cw
-            if pair:
-                _popcount_pair(words, base, base + stride_w * cw, offsets, count, weights,
-                               acc0, acc1)
+            step = stride_w * cw
+            if byte_counts:
+                if pixels == 4:
+                    for o in range(blocks):
+                        patch_popcounts4_low(split, base, step, offsets, count, weights, o, accs)
+                        patch_popcounts4_high(split, base, step, offsets, count, weights, o,
+                                              accs)
+                elif pixels == 2:
+                    for o in range(blocks):
+                        patch_popcounts_bytes(split, base, step, offsets, count, weights, o,
+                                              accs)
+                else:
+                    for o in range(blocks):
+                        patch_popcount_bytes(split, base, step, offsets, count, weights, o, accs)
+            elif pixels == 2:
+                _popcount_pair(words, base, base + step, offsets, count, weights, acc0, acc1)
             else:
                 _popcount_single(words, base, offsets, count, weights, acc0)
-            for p in range(2 if pair else 1):
+            for p in range(pixels):
                 x = ox + p
                 kx0 = max(0, pad_w - x * stride_w)
                 kx1 = min(kw, width + pad_w - x * stride_w)
-                acc = acc1 if p else acc0
+                acc = accs[p]
                 bits = _valid_bits(acc, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding)
                 finish_popcounts(acc, bits, y, residual[n, oy, x] if has_residual else no_float,
                                  table, activation, quantize,
                                  no_float if quantize else out_float[n, oy, x],
                                  out_bits[n, oy, x] if quantize else no_bits)
-            ox += 2
+            ox += pixels
 
 
 def bconv2d(
@@ -325,5 +452,5 @@ def bconv2d(
         _pad_input(np.ascontiguousarray(a_bits), ph, pw, plan.pad_word, padded)
     _bconv_kernel(padded, plan.weights, plan.tap_ones, plan.in_channels, *plan.stride, ph, pw,
                   plan.pad_value == 0, residual, epilogue.table, epilogue.activation,
-                  epilogue.quantize, out_float, out_bits)
+                  epilogue.quantize, out_float, out_bits, plan.popcount == "avx2")
     return result

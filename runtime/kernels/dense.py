@@ -53,8 +53,14 @@ def dense(
     return apply_epilogue(y, epilogue, y.shape, residual, out)
 
 
-def prepare_bdense(weight_bits: np.ndarray, in_features: int) -> BConvPlan:
-    """Prepare packed binary weights uint64[O, ceil(F/64)] for ``bdense``."""
+def prepare_bdense(
+    weight_bits: np.ndarray, in_features: int, *, popcount: str | None = None
+) -> BConvPlan:
+    """Prepare packed binary weights uint64[O, ceil(F/64)] for ``bdense``.
+
+    ``popcount``: the binary conv's strategy ("vpopcntdq" | "avx2"); None picks
+    ``default_popcount`` of a 1x1 output, "vpopcntdq" unless ``$BINARIZE_POPCOUNT`` says.
+    """
     weight_bits = np.asarray(weight_bits)
     if weight_bits.dtype != np.uint64 or weight_bits.ndim != 2 \
             or weight_bits.shape[1] != words_for(in_features):
@@ -62,7 +68,8 @@ def prepare_bdense(weight_bits: np.ndarray, in_features: int) -> BConvPlan:
             f"binary dense weight must be uint64[O, {words_for(in_features)}] for "
             f"{in_features} input features, got {weight_bits.dtype}{list(weight_bits.shape)}."
         )
-    return prepare_bconv(weight_bits[:, None, None, :], in_features, (1, 1), 1)
+    return prepare_bconv(weight_bits[:, None, None, :], in_features, (1, 1), 1,
+                         popcount=popcount)
 
 
 def bdense(

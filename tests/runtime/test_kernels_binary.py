@@ -26,6 +26,8 @@ from runtime.kernels import (
 )
 
 CHANNELS = st.sampled_from([1, 2, 63, 64, 65, 130])
+# every popcount strategy runs on every host (runtime.kernels.bconv): test each explicitly
+POPCOUNTS = pytest.mark.parametrize("popcount", ["vpopcntdq", "avx2"])
 
 
 def naive_pack(plus_minus: np.ndarray) -> np.ndarray:
@@ -111,11 +113,12 @@ def test_pack_bits_rejects_bad_arguments():
         pack_bits_per_sample(x[None], np.zeros((2, 3), np.float32))
 
 
+@POPCOUNTS
 @settings(max_examples=40, deadline=None)
 @given(
     batch=st.integers(1, 3),
     in_channels=CHANNELS,
-    out_channels=st.sampled_from([1, 3, 64, 70]),
+    out_channels=st.sampled_from([1, 3, 64, 70, 130]),
     kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)) | st.just((5, 5)),
     stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
     padding=st.tuples(st.integers(0, 2), st.integers(0, 2)),
@@ -123,34 +126,38 @@ def test_pack_bits_rejects_bad_arguments():
     pad_value=st.sampled_from([0, 1, -1]),
     seed=st.integers(0, 2**31),
 )
-def test_bconv2d_is_exact(batch, in_channels, out_channels, kernel, stride, padding, hw,
-                          pad_value, seed):
+def test_bconv2d_is_exact(popcount, batch, in_channels, out_channels, kernel, stride, padding,
+                          hw, pad_value, seed):
     assume(all(s + 2 * p >= k for s, p, k in zip(hw, padding, kernel)))
     rng = np.random.default_rng(seed)
     a = random_pm(rng, (batch, *hw, in_channels))
     w = random_pm(rng, (out_channels, *kernel, in_channels))
-    plan = prepare_bconv(naive_pack(w), in_channels, hw, kernel, stride, padding, pad_value)
+    plan = prepare_bconv(naive_pack(w), in_channels, hw, kernel, stride, padding, pad_value,
+                         popcount=popcount)
+    assert plan.popcount == popcount
     got = bconv2d(plan, naive_pack(a))
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, naive_conv(a, w, stride, padding, pad_value))
 
 
-def test_bconv2d_zero_padding_counts_only_taps_inside_the_image():
+@POPCOUNTS
+def test_bconv2d_zero_padding_counts_only_taps_inside_the_image(popcount):
     a = np.ones((1, 1, 1, 5), np.int64)  # a single pixel: every tap but the centre is padding
     w = np.ones((1, 3, 3, 5), np.int64)
     for pad_value, expected in ((0, 5), (1, 45), (-1, -35)):
-        plan = prepare_bconv(naive_pack(w), 5, (1, 1), 3, 1, 1, pad_value)
+        plan = prepare_bconv(naive_pack(w), 5, (1, 1), 3, 1, 1, pad_value, popcount=popcount)
         assert bconv2d(plan, naive_pack(a)).item() == expected
 
 
+@POPCOUNTS
 @settings(max_examples=15, deadline=None)
 @given(batch=st.integers(1, 3), features=CHANNELS, out_features=st.sampled_from([1, 5, 65]),
        seed=st.integers(0, 2**31))
-def test_bdense_is_exact(batch, features, out_features, seed):
+def test_bdense_is_exact(popcount, batch, features, out_features, seed):
     rng = np.random.default_rng(seed)
     a = random_pm(rng, (batch, features))
     w = random_pm(rng, (out_features, features))
-    got = bdense(prepare_bdense(naive_pack(w), features), naive_pack(a))
+    got = bdense(prepare_bdense(naive_pack(w), features, popcount=popcount), naive_pack(a))
     np.testing.assert_array_equal(got, a @ w.T)
 
 
@@ -181,12 +188,13 @@ def test_bconv2d_rejects_wrong_activations():
         bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64), out=np.zeros((1, 5, 5, 4), np.float64))
 
 
-def test_bconv2d_threads_share_nothing():
+@POPCOUNTS
+def test_bconv2d_threads_share_nothing(popcount):
     """Every thread keeps its own accumulators: all threads give the one-thread result."""
     rng = np.random.default_rng(7)
     a = random_pm(rng, (3, 9, 8, 70))
     w = random_pm(rng, (66, 3, 3, 70))
-    plan = prepare_bconv(naive_pack(w), 70, (9, 8), 3, 1, 1, 0)
+    plan = prepare_bconv(naive_pack(w), 70, (9, 8), 3, 1, 1, 0, popcount=popcount)
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
