@@ -31,7 +31,7 @@ integers on every host, one compiled kernel runs both):
 - "avx2": blocks of BLOCK_CHANNELS (16) output channels, each with its weights stored
   contiguously per patch word and split into low and high nibbles, the input split the same
   way once per call (``_split_nibbles``, a serial pass before the rows); for 4 pixels (then
-  2, then 1 at a row's end) the ``patch_popcounts*`` intrinsics of
+  3, 2 or 1 at a row's end) the ``patch_popcounts*`` intrinsics of
   ``runtime.kernels.popcount`` run all patch words with the byte-count accumulators in
   registers: per 4-channel vector and word 2 vpxor + 2 vpshufb + 2 vpaddb, no vpsadbw (one
   horizontal byte sum per 31 words).
@@ -75,6 +75,8 @@ from runtime.kernels.popcount import (
     BLOCK_CHANNELS,
     LOW_NIBBLES,
     patch_popcount_bytes,
+    patch_popcounts3_high,
+    patch_popcounts3_low,
     patch_popcounts4_high,
     patch_popcounts4_low,
     patch_popcounts_bytes,
@@ -364,9 +366,9 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
     out_h = max(out_float.shape[1], out_bits.shape[1])
     out_w = max(out_float.shape[2], out_bits.shape[2])
     words = padded.reshape(-1)
-    split = np.empty((2, words.shape[0] if byte_counts else 0), np.uint64)
+    nibbles = np.empty((2, words.shape[0] if byte_counts else 0), np.uint64)
     if byte_counts:
-        _split_nibbles(words, split)
+        _split_nibbles(words, nibbles)
     row_words = padded_w * cw
     run = kw * cw
     count = kh * run
@@ -389,22 +391,28 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
         ox = 0
         while ox < out_w:
             left = out_w - ox
-            pixels = 4 if byte_counts and left >= 4 else (2 if left >= 2 else 1)
+            pixels = min(left, 4) if byte_counts else min(left, 2)
             base = row_base + ox * stride_w * cw
             step = stride_w * cw
             if byte_counts:
                 if pixels == 4:
                     for o in range(blocks):
-                        patch_popcounts4_low(split, base, step, offsets, count, weights, o, accs)
-                        patch_popcounts4_high(split, base, step, offsets, count, weights, o,
+                        patch_popcounts4_low(nibbles, base, step, offsets, count, weights, o, accs)
+                        patch_popcounts4_high(nibbles, base, step, offsets, count, weights, o,
+                                              accs)
+                elif pixels == 3:
+                    for o in range(blocks):
+                        patch_popcounts3_low(nibbles, base, step, offsets, count, weights, o,
+                                             accs)
+                        patch_popcounts3_high(nibbles, base, step, offsets, count, weights, o,
                                               accs)
                 elif pixels == 2:
                     for o in range(blocks):
-                        patch_popcounts_bytes(split, base, step, offsets, count, weights, o,
+                        patch_popcounts_bytes(nibbles, base, step, offsets, count, weights, o,
                                               accs)
                 else:
                     for o in range(blocks):
-                        patch_popcount_bytes(split, base, step, offsets, count, weights, o, accs)
+                        patch_popcount_bytes(nibbles, base, step, offsets, count, weights, o, accs)
             elif pixels == 2:
                 _popcount_pair(words, base, base + step, offsets, count, weights, acc0, acc1)
             else:

@@ -64,11 +64,15 @@ LOW_NIBBLES = 0x0F0F0F0F0F0F0F0F
 def _byte_sums(builder, byte_counts):
     """<32 x i8> byte counts (each <= 248) -> <4 x i64>: the sum of each lane's 8 bytes.
 
-    Generic shifts and adds (no target intrinsic), exact because every partial sum stays
-    below 2**16: s = (v & m8) + ((v >> 8) & m8) (four 16-bit sums), s += s >> 16,
-    s += s >> 32, s & 0xFFFF.
+    One ``vpsadbw`` against zero on AVX2 targets; elsewhere generic shifts and adds, exact
+    because every partial sum stays below 2**16: s = (v & m8) + ((v >> 8) & m8) (four
+    16-bit sums), s += s >> 16, s += s >> 32, s & 0xFFFF.
     """
     lane = ir.VectorType(ir.IntType(64), VECTOR_LANES)
+    if has_pshufb():
+        psadbw = builder.module.declare_intrinsic(
+            "llvm.x86.avx2.psad.bw", fnty=ir.FunctionType(lane, [byte_counts.type] * 2))
+        return builder.call(psadbw, [byte_counts, ir.Constant(byte_counts.type, None)])
 
     def splat(value):
         return ir.Constant(lane, [ir.Constant(ir.IntType(64), value)] * VECTOR_LANES)
@@ -233,3 +237,5 @@ patch_popcount_bytes = _patch_intrinsic(1, 0, BLOCK_VECTORS)  # one pixel, whole
 # four pixels, half of the block's vectors per call (8 accumulators fit the 16 registers)
 patch_popcounts4_low = _patch_intrinsic(4, 0, BLOCK_VECTORS // 2)
 patch_popcounts4_high = _patch_intrinsic(4, BLOCK_VECTORS // 2, BLOCK_VECTORS)
+patch_popcounts3_low = _patch_intrinsic(3, 0, BLOCK_VECTORS // 2)  # three pixels, likewise
+patch_popcounts3_high = _patch_intrinsic(3, BLOCK_VECTORS // 2, BLOCK_VECTORS)
