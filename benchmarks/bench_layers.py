@@ -111,10 +111,34 @@ def _bytes_quad(nibbles, offsets, count, weights, acc):
     patch_popcounts4_high(nibbles, 0, 1, offsets, count, weights, 0, acc)
 
 
+def _innermost_popcount_loop(asm: str) -> list[str]:
+    """Mnemonics of the main inner loop of a popcount strategy in ``asm``: of the innermost
+    loops (a label up to a backward jump to it, holding no other loop), the one with the most
+    vpshufb + vpopcntq."""
+    lines = [line.split("#")[0].strip() for line in asm.splitlines()]
+    labels = {line[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\.LBB\S+:", line)}
+    loops = []
+    for i, line in enumerate(lines):
+        jump = re.fullmatch(r"j\w+\s+(\.LBB\S+)", line)
+        if jump and labels.get(jump.group(1), i) < i:
+            loops.append((labels[jump.group(1)], i))
+    innermost = [(a, b) for a, b in loops
+                 if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
+    best: list[str] = []
+    for a, b in innermost:
+        body = [op.split()[0] for op in lines[a + 1:b + 1] if op and not op.startswith(".")]
+        if body.count("vpshufb") + body.count("vpopcntq") > (best.count("vpshufb")
+                                                            + best.count("vpopcntq")):
+            best = body
+    return best
+
+
 def popcount_instruction_counts() -> dict[str, dict[str, int]]:
-    """Popcount instructions in the inner loops of each strategy (the "vpopcntdq" pair loop,
-    the "avx2" 4-pixel intrinsics), each from the assembly of a fresh, uncached compile of a
-    small wrapper (numba cannot inspect cached code; the kernel holds both strategies)."""
+    """Instructions of the inner loop of each strategy (the "vpopcntdq" pass of four words
+    for a pixel pair, the "avx2" 4-pixel intrinsics), each from the assembly of a fresh,
+    uncached compile of a small wrapper (numba cannot inspect cached code; the kernel holds
+    both strategies): the popcount ops, all vector ops, and the vectors (4 channels of one
+    pixel) per iteration, from the vpshufb count (2 per vector in both)."""
     u64 = numba.types.uint64
     one, two = u64[::1], u64[:, ::1]
     offsets = numba.types.int64[::1]
@@ -126,9 +150,12 @@ def popcount_instruction_counts() -> dict[str, dict[str, int]]:
     for name, (fn, signature) in wrappers.items():
         fresh = numba.njit(fn)
         fresh.compile(signature)
-        asm = fresh.inspect_asm(signature)
-        found[name] = {op: len(re.findall(rf"\b{op}\b", asm))
-                       for op in ("vpopcntq", "vpshufb", "vpsadbw", "vpsrlw")}
+        body = _innermost_popcount_loop(fresh.inspect_asm(signature))
+        counts = {op: body.count(op) for op in ("vpopcntq", "vpshufb", "vpsadbw", "vpsrlw")}
+        counts["vector ALU ops"] = sum(op.startswith("vp") and op != "vpbroadcastq"
+                                       for op in body)
+        counts["vectors"] = counts["vpshufb"] // 2 or counts["vpopcntq"]
+        found[name] = counts
     return found
 
 
@@ -416,8 +443,8 @@ def main() -> None:
         f"- Clock measured by a dependent imul chain: {clock / 1e9:.2f} GHz. Load average "
         f"(1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
         f"{os.cpu_count()} CPUs: other work shared the machine.",
-        f"- Default popcount strategy of a 3x3 layer here: {default_popcount()}. Inner-loop "
-        f"instructions per strategy (fresh compiles): {describe_instructions(instructions)}.",
+        f"- Default popcount strategy of a 3x3 layer here: {default_popcount()}. Inner loop "
+        f"of each strategy (fresh compiles): {describe_instructions(instructions)}.",
         "- Ceilings on an AVX2-only core with 4 vector ALU pipes (256 binary MACs per vector, "
         f"uops per vector {VECTOR_UOPS}): "
         + ", ".join(f"{name} {value:.1f}" for name, value in CEILING_MACS_PER_CYCLE.items())
