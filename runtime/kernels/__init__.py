@@ -53,7 +53,8 @@ predicts (``runtime.threads``).
 Every kernel is compiled with ``cache=True`` (set ``NUMBA_CACHE_DIR`` to a writable
 directory); all layers share one specialization per kernel. numba's cache does not notice
 edits to a helper inlined from another file (``finish_pixel``, ``finish_popcounts``,
-``pack_row``): after changing one, delete the cache directory.
+``pack_row``, the ``patch_popcounts*`` intrinsics of ``popcount.py``): after changing one,
+delete the cache directory.
 """
 
 from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
