@@ -7,9 +7,10 @@
    from .cache/quickstart/ when an identical run already trained it;
 2. converts it into a binary network with a recipe (`binarize.convert`; DyBNN by default);
 3. fine-tunes the binary student with distillation from the float teacher
-   (`binarize.finetune`), all binary from the first step: on a budget of a few epochs one
-   stage did better here than the recipe's two (activations first, then weights;
-   `--two-stage`): 88.5% against 88.0% at the defaults, 82.9% against 80.2% on 10000 images;
+   (`binarize.finetune`) on the recipe's own schedule: for dybnn and reactnet one all-binary
+   stage, which did better here than the papers' two (activations first, then weights;
+   `--two-stage`): 88.5% against 88.0% at the defaults, 82.9% against 80.2% on 10000 images
+   (examples/classification/RESULTS.md has the same question with error bars);
 4. packs it and runs it with the Numba runtime;
 5. prints float vs binary test accuracy, model sizes, and the time of every phase.
 
@@ -32,10 +33,11 @@ from torch import nn
 
 import binarize
 import runtime
+from binarize import recipes
 from binarize.checkpoint import save_checkpoint
 from binarize.data import fashion_mnist
 from binarize.models import resnet_small
-from binarize.schedule import Schedule, Stage
+from binarize.schedule import Schedule
 from binarize.train import evaluate, finetune
 
 CACHE = Path(__file__).resolve().parents[1] / ".cache" / "quickstart"
@@ -56,7 +58,8 @@ def parse_args() -> argparse.Namespace:
         "and run several times slower; 2 is faster on an idle 2-core machine)",
     )
     parser.add_argument(
-        "--two-stage", action="store_true", help="the recipe's own schedule (two stages)"
+        "--two-stage", action="store_true",
+        help="the papers' two stages (activations first, then weights), not the recipe's",
     )
     parser.add_argument("--width", type=int, default=16, help="channels of the first stage")
     parser.add_argument("--batch-size", type=int, default=128)
@@ -124,9 +127,9 @@ def float_model(args: argparse.Namespace, train: tuple[torch.Tensor, torch.Tenso
     return model
 
 
-def one_stage(schedule: Schedule) -> Schedule:
-    """The recipe's schedule (its progressive ramp included) with one all-binary stage."""
-    return schedule.replace(stages=[Stage("binary", activations=True, weights=True, fraction=1.0)])
+def two_stages(schedule: Schedule) -> Schedule:
+    """The recipe's schedule (its progressive ramp included) with the papers' two stages."""
+    return schedule.replace(stages=recipes.two_stages().stages)
 
 
 def main() -> None:
@@ -164,7 +167,7 @@ def main() -> None:
             lr=args.lr,
             batch_size=args.batch_size,
             seed=args.seed,
-            schedule=None if args.two_stage else one_stage(bnn.schedule),
+            schedule=two_stages(bnn.schedule) if args.two_stage else None,
         ),
     )
     binary_accuracy = timed(times, "binary evaluation", lambda: evaluate(bnn, test)["accuracy"])

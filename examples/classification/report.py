@@ -8,6 +8,7 @@ of the same dataset. Plots use matplotlib's Agg backend (files only, no display)
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -69,19 +70,44 @@ def main_table(groups: dict, dataset: str, names: Sequence[str]) -> list[str]:
     return lines
 
 
+def difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, str]:
+    """mean(b) - mean(a) in points, its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b), and a
+    verdict: "helps" / "hurts" when the difference is more than twice its standard error,
+    "within noise" otherwise (a rough two-sided test at ~95% for normal seeds)."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    diff = 100 * (mean_b - mean_a)
+    se = 100 * math.sqrt(std_a**2 / len(a) + std_b**2 / len(b))
+    verdict = "helps" if diff > 2 * se else "hurts" if diff < -2 * se else "within noise"
+    return diff, se, verdict
+
+
+def ladder_table(groups: dict, dataset: str, names: Sequence[str]) -> list[str]:
+    """Markdown rows: what each rung of the ladder adds to the rung before it."""
+    lines = ["| rung | change over the rung before (points, ± standard error) | verdict |",
+             "|---|---|---|"]
+    for before, after in itertools.pairwise(names):
+        a = [r["test_accuracy"] for r in groups[dataset, before, "short"]]
+        b = [r["test_accuracy"] for r in groups[dataset, after, "short"]]
+        diff, se, verdict = difference(a, b)
+        lines.append(f"| {after} | {diff:+.2f} ± {se:.2f} | {verdict} |")
+    return lines
+
+
 def schedule_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[str]:
     """Markdown rows: one vs two stages for reactnet and dybnn at both budgets."""
     lines = [
-        "| recipe | epochs | one stage % | two stages % | two - one (points) |",
-        "|---|---|---|---|---|",
+        "| recipe | epochs | one stage % | two stages % | two - one (points, ± standard error) "
+        "| verdict for two stages |",
+        "|---|---|---|---|---|---|",
     ]
     for recipe in ("reactnet", "dybnn"):
         for budget in ("short", "long"):
             one = [r["test_accuracy"] for r in groups[dataset, f"{recipe} one stage", budget]]
             two = [r["test_accuracy"] for r in groups[dataset, f"{recipe} two stages", budget]]
-            diff = 100 * (mean_std(two)[0] - mean_std(one)[0])
+            diff, se, verdict = difference(one, two)
             lines.append(
-                f"| {recipe} | {epochs[budget]} | {_pct(one)} | {_pct(two)} | {diff:+.2f} |"
+                f"| {recipe} | {epochs[budget]} | {_pct(one)} | {_pct(two)} | {diff:+.2f} ± "
+                f"{se:.2f} | {verdict} |"
             )
     return lines
 
@@ -139,6 +165,7 @@ def write(
     *,
     datasets: Sequence[str],
     names: Sequence[str],
+    ladder: Sequence[str],
     epochs: dict[str, int],
     header: Sequence[str],
     notes: Sequence[str],
@@ -151,6 +178,8 @@ def write(
     lines = [f"# Binarization ablation: {' and '.join(datasets)}", "", *header, ""]
     for dataset in datasets:
         lines += [f"## {dataset}", "", *main_table(groups, dataset, names), ""]
+        lines += [f"What each rung adds ({dataset}, {epochs['short']} epochs):", ""]
+        lines += [*ladder_table(groups, dataset, ladder), ""]
         if (dataset, "reactnet one stage", "short") in groups:
             lines += [f"One stage vs two stages ({dataset}):", ""]
             lines += [*schedule_table(groups, dataset, epochs), ""]

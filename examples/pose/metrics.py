@@ -11,7 +11,16 @@ joints, overall and per joint (invisible joints, outside the image, are not coun
 
 Loss: every stack is supervised (Newell et al. 2016), and with a teacher each stack also
 regresses the float teacher's heatmaps of the same stack (Bulat et al. 2019's heatmap
-distillation): L = sum_s mean((H_s - T)^2) + w * sum_s mean((H_s - H^teacher_s)^2).
+distillation). Both terms weight each heatmap pixel by M = 1 + f * T (f = 20, the
+"foreground weight"):
+
+    L = sum_s mean(M * (H_s - T)^2) + w * sum_s mean(M * (H_s - H^teacher_s)^2).
+
+The weight is what makes these short budgets learn at all: a 16x16 target with a sigma-1
+Gaussian is ~1% of the pixels, and a plain MSE (f = 0) is minimised early by predicting zero
+everywhere. Measured on the quick mode's data (float 2-stack hourglass, 1000 images, 5
+epochs, seed 0): PCKh 4.8% with f = 0 at batch 32 (lr 1e-2: 5.5%), 25.8% with f = 20;
+f = 20 at batch 16 34.7%, and at 10 epochs 45.5%.
 """
 
 from __future__ import annotations
@@ -60,16 +69,19 @@ class StackedHeatmapLoss:
     stack's heatmaps, plus `distill_weight` times an MSE to the frozen teacher's heatmaps of
     the same stack when `teacher` is given (module docstring)."""
 
-    def __init__(self, teacher: nn.Module | None = None, distill_weight: float = 1.0) -> None:
+    def __init__(self, teacher: nn.Module | None = None, distill_weight: float = 1.0,
+                 foreground_weight: float = 20.0) -> None:
         self.teacher = None if teacher is None else teacher.eval().requires_grad_(False)
         self.distill_weight = distill_weight
+        self.foreground_weight = foreground_weight
 
     def __call__(self, output: Sequence[Tensor], inputs: Tensor, targets: Tensor) -> Tensor:
-        loss = sum(torch.mean((stack - targets) ** 2) for stack in output)
+        weight = 1.0 + self.foreground_weight * targets
+        loss = sum(torch.mean(weight * (stack - targets) ** 2) for stack in output)
         if self.teacher is not None:
             with torch.no_grad():
                 teacher = self.teacher.eval()(inputs)
             loss = loss + self.distill_weight * sum(
-                torch.mean((s - t) ** 2) for s, t in zip(output, teacher)
+                torch.mean(weight * (s - t) ** 2) for s, t in zip(output, teacher)
             )
         return loss

@@ -32,7 +32,7 @@ from binarize.checkpoint import save_checkpoint
 from binarize.models import hourglass
 from binarize.train import finetune
 
-CACHE_VERSION = 1  # bump when a change here changes what a cached result means
+CACHE_VERSION = 2  # bump when a change here changes what a cached result means
 EXAMPLES = 6  # test images whose predicted skeletons are kept for the figure
 
 
@@ -47,7 +47,7 @@ class Config:
     epochs: int
     width: int = 32
     depth: int = 3
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 2e-3
     float_lr: float = 2e-3
 
