@@ -10,6 +10,7 @@ resumes where it stopped and a finished one re-renders its report in seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -74,10 +75,12 @@ class Task:
         return self.config.epochs_of(self.budget)
 
     def key(self, with_recipe: bool = True) -> str:
-        """Hash of everything the result depends on (the recipe's full repr included)."""
+        """Hash of everything the result depends on: the recipe's full repr, less the words
+        that do not change training (its description and source)."""
         parts = [CACHE_VERSION, self.dataset, self.seed, repr(self.config)]
         if with_recipe:
-            parts += [repr(self.recipe), self.budget]
+            recipe = self.recipe and dataclasses.replace(self.recipe, description="", source="")
+            parts += [repr(recipe), self.budget]
         return hashlib.sha1(repr(parts).encode()).hexdigest()[:16]
 
     @property
