@@ -54,6 +54,7 @@ lint: setup
 bench: setup
 	$(PY) benchmarks/bench_layers.py
 	$(PY) benchmarks/bench_runtime.py
+	$(PY) benchmarks/bench_batch.py
 	$(PY) benchmarks/bench_train.py
 
 # Peers side by side (benchmarks/bench_peers.py -> benchmarks/RESULTS_peers.md; ARGS=--quick):

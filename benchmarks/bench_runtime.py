@@ -243,13 +243,12 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str
     lines += [f"| {kind} | {ms(t)} | {t / total * 100:.0f}% |" for kind, t in parts.items()]
     lines += [
         "",
-        "The float stem (7x7 conv, 118 M MACs, im2col + BLAS GEMM in runtime/kernels/conv.py)"
-        " dominates; the 16 binary convs with their fused epilogues come next. While a model"
-        " predicts, numpy's OpenBLAS runs one thread (runtime/threads.py: numba's OpenMP"
-        " workers spin after each parallel loop and starve BLAS threads on the same cores); at"
-        " 2 threads the stem's GEMM is split by rows over Python threads instead. The 2-thread"
-        " medians are far above the minima: a parallel step waits for a descheduled thread"
-        " whenever anything else runs on the two cores.",
+        "The 16 binary convs with their fused epilogues take the largest share; the float stem"
+        " (7x7 conv, 118 M MACs: im2col + BLAS GEMM + epilogue per cache-sized tile of output"
+        " pixels in runtime/kernels/conv.py) comes next. While a model predicts, numpy's"
+        " OpenBLAS runs one thread per call (runtime/threads.py) and the tiles are shared among"
+        " the runtime's threads. The 2-thread medians are far above the minima: a parallel step"
+        " waits for a descheduled thread whenever anything else runs on the two cores.",
     ]
     over = size["packed"] / size["ideal"] - 1
     lines += [

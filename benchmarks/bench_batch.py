@@ -1,0 +1,118 @@
+"""Batch throughput: Bi-Real-18 in the runtime vs ResNet-18 fp32 in PyTorch, batch 1 and 32.
+
+    NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_batch.py [--repeats 10]
+
+For each thread count (1, 2) and batch size (1, 32), one process interleaves the runtime
+(benchmarks/bench_bireal18.py, random weights, ``runtime.load(threads=N).predict``) and
+PyTorch (``binarize.models.resnet18()``, eval, no_grad, ``torch.set_num_threads(N)``) on
+the same 224x224 input, 2 warm-up rounds then ``--repeats`` timed ones. Reported per
+configuration: the min and median time per image (call time / batch) and images/s at the
+min, and the runtime's speed-up over torch. The question it answers: is the per-image time
+at batch 32 no worse than at batch 1 (the runtime works per sample or per cache-sized tile,
+never on one huge im2col of the whole chunk), and how far ahead of torch is the runtime at
+batch 32. Writes benchmarks/RESULTS_batch.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_bireal18 import bireal18  # noqa: E402
+from bench_runtime import machine  # noqa: E402
+
+import runtime  # noqa: E402
+from binarize.models import resnet18  # noqa: E402
+from runtime.format import write_model  # noqa: E402
+
+THREADS = (1, 2)
+BATCHES = (1, 32)
+
+
+def measure(path: Path, repeats: int) -> dict[tuple[int, int, str], list[float]]:
+    """Seconds per image of each (threads, batch, side), interleaved repeat by repeat."""
+    net = resnet18().eval()
+    rng = np.random.default_rng(0)
+    inputs = {b: rng.standard_normal((b, 3, 224, 224)).astype(np.float32) for b in BATCHES}
+    models = {t: runtime.load(path, threads=t) for t in THREADS}
+    times: dict[tuple[int, int, str], list[float]] = {
+        (t, b, side): [] for t in THREADS for b in BATCHES for side in ("runtime", "torch")
+    }
+    with torch.no_grad():
+        for repeat in range(2 + repeats):
+            for t in THREADS:
+                torch.set_num_threads(t)
+                for b, x in inputs.items():
+                    xt = torch.from_numpy(x.copy())
+                    start = time.perf_counter()
+                    models[t].predict(x)
+                    ours = time.perf_counter() - start
+                    start = time.perf_counter()
+                    net(xt)
+                    theirs = time.perf_counter() - start
+                    if repeat >= 2:
+                        times[t, b, "runtime"].append(ours / b)
+                        times[t, b, "torch"].append(theirs / b)
+    return times
+
+
+def report(times: dict[tuple[int, int, str], list[float]], repeats: int) -> str:
+    lines = [
+        "# Batch throughput: Bi-Real-18 (runtime) vs ResNet-18 fp32 (PyTorch)",
+        "",
+        f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}. Machine: {machine()}.",
+        "",
+        f"Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_batch.py "
+        f"--repeats {repeats}`. 224x224 inputs, 2 warm-up rounds, {repeats} interleaved "
+        "repeats; ms per image = call time / batch.",
+        "",
+        "| threads | batch | runtime ms/image min / median | torch ms/image min / median | "
+        "runtime images/s | torch images/s | speed-up (min) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for t in THREADS:
+        for b in BATCHES:
+            ours, theirs = times[t, b, "runtime"], times[t, b, "torch"]
+            lines.append(
+                f"| {t} | {b} | {1e3 * min(ours):.2f} / {1e3 * np.median(ours):.2f} | "
+                f"{1e3 * min(theirs):.2f} / {1e3 * np.median(theirs):.2f} | "
+                f"{1 / min(ours):.0f} | {1 / min(theirs):.0f} | {min(theirs) / min(ours):.2f}x |"
+            )
+    lines += ["", "Per-image time at batch 32 over batch 1 (min): " + ", ".join(
+        f"runtime {t} thread(s) {min(times[t, 32, 'runtime']) / min(times[t, 1, 'runtime']):.2f}"
+        for t in THREADS
+    ) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--output", type=Path, default=HERE / "RESULTS_batch.md")
+    args = parser.parse_args()
+    graph, tensors = bireal18()
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "bireal18.bnn"
+        write_model(path, graph, tensors)
+        times = measure(path, args.repeats)
+    text = report(times, args.repeats)
+    tmp = args.output.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(args.output)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
