@@ -117,6 +117,19 @@ def prepare_conv2d(
                     (ph, pw), (dh, dw), groups, depthwise, np.ascontiguousarray(layout))
 
 
+@njit(cache=True, inline="always")
+def _next_pixel(n, oy, ox, out_h, out_w):
+    """(n, oy, ox) of the output pixel after (n, oy, ox) in [N, OH, OW] row-major order."""
+    ox += 1
+    if ox == out_w:
+        ox = 0
+        oy += 1
+        if oy == out_h:
+            oy = 0
+            n += 1
+    return n, oy, ox
+
+
 @njit(cache=True, nogil=True)
 def _im2col_tile(x, geometry, first, count, cols):
     """Rows ``first .. first + count`` of the im2col matrix of x f32[N, H, W, C] -> cols[:count]
@@ -170,13 +183,7 @@ def _im2col_tile(x, geometry, first, count, cols):
                 for c in range(channels):
                     target[to + c] = source[((n * height + iy) * width + ix) * channels + c] \
                         if inside else 0.0
-        ox += 1
-        if ox == out_w:
-            ox = 0
-            oy += 1
-            if oy == out_h:
-                oy = 0
-                n += 1
+        n, oy, ox = _next_pixel(n, oy, ox, out_h, out_w)
 
 
 @njit(cache=True, nogil=True)
@@ -209,13 +216,7 @@ def _im2col_grouped_tile(x, geometry, first, count, cols):
                     base = g * group_k + (ky * kw + kx) * group_in
                     for c in range(group_in):
                         patch[base + c] = x[n, iy, ix, g * group_in + c] if inside else 0.0
-        ox += 1
-        if ox == out_w:
-            ox = 0
-            oy += 1
-            if oy == out_h:
-                oy = 0
-                n += 1
+        n, oy, ox = _next_pixel(n, oy, ox, out_h, out_w)
 
 
 @njit(cache=True, nogil=True)
