@@ -24,35 +24,108 @@ from runtime.registry import Attr, Attrs, Fail, Inputs, OpDef, register
 from runtime.schema import ValueInfo, pool_output_size
 
 
+@njit(cache=True, inline="always")
+def _tap_columns(shift: int, stride: int, width: int, out_w: int) -> tuple[int, int]:
+    """[first, stop): the output columns ox whose tap column ox*stride + shift lies in
+    [0, width), first = ceil(-shift / stride), stop = floor((width - 1 - shift) / stride) + 1,
+    clipped to [0, out_w] (first >= stop: none)."""
+    return max(0, (stride - 1 - shift) // stride), min(out_w, (width - 1 - shift) // stride + 1)
+
+
 @njit(cache=True, parallel=True)
 def _pool_kernel(x, kernel, stride, padding, dilation, is_max, divisor, out):
+    """out[n, oy, ox, c] = max (or sum / divisor[oy, ox]) over the in-image taps
+    x[n, oy*sy - py + ky*dy, ox*sx - px + kx*dx, c], folded in (ky, kx) order into an
+    accumulator that starts at -inf (max) or +0 (sum). ``max(acc, v)`` is ``v if v > acc else
+    acc``: a NaN tap is skipped, and of equal values (+0 / -0) the first tap's is kept.
+
+    Each (n, oy) job walks the taps of its in-image rows ky in that order, two at a time, a
+    and b, over its whole output row [OW, C]: ``next = max(max(cur, a), b)`` on the columns
+    where both taps are in the image (``_tap_columns``), ``max(cur, a)`` or ``max(cur, b)``
+    where one is, ``next = cur`` where neither is (the padding: identity of max and of the
+    sum). ``cur`` and ``next`` alternate between the output row and a scratch row, starting
+    where the last pass lands in the output. Writing to the other row, not back into ``cur``,
+    is what lets LLVM vectorize the max as vmaxps: an in-place ``acc = max(acc, v)`` becomes a
+    masked store (vmaskmovps), slow on these CPUs; two taps a pass halve the row traffic.
+    Flat unsigned indices spare numba's negative-index wraparound. x, out C-contiguous NHWC."""
     n_batch, height, width, channels = x.shape
     _, out_h, out_w, _ = out.shape
+    kh, kw, stride_h, stride_w = kernel[0], kernel[1], stride[0], stride[1]
+    pad_h, pad_w, dil_h, dil_w = padding[0], padding[1], dilation[0], dilation[1]
+    source = x.ravel()
+    target = out.ravel()
+    row = np.uint64(out_w * channels)
+    pixel_step = np.uint64(stride_w * channels)
+    run = np.uint64(channels)
+    start = np.float32(-np.inf) if is_max else np.float32(0.0)
     for job in prange(n_batch * out_h):
         n = job // out_h
-        oy = job % out_h
-        acc = np.empty(channels, np.float32)
-        for ox in range(out_w):
-            start = -np.inf if is_max else 0.0
-            for c in range(channels):
-                acc[c] = start
-            for ky in range(kernel[0]):
-                iy = oy * stride[0] - padding[0] + ky * dilation[0]
-                if iy < 0 or iy >= height:
-                    continue
-                for kx in range(kernel[1]):
-                    ix = ox * stride[1] - padding[1] + kx * dilation[1]
-                    if ix < 0 or ix >= width:
-                        continue
+        oy = job - n * out_h
+        base = np.uint64(job) * row
+        result = target[base : base + row]
+        scratch = np.empty(row, np.float32)
+        ky_first, ky_stop = _tap_columns(oy * stride_h - pad_h, dil_h, height, kh)
+        taps = max(0, ky_stop - ky_first) * kw
+        cur, nxt = (scratch, result) if (taps + 1) // 2 % 2 else (result, scratch)
+        for j in range(row):
+            cur[j] = start
+        for t in range(0, taps, 2):
+            iy_a = oy * stride_h - pad_h + (ky_first + t // kw) * dil_h
+            shift_a = t % kw * dil_w - pad_w  # tap column ox * sx + shift
+            first_a, stop_a = _tap_columns(shift_a, stride_w, width, out_w)
+            iy_b, shift_b, first_b, stop_b = 0, 0, 0, 0
+            if t + 1 < taps:
+                iy_b = oy * stride_h - pad_h + (ky_first + (t + 1) // kw) * dil_h
+                shift_b = (t + 1) % kw * dil_w - pad_w
+                first_b, stop_b = _tap_columns(shift_b, stride_w, width, out_w)
+            low = 0
+            while low < out_w:  # column segments on which the taps in the image do not change
+                high = out_w
+                for edge in (first_a, stop_a, first_b, stop_b):
+                    if low < edge < high:
+                        high = edge
+                in_a = first_a <= low < stop_a
+                in_b = first_b <= low < stop_b
+                at, end = np.uint64(low) * run, np.uint64(high) * run
+                src_a = ((n * height + iy_a) * width + low * stride_w + shift_a) * channels
+                src_b = ((n * height + iy_b) * width + low * stride_w + shift_b) * channels
+                if in_a and in_b:
+                    pa, pb = np.uint64(src_a), np.uint64(src_b)
                     if is_max:
-                        for c in range(channels):
-                            acc[c] = max(acc[c], x[n, iy, ix, c])
+                        for j in range(at, end, run):
+                            for c in range(run):
+                                nxt[j + c] = max(max(cur[j + c], source[pa + c]), source[pb + c])
+                            pa += pixel_step
+                            pb += pixel_step
                     else:
-                        for c in range(channels):
-                            acc[c] += x[n, iy, ix, c]
-            scale = 1.0 if is_max else divisor[oy, ox]
-            for c in range(channels):
-                out[n, oy, ox, c] = acc[c] / scale
+                        for j in range(at, end, run):
+                            for c in range(run):
+                                nxt[j + c] = cur[j + c] + source[pa + c] + source[pb + c]
+                            pa += pixel_step
+                            pb += pixel_step
+                elif in_a or in_b:
+                    pa = np.uint64(src_a if in_a else src_b)
+                    if is_max:
+                        for j in range(at, end, run):
+                            for c in range(run):
+                                nxt[j + c] = max(cur[j + c], source[pa + c])
+                            pa += pixel_step
+                    else:
+                        for j in range(at, end, run):
+                            for c in range(run):
+                                nxt[j + c] = cur[j + c] + source[pa + c]
+                            pa += pixel_step
+                else:
+                    for j in range(at, end):
+                        nxt[j] = cur[j]
+                low = high
+            cur, nxt = nxt, cur
+        if not is_max:
+            for ox in range(out_w):
+                scale = divisor[oy, ox]
+                at = np.uint64(ox) * run
+                for c in range(run):
+                    result[at + c] = result[at + c] / scale
 
 
 def _run(x, kernel, stride, padding, dilation, ceil_mode, is_max, divisor):
@@ -63,7 +136,7 @@ def _run(x, kernel, stride, padding, dilation, ceil_mode, is_max, divisor):
     )
     out = np.empty((n, out_h, out_w, channels), np.float32)
     pairs = (np.array(kernel), np.array(stride), np.array(padding), np.array(dilation))
-    _pool_kernel(x, *pairs, is_max, divisor, out)
+    _pool_kernel(np.ascontiguousarray(x), *pairs, is_max, divisor, out)
     return out
 
 
