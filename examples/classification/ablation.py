@@ -47,25 +47,23 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/experiments.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # rows, worker, report beside it
 
 import report
 import rows
 import worker
+from experiments import cpu_model, run_tasks, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -144,15 +142,8 @@ def run_all(tasks: Sequence[worker.Task], jobs: int, done: list[dict[str, Any]])
                 f"in {record['wall_seconds']:.0f} s", flush=True,
             )
 
-    if jobs <= 1:
-        for same in by_key.values():
-            report_one(worker.run(same[0]), same)
-        return
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        futures = {pool.submit(worker.run, same[0]): same for same in by_key.values()}
-        for future in as_completed(futures):
-            report_one(future.result(), futures[future])
+    run_tasks([same[0] for same in by_key.values()], jobs, worker.run,
+              lambda task, record: report_one(record, by_key[task.result_path]))
 
 
 def estimate_full(records: Sequence[dict[str, Any]], measured: Mode, jobs: int) -> float:
@@ -183,17 +174,6 @@ def estimate_full(records: Sequence[dict[str, Any]], measured: Mode, jobs: int) 
             if name not in schedule_rows or dataset in full.schedule_datasets:
                 total += sum(times) / len(times)
     return total * full.seeds / jobs
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def compute_minutes(records: Sequence[dict[str, Any]], jobs: int) -> float:
@@ -288,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                       records),
         notes=notes,
     )
-    (args.out / "results.json").write_text(json.dumps(records, indent=1))
+    write_json(args.out / "results.json", records)
     print(f"wrote {path} in {wall:.0f} s")
     return path
 

@@ -19,18 +19,10 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend is chosen first
+from experiments import mean_std
 from matplotlib.ticker import MaxNLocator
 
 Record = dict[str, Any]
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for fewer than two values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def group(records: Iterable[Record]) -> dict[tuple[str, str, str], list[Record]]:

@@ -14,13 +14,13 @@ import dataclasses
 import functools
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from experiments import write_json
 from torch import Tensor, nn
 
 import binarize
@@ -146,14 +146,6 @@ def run(task: Task) -> dict[str, Any]:
     record["other_seconds"] = record["wall_seconds"] - record["train_seconds"]
     write_json(task.result_path, record)
     return record
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write `value` as JSON atomically (a killed run leaves no half file to resume from)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    temporary.replace(path)
 
 
 def float_teacher(

@@ -8,7 +8,6 @@ calls on one thread in the same process.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import data
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend is chosen first
+from experiments import mean_std
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
@@ -37,15 +37,6 @@ NOTES = [
     "- 'runtime - PyTorch' is the largest difference over seeds between the packed file's "
     "PCKh (run by `runtime`) and the PyTorch student's, in points.",
 ]
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for fewer than two values)."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
 
 
 def _pct(values: Sequence[float]) -> str:

@@ -44,24 +44,22 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/experiments.py
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # data, metrics, worker, report
 
 import report
 import worker
+from experiments import cpu_model, run_tasks, write_json
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -136,14 +134,7 @@ def run_all(tasks: Sequence[worker.Task], jobs: int, done: list[dict[str, Any]])
               f"stacks): PCKh {100 * record['pck']:.2f} in {record['wall_seconds']:.0f} s",
               flush=True)
 
-    if jobs <= 1:
-        for task in tasks:
-            report_one(worker.run(task))
-        return
-    with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"),
-                             initializer=torch.set_num_threads, initargs=(1,)) as pool:
-        for future in as_completed([pool.submit(worker.run, task) for task in tasks]):
-            report_one(future.result())
+    run_tasks(tasks, jobs, worker.run, lambda _, record: report_one(record))
 
 
 def estimate_full(records: Sequence[dict[str, Any]], measured: Mode, jobs: int) -> float:
@@ -161,17 +152,6 @@ def estimate_full(records: Sequence[dict[str, Any]], measured: Mode, jobs: int) 
         per_row.setdefault((r["name"], r["stacks"]), []).append(t)
     one_seed = sum(sum(ts) / len(ts) for ts in per_row.values())
     return one_seed * full.seeds / jobs  # the full mode runs every row on every seed
-
-
-def cpu_model() -> str:
-    """The CPU's model name from /proc/cpuinfo (the platform's processor string elsewhere)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
@@ -221,7 +201,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     _, _, test = worker.splits(mode.config, args.cache)
     path = report.write(records, args.out, test, header=header, notes=notes,
                         rows=[name for name, *_ in ROWS])
-    (args.out / "results.json").write_text(json.dumps(records, indent=1))
+    write_json(args.out / "results.json", records)
     print(f"wrote {path} in {wall:.0f} s")
     return path
 

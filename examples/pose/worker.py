@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ import data
 import metrics
 import numpy as np
 import torch
+from experiments import write_json
 from torch import Tensor, nn
 
 import binarize
@@ -126,14 +126,6 @@ def run(task: Task) -> dict[str, Any]:
     record["other_seconds"] = record["wall_seconds"] - record["train_seconds"]
     write_json(task.result_path, record)
     return record
-
-
-def write_json(path: Path, value: Any) -> None:
-    """Write `value` as JSON atomically (a killed run leaves no half file to resume from)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(value, indent=1))
-    temporary.replace(path)
 
 
 def float_teacher(
