@@ -11,6 +11,17 @@ shortcuts", has the forward and backward). For a binary conv with input ``x``:
 * the shortcut is ``x`` itself when the shapes match, or ``AvgPool2d(2)(x)`` when the conv
   halves the resolution (stride 2) and keeps the channel count; any other shape change (more
   channels) gets no shortcut;
+* no shortcut from a raw stream into a real-valued reader. The shortcut is left out when
+  both hold: ``x`` is not a BatchNorm output (walking back through scale-keeping
+  single-input ops: activations, pooling, upsampling, flatten), and the sum would reach a
+  float conv or linear, or the model output, through such ops (walks forward end harmlessly
+  at binary layers and BatchNorms, which see the sum only up to scale, and at adds and
+  concatenations, where it joins a residual stream). Why: the float reader was trained on
+  the BN output's scale. Bi-Real's ``x`` is a BN output or an activation of one, of the same
+  scale, but a raw residual stream can be many times larger. In a stacked hourglass the
+  features before each 1x1 head are ``relu(bn(conv1x1(stream)))``, and the stream's std is
+  10x the BN output's. A shortcut there made the converted network's heatmap MSE 194,
+  against the float network's 0.02, and reactnet hourglasses stopped learning (examples/pose);
 * a conv whose output already goes into an add with ``x`` (or ``AvgPool2d(x)``) is skipped, so
   the pass is idempotent. Residual adds already in the model are kept: in a ResNet BasicBlock
   the second conv's new shortcut carries the first activation's output, and the block's own
@@ -22,13 +33,18 @@ from __future__ import annotations
 import operator
 from dataclasses import dataclass
 
+import torch
 from torch import fx, nn
 
-from operators import BinaryConv2d
+from operators import BinaryConv2d, BinaryLinear
 from passes.base import PassResult, add_module_node, is_add, module_nodes, module_of, tensor_shape
 from passes.options import check_flag
 
 _NORM_TYPES = (nn.BatchNorm2d,)
+_SCALE_FREE_READERS = (BinaryConv2d, BinaryLinear, nn.BatchNorm1d, nn.BatchNorm2d)
+_REAL_READERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_MERGES = (torch.cat, torch.concat)
+_NORM_OUTPUTS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 
 @dataclass(frozen=True)
@@ -66,7 +82,9 @@ class AddShortcuts:
         in_shape, out_shape = tensor_shape(source), tensor_shape(out)
         if in_shape is None or out_shape is None or len(in_shape) != 4:
             return False
-        if _has_shortcut(gm, out, source):
+        if _has_shortcut(gm, out, source) or (
+            not _is_normalized(gm, source) and _reaches_real_reader(gm, out)
+        ):
             return False
         pooled = (*in_shape[:2], in_shape[2] // 2, in_shape[3] // 2)
         if in_shape == out_shape:
@@ -96,4 +114,41 @@ def _has_shortcut(gm: fx.GraphModule, out: fx.Node, source: fx.Node) -> bool:
             pool = module_of(gm, operand) if isinstance(operand, fx.Node) else None
             if isinstance(pool, nn.AvgPool2d) and operand.args[0] is source:
                 return True
+    return False
+
+
+def _is_normalized(gm: fx.GraphModule, node: fx.Node) -> bool:
+    """Whether ``node`` is a BatchNorm output, maybe through scale-keeping single-input ops."""
+    while True:
+        module = module_of(gm, node)
+        if isinstance(module, _NORM_OUTPUTS):
+            return True
+        inputs = node.all_input_nodes
+        weighted = isinstance(module, _SCALE_FREE_READERS + _REAL_READERS)
+        merge = is_add(node) or (node.op == "call_function" and node.target in _MERGES)
+        if len(inputs) != 1 or weighted or merge or node.op == "placeholder":
+            return False
+        node = inputs[0]
+
+
+def _reaches_real_reader(gm: fx.GraphModule, out: fx.Node) -> bool:
+    """Whether a value added after ``out`` would reach a real-valued conv/linear or the model
+    output through scale-keeping single-input ops (the module docstring's rule)."""
+    seen: set[fx.Node] = set()
+    stack = list(out.users)
+    while stack:
+        node = stack.pop()
+        if node in seen:
+            continue
+        seen.add(node)
+        if node.op == "output":
+            return True
+        if is_add(node) or (node.op == "call_function" and node.target in _MERGES):
+            continue
+        module = module_of(gm, node)
+        if isinstance(module, _SCALE_FREE_READERS):
+            continue
+        if isinstance(module, _REAL_READERS):
+            return True
+        stack.extend(node.users)
     return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import operator
 
+import pytest
 import torch
 from graph_models import TinyResNet, basic_block, canonical, module_counts
 from hypothesis import given, settings
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 from model_state import randomize_batchnorm
 from torch import fx, nn
 
+from binarize.models import hourglass
 from operators import set_binarization
 from passes.activations import ActivationOptions, SwapActivations
 from passes.base import module_of, run_passes
@@ -94,7 +96,7 @@ def test_shortcut_iff_shapes_allow_and_value_is_exact(
         nn.Sequential(nn.Conv2d(2, cin, 1), *middle, nn.Conv2d(cout, 1, 1))
     ).eval()
     x = torch.randn(2, 2, size, size)
-    gm = with_shortcuts(model, x)
+    gm = with_shortcuts(model, x, keep_last=False)  # a binary last conv reads the sum
     set_binarization(gm, activations=False, weights=False)
     pooled = stride == 2 and size % 2 == 0
     expected_adds = int(cin == cout and (stride == 1 or pooled))
@@ -104,3 +106,57 @@ def test_shortcut_iff_shapes_allow_and_value_is_exact(
     if expected_adds:
         body = body + (nn.functional.avg_pool2d(h, 2) if stride == 2 else h)
     torch.testing.assert_close(gm(x), model[-1](body))
+
+
+def _head_model(between: list[nn.Module], source: list[nn.Module] | None = None) -> nn.Module:
+    """1x1 float stem (its raw output is the shortcut's source, or that output through
+    `source`), a binary 3x3 conv + BN, `between`, a float 1x1 head."""
+    return nn.Sequential(nn.Conv2d(3, 4, 1), *(source or []), nn.Conv2d(4, 4, 3, padding=1),
+                         nn.BatchNorm2d(4), *between, nn.Conv2d(4, 2, 1))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("between", "expected_adds"),
+    [
+        ([], 0),  # BN -> float head: the sum would change the head's input scale
+        ([nn.ReLU()], 0),  # through the activation (swapped to RPReLU) to the head
+        ([nn.ReLU(), nn.MaxPool2d(1)], 0),  # pooling keeps the scale too
+        ([nn.ReLU(), nn.BatchNorm2d(4)], 1),  # renormalised before the head: shortcut
+        ([nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)], 1),  # binary reader
+    ],
+)
+def test_no_shortcut_whose_sum_reaches_a_real_valued_layer(
+    between: list[nn.Module], expected_adds: int
+) -> None:
+    gm = with_shortcuts(_head_model(between))
+    assert len(adds(gm)) == expected_adds
+
+
+@pytest.mark.parametrize("between", [[], [nn.ReLU()]])
+@pytest.mark.parametrize("source", [[nn.BatchNorm2d(4)], [nn.BatchNorm2d(4), nn.ReLU()]])
+def test_a_normalized_source_keeps_its_shortcut_before_a_real_valued_layer(
+    between: list[nn.Module], source: list[nn.Module]
+) -> None:
+    """x = bn(..) or act(bn(..)) has the scale of the BN output it joins (Bi-Real's blocks,
+    MobileNet's pointwise convs before a float depthwise conv)."""
+    gm = with_shortcuts(_head_model(between, source))
+    assert len(adds(gm)) == 1
+
+
+def test_no_shortcut_whose_sum_is_the_model_output() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4))
+    assert len(adds(with_shortcuts(model, keep_last=False))) == 0
+    model.append(nn.BatchNorm2d(4))  # a BN reader in between: the add is allowed again
+    assert len(adds(with_shortcuts(model, keep_last=False))) == 1
+
+
+def test_hourglass_heads_read_the_bn_output_without_a_shortcut() -> None:
+    """The regression the rule was made for: the features before each head are
+    act(bn(conv1x1(stream))) with no shortcut from the residual stream."""
+    model = hourglass(2, 4, depth=1, width=8, block="hierarchical", outputs="list")
+    gm = with_shortcuts(model, torch.randn(2, 3, 16, 16))
+    for stack in range(2):
+        (head,) = [n for n in gm.graph.nodes if n.target == f"heads.{stack}"]
+        act = head.args[0]
+        assert type(module_of(gm, act)).__name__ == "RPReLU"
+        assert module_of(gm, act.args[0]) is gm.get_submodule(f"features.{stack}.2")
