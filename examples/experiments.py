@@ -5,6 +5,7 @@
 - ``write_json``: a result record written atomically (``runtime.atomic.write_atomic``), so an
   interrupted experiment leaves no half file to resume from;
 - ``mean_std``: mean and sample standard deviation over seeds;
+- ``difference``: the change between two rows in points, its standard error and a verdict;
 - ``cpu_model``: the CPU's name for a results table.
 """
 
@@ -57,6 +58,17 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     if n < 2:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+
+
+def difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, str]:
+    """mean(b) - mean(a) in points, its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b), and a
+    verdict: "helps" / "hurts" when the difference is more than twice its standard error,
+    "within noise" otherwise (a rough two-sided test at ~95% for normal seeds)."""
+    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
+    diff = 100 * (mean_b - mean_a)
+    se = 100 * math.sqrt(std_a**2 / len(a) + std_b**2 / len(b))
+    verdict = "helps" if diff > 2 * se else "hurts" if diff < -2 * se else "within noise"
+    return diff, se, verdict
 
 
 def cpu_model() -> str:

@@ -81,11 +81,13 @@ def test_pose_smoke(tmp_path: Path) -> None:
     records = json.loads((out / "results.json").read_text())
     floats = [r for r in records if r["recipe"] is None]
     binary = [r for r in records if r["recipe"] is not None]
-    assert sorted(r["stacks"] for r in floats) == [1, 2, 3] and len(binary) == 6
+    assert sorted(r["stacks"] for r in floats) == [1, 2, 3] and len(binary) == 7
     for record in binary:  # the packed hourglass (list outputs) scores as PyTorch does
         assert abs(record["runtime_minus_torch_points"]) <= 0.5, record
         assert record["runtime_ms"] > 0 and record["packed_bytes"] > 0
     results = (out / "RESULTS.md").read_text()
-    assert "SYNTHETIC" in results and "bulat, 3 stacks" in results and "no distillation" in results
+    assert "SYNTHETIC" in results and "reactnet, 3 stacks" in results
+    assert "no distillation" in results
+    assert "distillation (reactnet, 2 stacks)" in results  # the effects table
     for plot in ("skeletons.png", "curves.png"):
         assert (out / plot).read_bytes()[:8] == PNG

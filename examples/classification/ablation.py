@@ -225,7 +225,7 @@ NOTES = [
     "- The budgets are short: 2 epochs of 4000 images are 62 optimizer steps. The spreads "
     "over seeds (on MNIST up to ±29 points) say binary training has not settled there; a "
     "verdict is 'helps' or 'hurts' only when the difference is beyond twice its standard "
-    "error (report.difference).",
+    "error (experiments.difference).",
     "- 'packed runtime accuracy' is the `binarize.pack`ed file run by `runtime`; 'runtime = "
     "PyTorch top-1' is the smallest share, over seeds, of test images where the runtime's "
     "top-1 equals the fine-tuned PyTorch student's.",

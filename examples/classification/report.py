@@ -9,7 +9,6 @@ of the same dataset. Plots use matplotlib's Agg backend (files only, no display)
 from __future__ import annotations
 
 import itertools
-import math
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,7 +18,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend is chosen first
-from experiments import mean_std
+from experiments import difference, mean_std
 from matplotlib.ticker import MaxNLocator
 
 Record = dict[str, Any]
@@ -60,17 +59,6 @@ def main_table(groups: dict, dataset: str, names: Sequence[str]) -> list[str]:
             f"{mean_std([r['seconds_per_epoch'] for r in rows])[0]:.1f} |"
         )
     return lines
-
-
-def difference(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, str]:
-    """mean(b) - mean(a) in points, its standard error sqrt(s_a^2 / n_a + s_b^2 / n_b), and a
-    verdict: "helps" / "hurts" when the difference is more than twice its standard error,
-    "within noise" otherwise (a rough two-sided test at ~95% for normal seeds)."""
-    (mean_a, std_a), (mean_b, std_b) = mean_std(a), mean_std(b)
-    diff = 100 * (mean_b - mean_a)
-    se = 100 * math.sqrt(std_a**2 / len(a) + std_b**2 / len(b))
-    verdict = "helps" if diff > 2 * se else "hurts" if diff < -2 * se else "within noise"
-    return diff, se, verdict
 
 
 def ladder_table(groups: dict, dataset: str, names: Sequence[str]) -> list[str]:

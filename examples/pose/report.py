@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import data
 import matplotlib.pyplot as plt  # after matplotlib.use: the backend is chosen first
-from experiments import mean_std
+from experiments import difference, mean_std
 from matplotlib.ticker import MaxNLocator
 from torch import Tensor
 
@@ -103,11 +103,28 @@ def joint_table(groups: dict, keys: Sequence[tuple[str, int]]) -> list[str]:
     return lines
 
 
+def effects_table(groups: dict, effects: Sequence[tuple[str, str, str, int, int]]) -> list[str]:
+    """Markdown rows: PCKh of row b minus row a (points, ± standard error over seeds) and a
+    verdict (experiments.difference: beyond twice the standard error or within noise)."""
+    lines = ["| question | a | b | b - a (points, ± standard error) | verdict for b |",
+             "|---|---|---|---|---|"]
+    for question, name_a, name_b, stacks_a, stacks_b in effects:
+        a, b = groups.get((name_a, stacks_a)), groups.get((name_b, stacks_b))
+        if not a or not b:
+            continue
+        diff, se, verdict = difference([r["pck"] for r in a], [r["pck"] for r in b])
+        if min(len(a), len(b)) < 2:
+            verdict = "one seed: no verdict"
+        lines.append(f"| {question} | {name_a} ({stacks_a}) | {name_b} ({stacks_b}) | "
+                     f"{diff:+.2f} ± {se:.2f} | {verdict} |")
+    return lines
+
+
 def plot_skeletons(groups: dict, test: dict[str, Tensor], path: Path) -> None:
     """A few test images: predicted (colour) vs true (white) skeletons, float 2-stack and
-    bulat 2-stack side by side (seed 0)."""
-    pairs = [("float", 2), ("bulat, 2 stacks", 2)]
-    shown = [(name, groups[key][0]) for name, key in zip(("float", "binary (bulat)"), pairs)
+    binary (reactnet) 2-stack side by side (seed 0)."""
+    pairs = [("float", 2), ("reactnet, 2 stacks", 2)]
+    shown = [(name, groups[key][0]) for name, key in zip(("float", "binary (reactnet)"), pairs)
              if key in groups]
     n = min(4, len(test["images"]))
     fig, axes = plt.subplots(n, len(shown), figsize=(3 * len(shown), 3 * n), squeeze=False)
@@ -154,7 +171,8 @@ def plot_curves(groups: dict, path: Path) -> None:
 
 
 def write(records: Sequence[Record], out: Path, test: dict[str, Tensor], *,
-          header: Sequence[str], notes: Sequence[str], rows: Sequence[str]) -> Path:
+          header: Sequence[str], notes: Sequence[str], rows: Sequence[str],
+          effects: Sequence[tuple[str, str, str, int, int]] = ()) -> Path:
     """Write RESULTS.md, skeletons.png and curves.png into `out`; returns RESULTS.md's path."""
     groups = _groups(records)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,9 +188,12 @@ def write(records: Sequence[Record], out: Path, test: dict[str, Tensor], *,
         "**Synthetic data**: every image is a rendered stick figure (examples/pose/data.py), "
         "not a photograph.", "", *header, "",
         "## PCKh@0.5 (test images, last stack)", "", *main_table(groups, rows), "",
+        "## What stacking, distillation and the recipe change", "",
+        *effects_table(groups, effects), "",
         "## PCKh@0.5 per joint (%)", "",
-        *joint_table(groups, [("float", 2), ("bulat, 2 stacks", 2),
-                              ("bulat, 2 stacks, no distillation", 2)]), "",
+        *joint_table(groups, [("float", 2), ("reactnet, 2 stacks", 2),
+                              ("reactnet, 2 stacks, no distillation", 2), ("bulat, 2 stacks", 2)]),
+        "",
         "![predicted vs true skeletons](skeletons.png)", "",
         "![validation curves](curves.png)", "",
         "## Notes", "", *notes, "",

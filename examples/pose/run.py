@@ -13,9 +13,11 @@ blocks, returning a list of per-stack heatmaps (F.max_pool2d, F.interpolate, res
 Rows, each over `--seeds` seeds:
 
 - float hourglasses of 1, 2 and 3 stacks (trained once per seed, cached);
-- `bulat` binary hourglasses of 1, 2 and 3 stacks with heatmap distillation from the float
-  hourglass of the same stacks, and the 2-stack one without distillation;
-- `reactnet` and `dybnn` 2-stack hourglasses (with heatmap distillation).
+- `reactnet` binary hourglasses of 1, 2 and 3 stacks with heatmap distillation from the
+  float hourglass of the same stacks, and the 2-stack one without distillation (the effects
+  of stacking and of distillation are measured on the recipe that learns best here);
+- `bulat` 2-stack hourglasses with and without distillation (the seed paper's recipe);
+- a `dybnn` 2-stack hourglass (with heatmap distillation).
 
 Every stack is supervised (metrics.StackedHeatmapLoss passed as `finetune(loss=...)`).
 Each binary row is packed and run by `runtime`: its PCKh must equal PyTorch's within 0.1
@@ -24,16 +26,16 @@ points, and its batch-1 latency is compared with the float hourglass in PyTorch.
 =======  ============================  =========================  ======================
 mode     seeds                         train / val / test images  epochs (float, binary)
 =======  ============================  =========================  ======================
-full     3 (every row)                 2500 / 300 / 1000          6, 5
+full     3 (every row)                 2000 / 300 / 1000          6, 4
 quick    3 (main rows), 1 (the rest)   1000 / 200 / 500           5, 3
 smoke    1                             48 / 16 / 32               1, 1 (width 8, depth 1)
 =======  ============================  =========================  ======================
 
-The main rows are the float and the `bulat` 2-stack hourglasses, with and without
-distillation. An hourglass step costs ~15 ms (float) to ~30 ms (binary, with its teacher)
-per 64x64 image on one core of a 2-core EPYC, most of it per-op overhead of the many small
-layers; the full mode is sized to fit 90 minutes there, and the quick mode writes its own
-estimate of the full mode's wall time.
+The main rows are the float, `reactnet` and `bulat` 2-stack hourglasses, the binary ones
+with and without distillation. An hourglass step costs ~15 ms (float) to ~30 ms (binary,
+with its teacher) per 64x64 image on one core of a 2-core EPYC, most of it per-op overhead
+of the many small layers; the full mode is sized to fit 90 minutes there, and the quick
+mode writes its own estimate of the full mode's wall time.
 
 Results: examples/pose/RESULTS.md and skeletons.png (`--out`); runs are cached as JSON under
 .cache/pose/ (`--cache`). The quick mode estimates the full mode's wall time from its own
@@ -77,18 +79,33 @@ class Mode:
 
 
 MODES = {
-    "full": Mode("full", 3, worker.Config(2500, 300, 1000, 6, 5)),
+    "full": Mode("full", 3, worker.Config(2000, 300, 1000, 6, 4)),
     "quick": Mode("quick", 3, worker.Config(1000, 200, 500, 5, 3), every_row_seeded=False),
     "smoke": Mode("smoke", 1, worker.Config(48, 16, 32, 1, 1, width=8, depth=1, batch_size=16)),
 }
-MAIN = {("float", 2), ("bulat, 2 stacks", 2), ("bulat, 2 stacks, no distillation", 2)}
 ROWS = (  # (name, recipe, stacks, heatmap distillation)
-    ("bulat, 1 stack", "bulat", 1, True),
-    ("bulat, 2 stacks", "bulat", 2, True),
-    ("bulat, 3 stacks", "bulat", 3, True),
-    ("bulat, 2 stacks, no distillation", "bulat", 2, False),
+    ("reactnet, 1 stack", "reactnet", 1, True),
     ("reactnet, 2 stacks", "reactnet", 2, True),
+    ("reactnet, 3 stacks", "reactnet", 3, True),
+    ("reactnet, 2 stacks, no distillation", "reactnet", 2, False),
+    ("bulat, 2 stacks", "bulat", 2, True),
+    ("bulat, 2 stacks, no distillation", "bulat", 2, False),
     ("dybnn, 2 stacks", "dybnn", 2, True),
+)
+MAIN = {("float", 2), ("reactnet, 2 stacks", 2), ("reactnet, 2 stacks, no distillation", 2),
+        ("bulat, 2 stacks", 2), ("bulat, 2 stacks, no distillation", 2)}
+# what the report compares: (question, row a, row b, stacks a, stacks b)
+EFFECTS = (
+    ("2 stacks vs 1 (reactnet)", "reactnet, 1 stack", "reactnet, 2 stacks", 1, 2),
+    ("3 stacks vs 2 (reactnet)", "reactnet, 2 stacks", "reactnet, 3 stacks", 2, 3),
+    ("distillation (reactnet, 2 stacks)", "reactnet, 2 stacks, no distillation",
+     "reactnet, 2 stacks", 2, 2),
+    ("distillation (bulat, 2 stacks)", "bulat, 2 stacks, no distillation", "bulat, 2 stacks",
+     2, 2),
+    ("reactnet vs bulat (2 stacks, distilled)", "bulat, 2 stacks", "reactnet, 2 stacks", 2, 2),
+    ("dybnn vs reactnet (2 stacks, distilled)", "reactnet, 2 stacks", "dybnn, 2 stacks", 2, 2),
+    ("float: 2 stacks vs 1", "float", "float", 1, 2),
+    ("float: 3 stacks vs 2", "float", "float", 2, 3),
 )
 
 
@@ -200,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
         print(f"estimated full-mode wall time: {estimate / 60:.0f} min")
     _, _, test = worker.splits(mode.config, args.cache)
     path = report.write(records, args.out, test, header=header, notes=notes,
-                        rows=[name for name, *_ in ROWS])
+                        rows=[name for name, *_ in ROWS], effects=EFFECTS)
     write_json(args.out / "results.json", records)
     print(f"wrote {path} in {wall:.0f} s")
     return path

@@ -32,7 +32,7 @@ from binarize.checkpoint import save_checkpoint
 from binarize.models import hourglass
 from binarize.train import finetune
 
-CACHE_VERSION = 2  # bump when a change here changes what a cached result means
+CACHE_VERSION = 3  # bump when a change here changes what a cached result means
 EXAMPLES = 6  # test images whose predicted skeletons are kept for the figure
 
 
@@ -48,7 +48,9 @@ class Config:
     width: int = 32
     depth: int = 3
     batch_size: int = 16
-    lr: float = 2e-3
+    # binary rows: chosen by validation heatmap MSE after 3 epochs (reactnet 2-stack, quick
+    # data, seed 0): lr 5e-4 0.0347, 1e-3 0.0325, 2e-3 0.0303, 5e-3 0.0259, 1e-2 0.0269
+    lr: float = 5e-3
     float_lr: float = 2e-3
 
 
