@@ -109,13 +109,13 @@ def pack_converted(recipe: str, path: Path) -> None:
     binarize.pack(bnn.eval(), (x,), path=path)
 
 
-def breakdown(path: Path, repeats: int) -> dict[str, float]:
-    """Seconds per step kind at 1 thread: each step timed alone, min over repeats, summed per
-    label (a fused chain is one label), largest first."""
-    model = runtime.load(path, threads=1)
+def breakdown(path: Path, repeats: int, threads: int = 1) -> dict[str, float]:
+    """Seconds per step kind at `threads` threads: each step timed alone, min over repeats,
+    summed per label (a fused chain is one label), largest first."""
+    model = runtime.load(path, threads=threads)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     best: dict[int, float] = {}
-    with thread_limits(1):
+    with thread_limits(threads):
         for _ in range(repeats):
             env = {"input": np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
             for i, step in enumerate(model.plan):
@@ -231,16 +231,21 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str
                 f"{ms(row['torch_median'])} | {row['torch_min'] / row['runtime_min']:.2f}x | "
                 f"{row['torch_median'] / row['runtime_median']:.2f}x |"
             )
-    total = sum(parts.values())
+    one, two = parts
+    total, total2 = sum(one.values()), sum(two.values())
     lines += [
         "",
-        "Where the runtime's time goes (1 thread; each step timed alone, min over the repeats,"
-        f" summed per kind; total {ms(total)} ms):",
+        "Where the runtime's time goes (each step timed alone, min over the repeats, summed per"
+        f" kind; total {ms(total)} ms at 1 thread, {ms(total2)} ms at 2, a {total / total2:.2f}x"
+        " speed-up; the last column is what the second thread buys per kind):",
         "",
-        "| step kind | ms | share |",
-        "|---|---:|---:|",
+        "| step kind | ms, 1 thread | share | ms, 2 threads | 2-thread speed-up |",
+        "|---|---:|---:|---:|---:|",
     ]
-    lines += [f"| {kind} | {ms(t)} | {t / total * 100:.0f}% |" for kind, t in parts.items()]
+    lines += [
+        f"| {kind} | {ms(t)} | {t / total * 100:.0f}% | {ms(two[kind])} | {t / two[kind]:.2f}x |"
+        for kind, t in one.items()
+    ]
     lines += [
         "",
         "The 16 binary convs with their fused epilogues take the largest share; the float stem"
@@ -311,7 +316,7 @@ def main() -> None:
         print("size:", size)
         speed_rows = speed(path, args.repeats)
         print("speed:", speed_rows)
-        parts = breakdown(path, args.repeats)
+        parts = breakdown(path, args.repeats), breakdown(path, args.repeats, threads=2)
         print("breakdown:", parts)
         product = {}
         for recipe in ("bireal", "reactnet"):
