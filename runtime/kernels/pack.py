@@ -11,7 +11,9 @@ same way.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 from runtime.errors import InputError, InvalidModelError
 
@@ -23,22 +25,61 @@ def words_for(channels: int) -> int:
     return (channels + WORD_BITS - 1) // WORD_BITS
 
 
+def _is_float32_c_vector(ty) -> bool:
+    return isinstance(ty, types.Array) and ty.ndim == 1 and ty.layout == "C" \
+        and ty.dtype == types.float32
+
+
+@intrinsic
+def _word_of_comparisons(typingctx, values, sign, signed_threshold, base):
+    """uint64 whose bit j is ``values[base + j] * sign[base + j] >= signed_threshold[base + j]``
+    for j < 64 (nopython only; three f32[:] C arrays, nothing bounds-checked).
+
+    As LLVM vectors: a <64 x float> multiply and ordered >= compare (NaN gives 0, as the
+    scalar comparison does), then the <64 x i1> mask bitcast to i64, element j to bit j. On
+    AVX2 that is vmulps + vcmpps + vmovmskps per 8 channels; the scalar loop of shifts and ORs
+    it replaces cost ~1.6 cycles per channel.
+    """
+    if not all(_is_float32_c_vector(ty) for ty in (values, sign, signed_threshold)) \
+            or not isinstance(base, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        vector = ir.VectorType(ir.FloatType(), WORD_BITS)
+        offset = builder.sext(args[3], ir.IntType(64)) if args[3].type.width < 64 else args[3]
+
+        def load(array_type, value):
+            data = context.make_array(array_type)(context, builder, value).data
+            pointer = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
+            return builder.load(pointer, align=4)
+
+        v, s, t = (load(ty, value) for ty, value in zip(signature.args[:3], args[:3]))
+        mask = builder.fcmp_ordered(">=", builder.fmul(v, s), t)
+        return builder.bitcast(mask, ir.IntType(WORD_BITS))
+
+    return types.uint64(values, sign, signed_threshold, types.int64), codegen
+
+
 @njit(cache=True, inline="always")
 def pack_row(values, sign, signed_threshold, out_words):
     """Pack one row: bit c = ``values[c] * sign[c] >= signed_threshold[c]`` into ``out_words``.
 
     ``signed_threshold`` is ``sign * threshold`` (exact: sign is +-1). Shared by the
-    standalone packers below and by the fused conv/dense epilogue.
+    standalone packers below and by the fused conv/dense epilogue. Whole words go through
+    ``_word_of_comparisons`` (vector compares); the last partial word bit by bit.
     """
     channels = values.shape[0]
-    for w in range(out_words.shape[0]):
-        base = w * WORD_BITS
+    full = channels // WORD_BITS
+    for w in range(full):
+        out_words[w] = _word_of_comparisons(values, sign, signed_threshold, w * WORD_BITS)
+    if full < out_words.shape[0]:
+        base = full * WORD_BITS
         word = np.uint64(0)
-        for j in range(min(WORD_BITS, channels - base)):
+        for j in range(channels - base):
             c = base + j
             if values[c] * sign[c] >= signed_threshold[c]:
                 word |= np.uint64(1) << np.uint64(j)
-        out_words[w] = word
+        out_words[full] = word
 
 
 @njit(cache=True, parallel=True)

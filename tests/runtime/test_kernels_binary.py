@@ -83,6 +83,22 @@ def test_pack_bits_matches_comparison_with_ties(rows, channels, seed):
     np.testing.assert_array_equal(got, naive_pack(expected))
 
 
+@pytest.mark.parametrize("channels", [64, 128, 130])
+def test_pack_bits_whole_words_handle_nan_and_infinities(channels):
+    """Whole 64-channel words take the vector-compare path: NaN compares false (-1), as the
+    scalar path of a partial word does; +-inf compare as numbers."""
+    rng = np.random.default_rng(channels)
+    x = rng.standard_normal((3, channels)).astype(np.float32)
+    x[0, ::7] = np.nan
+    x[1, ::5] = np.inf
+    x[2, ::3] = -np.inf
+    threshold = rng.standard_normal(channels).astype(np.float32)
+    sign = rng.choice(np.array([-1, 1], np.int8), channels)
+    with np.errstate(invalid="ignore"):
+        expected = np.where(sign * x >= sign * threshold, 1, -1)
+    np.testing.assert_array_equal(pack_bits(x, threshold, sign), naive_pack(expected))
+
+
 def test_pack_bits_tie_goes_to_plus_one_for_both_signs():
     x = np.array([[0.5, 0.5, -0.0, 0.0]], np.float32)
     threshold = np.array([0.5, 0.5, 0.0, -0.0], np.float32)
