@@ -120,7 +120,7 @@ def breakdown(path: Path, repeats: int, threads: int = 1) -> dict[str, float]:
             env = {"input": np.ascontiguousarray(x.transpose(0, 2, 3, 1))}
             for i, step in enumerate(model.plan):
                 start = time.perf_counter()
-                env[step.output] = step.run([env[name] for name in step.inputs])
+                step.store(env, step.run([env[name] for name in step.inputs]))
                 best[i] = min(best.get(i, np.inf), time.perf_counter() - start)
     totals: dict[str, float] = {}
     for i, step in enumerate(model.plan):
@@ -196,7 +196,8 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str
         "",
         "Batch 1, 224x224. Runtime: benchmarks/bench_bireal18.py (float 7x7 stem + BN + ReLU +"
         " maxpool; 16 binary 3x3 convs, each `quantize -> bconv2d -> affine -> + shortcut ->"
-        " RPReLU` fused into one kernel call after its quantize; downsample shortcuts"
+        " RPReLU` fused into one kernel call, which also writes the bits of the next conv's"
+        " quantize beside its floats (the side quantize of runtime/graph.py); downsample shortcuts"
         " AvgPool2d(2) -> float 1x1 conv -> BN (Bi-Real/ReActNet style); float fc). PyTorch:"
         " `binarize.models.resnet18()` (torchvision layout), eval, `torch.no_grad()`,"
         f" `torch.set_num_threads`. {repeats} repeats after 3 warm-up rounds; each repeat runs"

@@ -71,9 +71,9 @@ def measure(graph: Graph, steps: Sequence[Step]) -> tuple[int, int]:
         scratch = ops[producer.op].scratch(
             producer.attrs, [values[name] for name in producer.inputs], values[producer.outputs[0]]
         )
-        out = value_bytes(values[step.output])
-        peak = max(peak, sum(live.values()) + out + scratch)
-        live[step.output] = out
+        outs = {name: value_bytes(values[name]) for name in step.outputs}
+        peak = max(peak, sum(live.values()) + sum(outs.values()) + scratch)
+        live.update(outs)
         for name in step.release:
             live.pop(name, None)
     outputs = sum(value_bytes(values[spec.name]) for spec in graph.outputs)

@@ -14,9 +14,12 @@ into a list of ``Step``s, each one kernel or numpy call:
   changes no bit of a binary layer's output. A fused step runs at the position of its chain's
   last node, where every outside input of the chain (the residual of ``add``) already exists.
   Binary producers claim their chains first: where a float downsample conv's chain and a binary
-  conv's chain end in the same ``add``, the binary kernel takes it. A block output that feeds
-  both the next quantize and the next shortcut keeps its quantize as a separate step (the
-  kernels write either floats or bits, not both).
+  conv's chain end in the same ``add``, the binary kernel takes it.
+- **Side quantize.** A chain's float output that other ops read too (a block output feeding
+  the next binary layer's ``quantize`` and the next shortcut) cannot absorb that quantize as
+  its last stage. A producer declared with ``side_quantize`` (``bconv2d``) takes it anyway:
+  its kernel writes the floats and their bits in one pass (``keep_float`` epilogue), and the
+  step has two outputs, saving the quantize's own pass over the floats and its call.
 - **Layout.** Values are NHWC (float32) or packed bits (uint64); the graph inputs are converted
   from NCHW once, rank-4 outputs back to NCHW at the end (``Model.predict``).
 - **Liveness.** Each step lists the values it reads for the last time; the executor drops them
@@ -28,6 +31,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -53,10 +57,23 @@ class Step:
     param_count: int = 0
     param_bytes: int = 0
     release: list[str] = field(default_factory=list)
+    side_output: str | None = None  # a side quantize's bits; ``run`` then returns the pair
 
     @property
     def label(self) -> str:
         return "+".join(node.op for node in self.nodes)
+
+    @property
+    def outputs(self) -> list[str]:
+        """The values the step writes: ``output``, then ``side_output`` when it has one."""
+        return [self.output] if self.side_output is None else [self.output, self.side_output]
+
+    def store(self, env: dict[str, np.ndarray], result: Any) -> None:
+        """Put ``result`` (what ``run`` returned) into ``env`` under the step's outputs."""
+        if self.side_output is None:
+            env[self.output] = result
+        else:
+            env[self.output], env[self.side_output] = result
 
 
 def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
@@ -68,7 +85,7 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
         for name in node.inputs:
             by_input.setdefault(name, []).append(node)
 
-    chains: dict[int, list[Node]] = {}  # index of a chain's last node -> its nodes
+    chains: dict[int, tuple[list[Node], Node | None]] = {}  # last node -> (chain, side)
     fused: set[int] = set()
     # binary producers first: where a float conv's chain and a binary conv's chain meet at the
     # same add (a downsampling shortcut), the add goes to the cheaper binary kernel epilogue
@@ -78,12 +95,15 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
     for node in producers:
         chain = _grow_chain(node, uses, by_input, fused, ops)
         fused.update(n.index for n in chain)
-        chains[chain[-1].index] = chain
+        side = _side_quantize(chain, by_input, fused, ops)
+        if side is not None:
+            fused.add(side.index)
+        chains[chain[-1].index] = (chain, side)
 
     steps = []
     for node in graph.nodes:
         if node.index in chains:
-            steps.append(_fused_step(chains[node.index], graph.values, arrays))
+            steps.append(_fused_step(*chains[node.index], graph.values, arrays))
         elif node.index not in fused:
             steps.append(_single_step(node, graph.values, arrays))
     _assign_releases(steps, {spec.name for spec in graph.outputs})
@@ -118,16 +138,31 @@ def _grow_chain(
         chain.append(consumer)
 
 
+def _side_quantize(
+    chain: list[Node], by_input: Mapping[str, list[Node]], taken: set[int],
+    ops: Mapping[str, OpDef],
+) -> Node | None:
+    """The ``quantize`` among the readers of the chain's float output that the producer's kernel
+    can write beside it (module docstring), or None."""
+    if not ops[chain[0].op].side_quantize or ops[chain[-1].op].fusion == "quantize":
+        return None
+    for reader in by_input.get(chain[-1].outputs[0], []):
+        if ops[reader.op].fusion == "quantize" and reader.index not in taken:
+            return reader
+    return None
+
+
 def _param(arrays: Mapping[str, np.ndarray], node: Node, role: str) -> np.ndarray | None:
     key = node.params.get(role)
     return None if key is None else arrays[key]
 
 
 def _epilogue(
-    chain: list[Node], channels: int, arrays: Mapping[str, np.ndarray]
+    chain: list[Node], channels: int, arrays: Mapping[str, np.ndarray], keep_float: bool = False
 ) -> kernels.Epilogue:
     """The kernel epilogue that computes the chain after its producer (docs: module top):
-    each fused op's declaration says which ``make_epilogue`` options it sets."""
+    each fused op's declaration says which ``make_epilogue`` options it sets; ``keep_float``
+    for a chain that ends in a side quantize."""
     options: dict[str, object] = {}
     producer = chain[0]
     if "bias" in producer.params:
@@ -138,16 +173,19 @@ def _epilogue(
         if contribute is not None:
             params = {role: arrays[key] for role, key in node.params.items()}
             options.update(contribute(params, node.attrs))
-    return kernels.make_epilogue(channels, **options)
+    return kernels.make_epilogue(channels, keep_float=keep_float, **options)
 
 
 def _fused_step(
-    chain: list[Node], values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray]
+    chain: list[Node], side: Node | None, values: Mapping[str, ValueInfo],
+    arrays: Mapping[str, np.ndarray],
 ) -> Step:
-    """One kernel call for a producer and the chain it absorbed (see ``_grow_chain``)."""
+    """One kernel call for a producer and the chain it absorbed (see ``_grow_chain``), and its
+    side quantize (``_side_quantize``) when it has one."""
     producer = chain[0]
     source = producer.inputs[0]
-    epilogue = _epilogue(chain, values[producer.outputs[0]].channels, arrays)
+    channels = values[producer.outputs[0]].channels
+    epilogue = _epilogue(chain + ([side] if side else []), channels, arrays, side is not None)
     prepare = all_ops()[producer.op].prepare
     assert prepare is not None  # producers are declared with a kernel's prepare
     call = prepare(producer, _param(arrays, producer, "weight"), values[source])
@@ -164,7 +202,10 @@ def _fused_step(
         def run(xs: Sequence[np.ndarray]) -> np.ndarray:
             return call(xs[0], epilogue, xs[1])
 
-    return Step(chain, inputs, chain[-1].outputs[0], run, *_param_size(chain, arrays))
+    nodes = chain + ([side] if side else [])
+    step = Step(nodes, inputs, chain[-1].outputs[0], run, *_param_size(nodes, arrays))
+    step.side_output = side.outputs[0] if side else None
+    return step
 
 
 def _param_size(nodes: Sequence[Node], arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
@@ -198,6 +239,7 @@ def _single_step(
 
 
 def _assign_releases(steps: list[Step], outputs: set[str]) -> None:
+    """Each value is released after the last step that reads it (graph outputs never)."""
     last_read: dict[str, int] = {}
     for i, step in enumerate(steps):
         for name in step.inputs:

@@ -211,10 +211,10 @@ class Model:
             for i, step in enumerate(self._steps):
                 inputs = [env[name] for name in step.inputs]
                 if step_times is None:
-                    env[step.output] = step.run(inputs)
+                    step.store(env, step.run(inputs))
                 else:
                     start = time.perf_counter()
-                    env[step.output] = step.run(inputs)
+                    step.store(env, step.run(inputs))
                     step_times[i] += time.perf_counter() - start
                 if find_non_finite and not _finite(env[step.output]):
                     raise NonFiniteError(

@@ -20,6 +20,9 @@ An :class:`OpDef` says everything the rest of the project needs to know about on
   (``add`` needs none: its other input is the kernel's residual);
 - ``integer_output``: its float output holds exact integers (the popcount sums), which lets
   ``passes.export.fold`` round the next threshold exactly;
+- ``side_quantize`` (producers): its kernel can write a fused chain's float output and that
+  output's quantized bits in one pass (a block output read by the next binary layer's
+  ``quantize`` and by a shortcut);
 - its **semantics** in one line, for the op table of ``docs/IR.md``.
 
 Everything else derives from these declarations: validation of a file
@@ -162,6 +165,7 @@ class OpDef:
     fusion: str | None = None
     epilogue: Callable[[Params, Attrs], dict[str, Any]] | None = None
     integer_output: bool = False
+    side_quantize: bool = False
     work: Cost = elements
     scratch: Cost = no_scratch
 
@@ -287,6 +291,8 @@ def register(op: OpDef) -> OpDef:
         raise ValueError(f"op {op.name!r} needs exactly one of run and prepare")
     if op.fusion in ("affine", "activation", "quantize") and op.epilogue is None:
         raise ValueError(f"op {op.name!r} has fusion role {op.fusion!r} but no epilogue")
+    if op.side_quantize and op.fusion != "producer":
+        raise ValueError(f"op {op.name!r}: only a producer can take a side quantize")
     OPS[op.name] = op
     return op
 

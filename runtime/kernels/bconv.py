@@ -377,6 +377,7 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
         for j in range(run):
             offsets[ky * run + j] = ky * row_words + j
     has_residual = residual.shape[0] > 0
+    has_float = out_float.shape[0] > 0  # not quantizing, or keeping the floats beside the bits
     no_float = np.empty(0, np.float32)
     no_bits = np.empty(0, np.uint64)
     for r in prange(n_batch * out_h):
@@ -425,7 +426,7 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
                 bits = _valid_bits(acc, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding)
                 finish_popcounts(acc, bits, y, residual[n, oy, x] if has_residual else no_float,
                                  table, activation, quantize,
-                                 no_float if quantize else out_float[n, oy, x],
+                                 out_float[n, oy, x] if has_float else no_float,
                                  out_bits[n, oy, x] if quantize else no_bits)
             ox += pixels
 
@@ -437,18 +438,19 @@ def bconv2d(
     *,
     residual: np.ndarray | None = None,
     out: np.ndarray | None = None,
-) -> np.ndarray:
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Binary convolution of packed activations uint64[N, H, W, ceil(C/64)] (NHWC).
 
     Returns float32[N, OH, OW, O] (the epilogue applied to the exact integer sums), or packed
-    bits uint64[N, OH, OW, ceil(O/64)] when the epilogue quantizes. ``residual`` f32[N, OH, OW,
+    bits uint64[N, OH, OW, ceil(O/64)] when the epilogue quantizes, or the pair (floats, bits)
+    when it also keeps the floats (``keep_float``). ``residual`` f32[N, OH, OW,
     O] is added after the affine, before the activation. Threads: ``numba.set_num_threads``.
     """
     height, width = plan.in_hw
     cw = words_for(plan.in_channels)
     epilogue = check_call(
         LAYER, a_bits, np.uint64, (height, width, cw), epilogue, plan.out_channels,
-        " (packed NHWC)",
+        " (packed NHWC)", keep_float=True,
     )  # fmt: skip
     shape = (a_bits.shape[0], *plan.out_hw, plan.out_channels)
     residual = check_residual(residual, shape)

@@ -23,9 +23,11 @@ def check_call(
     epilogue: Epilogue | None,
     out_channels: int,
     layout: str = "",
+    keep_float: bool = False,
 ) -> Epilogue:
-    """Check that ``x`` is ``dtype[N, *trailing]`` and ``epilogue`` is for ``out_channels``;
-    return the epilogue (the identity one when None)."""
+    """Check that ``x`` is ``dtype[N, *trailing]`` and ``epilogue`` is for ``out_channels``
+    (and keeps floats beside bits only where the kernel can: ``keep_float``); return the
+    epilogue (the identity one when None)."""
     if (
         not isinstance(x, np.ndarray)
         or x.dtype != dtype
@@ -40,4 +42,6 @@ def check_call(
         raise InputError(
             f"epilogue is for {epilogue.channels} channels, the {layer} has {out_channels}."
         )
+    if epilogue.keep_float and not keep_float:
+        raise InputError(f"the {layer} kernel writes floats or bits, not both (keep_float).")
     return epilogue

@@ -8,6 +8,7 @@ binary layers):
     y = y - gamma[o] + zeta[o]          if y >= gamma[o]    RPReLU (ReActNet); PReLU is the
     y = beta[o] * (y - gamma[o]) + zeta[o]  otherwise        case gamma = zeta = 0, beta = slope
     bit = sign[o] * y >= sign[o] * threshold[o]         optional quantize -> packed bits
+                                                        (with ``keep_float``, the floats too)
 
 Every step is evaluated in float32 in exactly the order of the unfused ops of docs/IR.md
 (``affine``, ``add``, ``rprelu``/``prelu``, ``quantize``; no FMA contraction), so fusing
@@ -34,13 +35,16 @@ class Epilogue:
     """Per-channel parameters of the fused output transform (build it with ``make_epilogue``).
 
     ``table`` f32[7, O] rows: scale, bias, gamma, zeta, beta, sign, sign*threshold.
-    ``activation``: ACT_NONE or ACT_RPRELU. ``quantize``: output packed bits instead of float.
+    ``activation``: ACT_NONE or ACT_RPRELU. ``quantize``: output packed bits instead of float;
+    ``keep_float`` (with ``quantize``): output both, the floats and their bits (a block output
+    that feeds the next binary layer and a shortcut). Kernels that take it: ``bconv2d``.
     """
 
     channels: int
     table: np.ndarray
     activation: int
     quantize: bool
+    keep_float: bool = False
 
     def output_last_dim(self) -> int:
         """Size of the output's last axis: O floats, or ceil(O/64) words when quantizing."""
@@ -68,14 +72,19 @@ def make_epilogue(
     prelu: np.ndarray | None = None,
     rprelu: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
     quantize: tuple[np.ndarray, np.ndarray | None] | None = None,
+    keep_float: bool = False,
 ) -> Epilogue:
     """Build the fused output transform of a layer with ``channels`` outputs.
 
     scale, bias: f32[O] (default 1 and 0). prelu: slope f32[O] or f32[1]. rprelu: (gamma, zeta,
     beta), each f32[O]. quantize: (threshold f32[O], sign int8[O] of +-1 or None for +1); when
-    given the kernel writes packed bits uint64[..., ceil(O/64)] instead of float32[..., O].
-    Raises InvalidModelError on a parameter of the wrong dtype or shape.
+    given the kernel writes packed bits uint64[..., ceil(O/64)] instead of float32[..., O], and
+    with ``keep_float`` both (the result is then the pair (floats, bits)).
+    Raises InvalidModelError on a parameter of the wrong dtype or shape, or ``keep_float``
+    without ``quantize``.
     """
+    if keep_float and quantize is None:
+        raise InvalidModelError("an epilogue keeps its floats beside bits only when it quantizes.")
     if prelu is not None and rprelu is not None:
         raise InvalidModelError("an epilogue takes one activation: prelu or rprelu, not both.")
     table = np.zeros((7, channels), np.float32)
@@ -93,7 +102,7 @@ def make_epilogue(
     table[SIGN] = 1.0
     if quantize is not None:
         table[SIGN], table[SIGNED_THRESHOLD] = signed_threshold_table(*quantize, channels)
-    return Epilogue(channels, table, activation, quantize is not None)
+    return Epilogue(channels, table, activation, quantize is not None, keep_float)
 
 
 @njit(cache=True, inline="always")
@@ -101,7 +110,8 @@ def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
     """Apply the epilogue to one pixel's float32 row ``y`` [O] (modified in place) and store it.
 
     ``residual`` is f32[O] or empty (no shortcut). Writes ``out_bits`` (uint64[ceil(O/64)])
-    when ``quantize``, else ``out_float`` (f32[O]); the other one is ignored.
+    when ``quantize`` and ``out_float`` (f32[O]) when it is not empty: pass an empty array for
+    the one not wanted (both are written for an epilogue with ``keep_float``).
     """
     scale, bias = table[SCALE], table[BIAS]
     for o in range(y.shape[0]):
@@ -135,7 +145,8 @@ def _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
     pass over the channels per case (one loop a case keeps every loop branch-free for the
     vectorizer; RPReLU's two sides become a blend)."""
     channels = y.shape[0]
-    target = y if quantize else out_float
+    keep = out_float.shape[0] > 0
+    target = out_float if keep else y
     gamma, zeta, beta = table[GAMMA], table[ZETA], table[BETA]
     if residual.shape[0] > 0:
         if activation == ACT_RPRELU:
@@ -151,22 +162,23 @@ def _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
             v = y[o]
             shifted = v - gamma[o]
             target[o] = (shifted if v >= gamma[o] else beta[o] * shifted) + zeta[o]
-    elif not quantize:  # an element loop: numba's slice assignment costs ~30 ns per call
+    elif keep:  # an element loop: numba's slice assignment costs ~30 ns per call
         for o in range(channels):
             out_float[o] = y[o]
     if quantize:
-        pack_row(y, table[SIGN], table[SIGNED_THRESHOLD], out_bits)
+        pack_row(target, table[SIGN], table[SIGNED_THRESHOLD], out_bits)
 
 
 @njit(cache=True, parallel=True)
 def _finish_rows(y, residual, table, activation, quantize, out_float, out_bits):
     """finish_pixel over every row of y f32[M, O] (rows in parallel)."""
     has_residual = residual.shape[0] > 0
+    has_float = out_float.shape[0] > 0
     no_float = np.empty(0, np.float32)
     no_bits = np.empty(0, np.uint64)
     for r in prange(y.shape[0]):
         finish_pixel(y[r], residual[r] if has_residual else no_float, table, activation,
-                     quantize, no_float if quantize else out_float[r],
+                     quantize, out_float[r] if has_float else no_float,
                      out_bits[r] if quantize else no_bits)
 
 
@@ -190,7 +202,15 @@ def output_buffers(
     """(result, float target, bits target) for an output of ``shape[:-1] + [O]``.
 
     The unused target is an empty array of the same rank, so every call has one signature.
+    With ``keep_float`` both targets are new arrays and the result is the pair of them
+    (``out`` must then be None).
     """
+    if epilogue.keep_float:
+        if out is not None:
+            raise InputError("out= cannot take the two outputs of a keep_float epilogue.")
+        floats = np.empty(shape, np.float32)
+        bits = np.empty((*shape[:-1], words_for(epilogue.channels)), np.uint64)
+        return (floats, bits), floats, bits
     dtype = np.uint64 if epilogue.quantize else np.float32
     full = (*shape[:-1], epilogue.output_last_dim())
     if out is None:

@@ -150,6 +150,7 @@ register(
         prepare=_prepare_bconv2d,
         fusion="producer",
         integer_output=True,
+        side_quantize=True,
         work=_bconv_work,
         scratch=_bconv_scratch,
     )

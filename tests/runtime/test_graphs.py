@@ -82,15 +82,31 @@ def test_residual_blocks_fuse_into_one_kernel_and_match_exactly(channels, size, 
     b.output(b.affine(b.bconv2d(b.quantize(h), 4, 3, 2, 1)))
     (got,), (expected,), model = run_both(b, batch)
     np.testing.assert_array_equal(got, expected)
-    # block 1's output also feeds block 2's shortcut, so its quantize stays a separate step;
-    # block 2's output feeds only the last quantize, which folds into the kernel's epilogue
+    # block 1's output also feeds block 2's shortcut: its kernel writes the floats and, as a
+    # side output, the bits of block 2's quantize; block 2's output feeds only the last
+    # quantize, which folds into the kernel's epilogue as its last stage
     assert labels(model) == [
         "quantize",
-        "bconv2d+affine+add+rprelu",
-        "quantize",
+        "bconv2d+affine+add+rprelu+quantize",
         "bconv2d+affine+add+rprelu+quantize",
         "bconv2d+affine",
     ]
+    assert [step.side_output is not None for step in model.plan] == [False, True, False, False]
+
+
+def test_side_quantize_of_a_block_output_that_is_also_a_graph_output():
+    """The float output of a side-quantize step stays a graph output; the bits feed the next
+    binary conv."""
+    b = IRBuilder(seed=21)
+    x = b.input([64, 5, 5])
+    h = residual_block(b, x, 64)
+    b.output(h)
+    b.output(b.affine(b.bconv2d(b.quantize(h), 8, 3, 1, 1)))
+    got, expected, model = run_both(b, batch=2)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(g, e)
+    assert labels(model) == ["quantize", "bconv2d+affine+add+rprelu+quantize", "bconv2d+affine"]
+    assert model.plan[1].outputs == [h, model.plan[2].inputs[0]]
 
 
 def test_no_fusion_through_a_value_used_twice_or_an_output():
@@ -244,7 +260,7 @@ def test_liveness_releases_every_intermediate_once_after_its_last_reader():
     released = [name for step in steps for name in step.release]
     assert len(released) == len(set(released))
     outputs = {spec.name for spec in model.outputs}
-    produced = {x} | {step.output for step in steps}
+    produced = {x} | {name for step in steps for name in step.outputs}
     assert set(released) == produced - outputs
     for i, step in enumerate(steps):
         later_reads = {name for later in steps[i + 1 :] for name in later.inputs}

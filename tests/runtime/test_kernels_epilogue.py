@@ -122,6 +122,18 @@ def test_fused_epilogue_equals_unfused_ops(channels, use_affine, use_residual, a
             np.testing.assert_array_equal(unpack(got, channels), expected, err_msg=name)
         else:
             np.testing.assert_array_equal(got, expected, err_msg=name)
+        if not use_quantize:
+            continue
+        # keep_float: the floats and their bits from one call (bconv2d only; the others refuse)
+        both = make_epilogue(channels, scale=scale, bias=bias, prelu=prelu, rprelu=rprelu,
+                             quantize=quantize, keep_float=True)
+        if name != "bconv2d":
+            with pytest.raises(InputError, match="not both"):
+                run(both, residual)
+            continue
+        floats, bits = run(both, residual)
+        np.testing.assert_array_equal(floats, before, err_msg=name)
+        np.testing.assert_array_equal(unpack(bits, channels), expected, err_msg=name)
 
 
 def test_make_epilogue_rejects_bad_parameters():
@@ -133,6 +145,8 @@ def test_make_epilogue_rejects_bad_parameters():
         make_epilogue(4, prelu=np.ones(4, np.float32), rprelu=(np.ones(4, np.float32),) * 3)
     with pytest.raises(InvalidModelError, match="rprelu beta"):
         make_epilogue(4, rprelu=(np.ones(4, np.float32),) * 2 + (np.ones(2, np.float32),))
+    with pytest.raises(InvalidModelError, match="only when it quantizes"):
+        make_epilogue(4, keep_float=True)
 
 
 def test_epilogue_must_match_the_layer():
