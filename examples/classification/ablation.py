@@ -13,7 +13,9 @@ and is evaluated in PyTorch and, packed (`binarize.pack`), in the Numba runtime.
   stages -> + progressive lambda -> + distillation, which is the `bulat` recipe;
 - the recipes xnor, bireal, reactnet and dybnn as registered;
 - the schedule question (Fashion-MNIST only): reactnet and dybnn with one stage and with
-  two, at the base budget and at 3x that.
+  two, at the base budget and at 3x that;
+- the distillation question (Fashion-MNIST only): reactnet and dybnn (one stage) on the
+  labels only, without their distributional loss from the float teacher, at both budgets.
 
 Modes (all use one torch thread per process and `--jobs` processes at once, 2 by default;
 CUDA when present):
@@ -116,7 +118,7 @@ def tasks_of(mode: Mode, seeds: int, datasets: Sequence[str], cache: Path) -> tu
         for d in datasets
         for s in range(seeds)
         for row in rows.all_rows()
-        if row.group != "schedule" or d in mode.schedule_datasets
+        if row.group not in rows.QUESTIONS or d in mode.schedule_datasets
     ]
     binary.sort(key=lambda t: -t.epochs)  # longest first: the pool ends with short runs
     return floats, binary
@@ -158,7 +160,7 @@ def estimate_full(records: Sequence[dict[str, Any]], measured: Mode, jobs: int) 
     """
     full, m = MODES["full"], measured.config
     f = full.config
-    schedule_rows = {row.name for row in rows.schedule_question()}
+    schedule_rows = {row.name for row in rows.all_rows() if row.group in rows.QUESTIONS}
     per_row: dict[tuple[str, str], list[float]] = {}
     unique = {(r["dataset"], r["seed"], r["epochs"], r["test_accuracy"], r["wall_seconds"]): r
               for r in records}  # a run reported under two names counts once

@@ -92,6 +92,25 @@ def schedule_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[s
     return lines
 
 
+def distillation_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[str]:
+    """Markdown rows: the registered distributional loss vs the labels only, one stage."""
+    lines = [
+        "| recipe | epochs | distilled (registered) % | labels only % | labels - distilled "
+        "(points, ± standard error) | verdict for labels only |",
+        "|---|---|---|---|---|---|",
+    ]
+    for recipe in ("reactnet", "dybnn"):
+        for budget in ("short", "long"):
+            kd = [r["test_accuracy"] for r in groups[dataset, f"{recipe} one stage", budget]]
+            labels = [r["test_accuracy"] for r in groups[dataset, f"{recipe} labels only", budget]]
+            diff, se, verdict = difference(kd, labels)
+            lines.append(
+                f"| {recipe} | {epochs[budget]} | {_pct(kd)} | {_pct(labels)} | {diff:+.2f} ± "
+                f"{se:.2f} | {verdict} |"
+            )
+    return lines
+
+
 def plot_accuracy(groups: dict, datasets: Sequence[str], names: Sequence[str], path: Path) -> None:
     """Test accuracy per row with error bars (± one std over seeds), one panel per dataset."""
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
@@ -163,6 +182,9 @@ def write(
         if (dataset, "reactnet one stage", "short") in groups:
             lines += [f"One stage vs two stages ({dataset}):", ""]
             lines += [*schedule_table(groups, dataset, epochs), ""]
+        if (dataset, "reactnet labels only", "short") in groups:
+            lines += [f"Distillation from the float teacher vs the labels only ({dataset}):", ""]
+            lines += [*distillation_table(groups, dataset, epochs), ""]
     lines += ["![test accuracy per row](accuracy.png)", "", "![training curves](curves.png)", ""]
     lines += ["## Notes", "", *notes, ""]
     path = out / "RESULTS.md"

@@ -1,4 +1,5 @@
-"""The rows of the ablation: the Bulat ladder, the other recipes, and the schedule question.
+"""The rows of the ablation: the Bulat ladder, the other recipes, and the schedule and
+distillation questions.
 
 Every row is a :class:`~binarize.recipes.Recipe` built with the public API only
 (``binarize.recipes.get(name).replace(...)``, the flat keywords of ``binarize.recipes.KEYWORDS``),
@@ -39,7 +40,8 @@ class Row:
 
     Attributes:
         name: what the table shows.
-        group: "ladder", "recipe" or "schedule".
+        group: "ladder", "recipe", "schedule" or "distillation" (the last two are the
+            questions asked on one dataset only, ``QUESTIONS``).
         recipe: the recipe the binary network is converted with.
         budget: "short" (the base number of epochs) or "long" (``--long-factor`` times it).
     """
@@ -96,6 +98,21 @@ def schedule_question() -> list[Row]:
     return rows
 
 
+def distillation_question() -> list[Row]:
+    """ReActNet and DyBNN (one stage) trained on the labels only, at both budgets: against the
+    schedule question's "one stage" rows (their registered distributional loss from the float
+    teacher), this says what the teacher's signal is worth."""
+    rows = []
+    for name in ("reactnet", "dybnn"):
+        variant = recipes.get(name).replace(schedule=ONE_STAGE, distill=None)
+        rows.append(Row(f"{name} labels only", "distillation", variant))
+        rows.append(Row(f"{name} labels only", "distillation", variant, "long"))
+    return rows
+
+
+QUESTIONS = ("schedule", "distillation")  # row groups asked on `Mode.schedule_datasets` only
+
+
 def all_rows() -> list[Row]:
     """Every binary row of the ablation, in table order."""
-    return [*ladder(), *other_recipes(), *schedule_question()]
+    return [*ladder(), *other_recipes(), *schedule_question(), *distillation_question()]
