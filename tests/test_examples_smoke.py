@@ -55,13 +55,13 @@ def test_classification_ablation_smoke(tmp_path: Path) -> None:
     records = json.loads((out / "results.json").read_text())
     binary = [r for r in records if r["name"] != "float"]
     # 5 rungs + 4 recipes + 8 schedule rows + 4 distillation rows; the registered reactnet and
-    # dybnn (one stage by default) are the "one stage" short runs, run once and reported under
-    # both names
+    # dybnn (one stage on the labels by default) are the "labels only" short runs, run once
+    # and reported under both names
     assert len(records) == 22 and len(binary) == 21
     assert len({(r["name"], r["budget"]) for r in binary}) == 21
     by_name = {(r["name"], r["budget"]): r for r in binary}
     for recipe in ("reactnet", "dybnn"):
-        same = by_name[recipe, "short"], by_name[f"{recipe} one stage", "short"]
+        same = by_name[recipe, "short"], by_name[f"{recipe} labels only", "short"]
         assert same[0]["test_accuracy"] == same[1]["test_accuracy"]
     for record in binary:  # the packed file answers as the PyTorch student does
         assert record["runtime_agreement"] >= 0.95, record

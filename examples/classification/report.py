@@ -93,9 +93,9 @@ def schedule_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[s
 
 
 def distillation_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[str]:
-    """Markdown rows: the registered distributional loss vs the labels only, one stage."""
+    """Markdown rows: the papers' distributional loss vs the labels only, one stage."""
     lines = [
-        "| recipe | epochs | distilled (registered) % | labels only % | labels - distilled "
+        "| recipe | epochs | distributional (papers') % | labels only % | labels - distributional "
         "(points, ± standard error) | verdict for labels only |",
         "|---|---|---|---|---|---|",
     ]
