@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -349,7 +350,9 @@ class _Run:
         bar = tqdm(
             loader,
             desc=f"epoch {epoch + 1}/{self.options.epochs}{self._stage_label()}",
-            disable=not (self.options.progress and self.is_main),
+            # a bar on a terminal only: in a log (CI, a file) the epoch's line of _report says
+            # it once instead of a carriage-return flood
+            disable=not (self.options.progress and self.is_main and _is_terminal(sys.stderr)),
             leave=True,
             dynamic_ncols=True,
         )
@@ -470,6 +473,7 @@ class _Run:
         return {k: f"{v:.4f}" for k, v in averages.items()}
 
     def _report(self, record: dict[str, Any]) -> None:
+        """One line per epoch (on a terminal below its bar, in a log on its own)."""
         if not (self.options.progress and self.is_main):
             return
         parts = [
@@ -635,3 +639,9 @@ def _averages(totals: Tensor, metric_name: str | None) -> dict[str, float]:
     return averages
 
 
+def _is_terminal(stream: Any) -> bool:
+    """Whether `stream` (tqdm writes its bar to stderr) is an interactive terminal."""
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # closed or replaced streams
+        return False
