@@ -65,6 +65,67 @@ print(json.dumps({"import": t1 - t0, "load": t2 - t1, "first_predict": t3 - t2,
 """
 
 
+ALONE = """
+import sys, time, json
+import numpy as np
+side, path, repeats = sys.argv[1], sys.argv[2], int(sys.argv[3])
+x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+if side == "runtime":  # no torch in this process: a deployed model's situation
+    import runtime
+    calls = {t: runtime.load(path, threads=t).predict for t in (1, 2)}
+    arg = x
+else:
+    import torch
+    from binarize.models import resnet18
+    torch.set_grad_enabled(False)
+    net = resnet18().eval()
+    calls = {t: net for t in (1, 2)}
+    arg = torch.from_numpy(x)
+times = {t: [] for t in calls}
+for repeat in range(3 + repeats):
+    for t, call in calls.items():
+        if side == "torch":
+            torch.set_num_threads(t)
+        start = time.perf_counter()
+        call(arg)
+        if repeat >= 3:
+            times[t].append(time.perf_counter() - start)
+assert side == "torch" or "torch" not in sys.modules
+print(json.dumps({t: sorted(v) for t, v in times.items()}))
+"""
+
+
+def alone(path: Path, repeats: int, rounds: int = 3) -> list[dict]:
+    """Runtime and torch each in a process of its own (the runtime's without torch, as a
+    deployed model runs), `rounds` alternating blocks of `repeats // rounds` repeats each.
+
+    Why: in one process torch's OpenMP workers keep spinning for a while after each call
+    and take one of the two cores from the runtime's second thread; interleaved in one
+    process, Bi-Real-18 at 2 threads measured 10.9-11.1 ms, alone 8.7 ms.
+    """
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    times: dict[tuple[int, str], list[float]] = {}
+    for _ in range(rounds):
+        for side in ("runtime", "torch"):
+            out = subprocess.run(
+                [sys.executable, "-c", ALONE, side, str(path), str(max(1, repeats // rounds))],
+                env=env, capture_output=True, text=True, check=True, cwd=REPO,
+            )  # fmt: skip
+            for threads, values in json.loads(out.stdout.strip().splitlines()[-1]).items():
+                times.setdefault((int(threads), side), []).extend(values)
+    return [
+        {
+            "threads": threads,
+            **{f"{side}_min": min(times[threads, side]) for side in ("runtime", "torch")},
+            **{
+                f"{side}_median": float(np.median(times[threads, side]))
+                for side in ("runtime", "torch")
+            },
+        }
+        for threads in THREADS
+    ]
+
+
 def time_call(fn, x) -> float:
     start = time.perf_counter()
     fn(x)
@@ -180,7 +241,8 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
-def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str:
+def report(speed_rows, size, startup, parts, repeats: int, product: dict,
+           alone_rows: list[dict]) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -232,6 +294,25 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict) -> str
                 f"{ms(row['torch_median'])} | {row['torch_min'] / row['runtime_min']:.2f}x | "
                 f"{row['torch_median'] / row['runtime_median']:.2f}x |"
             )
+    lines += [
+        "",
+        "Each alone in a process of its own (the runtime's without torch, as a deployed model"
+        " runs; 3 alternating blocks, same repeats): in one process torch's OpenMP workers keep"
+        " spinning after each call and take a core from the runtime's second thread.",
+        "",
+        "| threads | runtime min / median (ms) | torch min / median (ms) | speed-up (min) |"
+        " speed-up (median) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {row['threads']} | {ms(row['runtime_min'])} / {ms(row['runtime_median'])} | "
+        f"{ms(row['torch_min'])} / {ms(row['torch_median'])} | "
+        f"{row['torch_min'] / row['runtime_min']:.2f}x | "
+        f"{row['torch_median'] / row['runtime_median']:.2f}x |"
+        for row in alone_rows
+    ]
+    one_alone, two_alone = (row["runtime_min"] for row in alone_rows)
+    lines += ["", f"The runtime's second thread, alone: {one_alone / two_alone:.2f}x (min)."]
     one, two = parts
     total, total2 = sum(one.values()), sum(two.values())
     lines += [
@@ -317,6 +398,8 @@ def main() -> None:
         print("size:", size)
         speed_rows = speed(path, args.repeats)
         print("speed:", speed_rows)
+        alone_rows = alone(path, args.repeats)
+        print("alone:", alone_rows)
         parts = breakdown(path, args.repeats), breakdown(path, args.repeats, threads=2)
         print("breakdown:", parts)
         product = {}
@@ -325,7 +408,9 @@ def main() -> None:
             pack_converted(recipe, converted)
             product[recipe] = speed(converted, args.repeats)
             print(recipe, product[recipe])
-    args.output.write_text(report(speed_rows, size, startup, parts, args.repeats, product))
+    args.output.write_text(
+        report(speed_rows, size, startup, parts, args.repeats, product, alone_rows)
+    )
     print(f"wrote {args.output}")
 
 
