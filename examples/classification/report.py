@@ -73,39 +73,24 @@ def ladder_table(groups: dict, dataset: str, names: Sequence[str]) -> list[str]:
     return lines
 
 
-def schedule_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[str]:
-    """Markdown rows: one vs two stages for reactnet and dybnn at both budgets."""
+def question_table(
+    groups: dict, dataset: str, epochs: dict[str, int], a: tuple[str, str], b: tuple[str, str]
+) -> list[str]:
+    """Markdown rows: variant b minus variant a for reactnet and dybnn at both budgets; a and b
+    are (column label, row-name suffix), e.g. ("one stage", "one stage")."""
+    (label_a, suffix_a), (label_b, suffix_b) = a, b
     lines = [
-        "| recipe | epochs | one stage % | two stages % | two - one (points, ± standard error) "
-        "| verdict for two stages |",
+        f"| recipe | epochs | {label_a} % | {label_b} % | {label_b} - {label_a} (points, ± "
+        f"standard error) | verdict for {label_b} |",
         "|---|---|---|---|---|---|",
     ]
     for recipe in ("reactnet", "dybnn"):
         for budget in ("short", "long"):
-            one = [r["test_accuracy"] for r in groups[dataset, f"{recipe} one stage", budget]]
-            two = [r["test_accuracy"] for r in groups[dataset, f"{recipe} two stages", budget]]
-            diff, se, verdict = difference(one, two)
+            first = [r["test_accuracy"] for r in groups[dataset, f"{recipe} {suffix_a}", budget]]
+            second = [r["test_accuracy"] for r in groups[dataset, f"{recipe} {suffix_b}", budget]]
+            diff, se, verdict = difference(first, second)
             lines.append(
-                f"| {recipe} | {epochs[budget]} | {_pct(one)} | {_pct(two)} | {diff:+.2f} ± "
-                f"{se:.2f} | {verdict} |"
-            )
-    return lines
-
-
-def distillation_table(groups: dict, dataset: str, epochs: dict[str, int]) -> list[str]:
-    """Markdown rows: the papers' distributional loss vs the labels only, one stage."""
-    lines = [
-        "| recipe | epochs | distributional (papers') % | labels only % | labels - distributional "
-        "(points, ± standard error) | verdict for labels only |",
-        "|---|---|---|---|---|---|",
-    ]
-    for recipe in ("reactnet", "dybnn"):
-        for budget in ("short", "long"):
-            kd = [r["test_accuracy"] for r in groups[dataset, f"{recipe} one stage", budget]]
-            labels = [r["test_accuracy"] for r in groups[dataset, f"{recipe} labels only", budget]]
-            diff, se, verdict = difference(kd, labels)
-            lines.append(
-                f"| {recipe} | {epochs[budget]} | {_pct(kd)} | {_pct(labels)} | {diff:+.2f} ± "
+                f"| {recipe} | {epochs[budget]} | {_pct(first)} | {_pct(second)} | {diff:+.2f} ± "
                 f"{se:.2f} | {verdict} |"
             )
     return lines
@@ -181,10 +166,12 @@ def write(
         lines += [*ladder_table(groups, dataset, ladder), ""]
         if (dataset, "reactnet one stage", "short") in groups:
             lines += [f"One stage vs two stages ({dataset}):", ""]
-            lines += [*schedule_table(groups, dataset, epochs), ""]
+            stages = ("one stage", "one stage"), ("two stages", "two stages")
+            lines += [*question_table(groups, dataset, epochs, *stages), ""]
         if (dataset, "reactnet labels only", "short") in groups:
             lines += [f"Distillation from the float teacher vs the labels only ({dataset}):", ""]
-            lines += [*distillation_table(groups, dataset, epochs), ""]
+            losses = ("distributional (papers')", "one stage"), ("labels", "labels only")
+            lines += [*question_table(groups, dataset, epochs, *losses), ""]
     lines += ["![test accuracy per row](accuracy.png)", "", "![training curves](curves.png)", ""]
     lines += ["## Notes", "", *notes, ""]
     path = out / "RESULTS.md"
