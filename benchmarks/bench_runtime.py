@@ -113,6 +113,11 @@ def alone(path: Path, repeats: int, rounds: int = 3) -> list[dict]:
             )  # fmt: skip
             for threads, values in json.loads(out.stdout.strip().splitlines()[-1]).items():
                 times.setdefault((int(threads), side), []).extend(values)
+    return summarize(times)
+
+
+def summarize(times: dict[tuple[int, str], list[float]]) -> list[dict]:
+    """Per thread count: min and median seconds of the runtime and of torch."""
     return [
         {
             "threads": threads,
@@ -148,17 +153,7 @@ def speed(path: Path, repeats: int) -> list[dict]:
                 if repeat >= 3:
                     times[threads, "runtime"].append(ours)
                     times[threads, "torch"].append(theirs)
-    return [
-        {
-            "threads": threads,
-            **{f"{side}_min": min(times[threads, side]) for side in ("runtime", "torch")},
-            **{
-                f"{side}_median": float(np.median(times[threads, side]))
-                for side in ("runtime", "torch")
-            },
-        }
-        for threads in THREADS
-    ]
+    return summarize(times)
 
 
 def pack_converted(recipe: str, path: Path) -> None:

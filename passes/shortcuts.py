@@ -117,6 +117,11 @@ def _has_shortcut(gm: fx.GraphModule, out: fx.Node, source: fx.Node) -> bool:
     return False
 
 
+def _is_merge(node: fx.Node) -> bool:
+    """An add or a concatenation: where a value joins a residual stream."""
+    return is_add(node) or (node.op == "call_function" and node.target in _MERGES)
+
+
 def _is_normalized(gm: fx.GraphModule, node: fx.Node) -> bool:
     """Whether ``node`` is a BatchNorm output, maybe through scale-keeping single-input ops."""
     while True:
@@ -125,8 +130,7 @@ def _is_normalized(gm: fx.GraphModule, node: fx.Node) -> bool:
             return True
         inputs = node.all_input_nodes
         weighted = isinstance(module, _SCALE_FREE_READERS + _REAL_READERS)
-        merge = is_add(node) or (node.op == "call_function" and node.target in _MERGES)
-        if len(inputs) != 1 or weighted or merge or node.op == "placeholder":
+        if len(inputs) != 1 or weighted or _is_merge(node) or node.op == "placeholder":
             return False
         node = inputs[0]
 
@@ -143,7 +147,7 @@ def _reaches_real_reader(gm: fx.GraphModule, out: fx.Node) -> bool:
         seen.add(node)
         if node.op == "output":
             return True
-        if is_add(node) or (node.op == "call_function" and node.target in _MERGES):
+        if _is_merge(node):
             continue
         module = module_of(gm, node)
         if isinstance(module, _SCALE_FREE_READERS):

@@ -185,7 +185,8 @@ def _fused_step(
     producer = chain[0]
     source = producer.inputs[0]
     channels = values[producer.outputs[0]].channels
-    epilogue = _epilogue(chain + ([side] if side else []), channels, arrays, side is not None)
+    nodes = chain + ([side] if side else [])
+    epilogue = _epilogue(nodes, channels, arrays, side is not None)
     prepare = all_ops()[producer.op].prepare
     assert prepare is not None  # producers are declared with a kernel's prepare
     call = prepare(producer, _param(arrays, producer, "weight"), values[source])
@@ -202,10 +203,8 @@ def _fused_step(
         def run(xs: Sequence[np.ndarray]) -> np.ndarray:
             return call(xs[0], epilogue, xs[1])
 
-    nodes = chain + ([side] if side else [])
-    step = Step(nodes, inputs, chain[-1].outputs[0], run, *_param_size(nodes, arrays))
-    step.side_output = side.outputs[0] if side else None
-    return step
+    return Step(nodes, inputs, chain[-1].outputs[0], run, *_param_size(nodes, arrays),
+                side_output=side.outputs[0] if side else None)
 
 
 def _param_size(nodes: Sequence[Node], arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:

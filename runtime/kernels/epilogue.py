@@ -140,6 +140,13 @@ def finish_popcounts(popcounts, bits, y, residual, table, activation, quantize, 
 
 
 @njit(cache=True, inline="always")
+def _rprelu(v, gamma, zeta, beta):
+    """(v - gamma) + zeta if v >= gamma else beta * (v - gamma) + zeta (IR ``rprelu``)."""
+    shifted = v - gamma
+    return (shifted if v >= gamma else beta * shifted) + zeta
+
+
+@njit(cache=True, inline="always")
 def _after_affine(y, residual, table, activation, quantize, out_float, out_bits):
     """The stages after the affine: residual, activation, store or quantize-and-pack, in one
     pass over the channels per case (one loop a case keeps every loop branch-free for the
@@ -151,17 +158,13 @@ def _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
     if residual.shape[0] > 0:
         if activation == ACT_RPRELU:
             for o in range(channels):
-                v = y[o] + residual[o]
-                shifted = v - gamma[o]
-                target[o] = (shifted if v >= gamma[o] else beta[o] * shifted) + zeta[o]
+                target[o] = _rprelu(y[o] + residual[o], gamma[o], zeta[o], beta[o])
         else:
             for o in range(channels):
                 target[o] = y[o] + residual[o]
     elif activation == ACT_RPRELU:
         for o in range(channels):
-            v = y[o]
-            shifted = v - gamma[o]
-            target[o] = (shifted if v >= gamma[o] else beta[o] * shifted) + zeta[o]
+            target[o] = _rprelu(y[o], gamma[o], zeta[o], beta[o])
     elif keep:  # an element loop: numba's slice assignment costs ~30 ns per call
         for o in range(channels):
             out_float[o] = y[o]
