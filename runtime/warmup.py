@@ -15,7 +15,7 @@ at build time:
   (bits inputs behind a ``quantize``, bits outputs read by a 1x1 ``bconv2d`` / ``bdense``);
   for every producer (conv, dense, their binary versions) a chain the plan fuses into one
   kernel call (producer -> affine -> add -> rprelu -> quantize); plus :data:`VARIANTS`, the
-  attrs that route an op to another kernel (a depthwise or grouped conv). Required attrs are
+  attrs that route an op to another kernel (a depthwise, grouped or deep conv). Required attrs are
   filled from :data:`FILL`. It then checks that every kernel of the runtime (each non-inlined
   ``numba`` dispatcher in the ``runtime`` package) was compiled or loaded; a kernel no graph
   reached is reported, so a new op or kernel cannot be forgotten here silently.
@@ -68,6 +68,8 @@ VARIANTS: dict[str, list[dict[str, Any]]] = {
     "conv2d": [  # runtime/kernels/conv.py: each routes to its own kernel
         {"groups": CHANNELS},  # depthwise
         {"groups": 2},  # grouped, not depthwise: the grouped im2col tile
+        # K = 9*9*8 = 648, past the direct FMA kernel's 512: im2col + BLAS tiles
+        {"kernel": [9, 9], "padding": [4, 4]},
     ],
 }
 """Extra attrs per op that reach another kernel than the defaults do."""

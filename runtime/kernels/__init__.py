@@ -36,7 +36,9 @@ byte-count accumulators), both exact on any host; None: chosen from numba's targ
 ``bdense(plan, a_bits u64[N, Fw], epilogue, *, residual, out)``.
 ``prepare_conv2d(weight f32[O, C/g, kh, kw], in_channels, in_hw, stride, padding, dilation,
 groups) -> ConvPlan``; ``conv2d(plan, x f32[N, H, W, C], epilogue, *, residual, out)``
-(conv bias: put it in the epilogue's bias).
+(conv bias: put it in the epilogue's bias). groups == 1 convs with K = kh*kw*C <= 512 run
+the direct FMA micro-kernel (``uses_direct``, runtime/kernels/conv_direct.py), the others
+im2col + BLAS per tile.
 ``prepare_dense(weight f32[O, F]) -> DensePlan``; ``dense(plan, x f32[N, F], epilogue, *,
 residual, out)`` (linear bias: the epilogue's bias).
 ``popcount64(word)``: the ``llvm.ctpop.i64`` intrinsic, for other nopython kernels.
@@ -53,12 +55,14 @@ predicts (``runtime.threads``).
 Every kernel is compiled with ``cache=True`` (set ``NUMBA_CACHE_DIR`` to a writable
 directory); all layers share one specialization per kernel. numba's cache does not notice
 edits to a helper inlined from another file (``finish_pixel``, ``finish_popcounts``,
-``pack_row``, the ``patch_popcounts*`` intrinsics of ``popcount.py``): after changing one,
+``pack_row``, the ``patch_popcounts*`` intrinsics of ``popcount.py``, the ``fma_block*``
+intrinsics of ``fma.py``): after changing one,
 delete the cache directory.
 """
 
 from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
-from runtime.kernels.conv import ConvPlan, conv2d, prepare_conv2d
+from runtime.kernels.conv import ConvPlan, conv2d, prepare_conv2d, uses_direct
+from runtime.kernels.conv_direct import scratch_floats as direct_scratch_floats
 from runtime.kernels.dense import DensePlan, bdense, dense, prepare_bdense, prepare_dense
 from runtime.kernels.epilogue import Epilogue, make_epilogue
 from runtime.kernels.pack import pack_bits, pack_bits_per_sample, words_for
@@ -73,6 +77,7 @@ __all__ = [
     "bdense",
     "conv2d",
     "dense",
+    "direct_scratch_floats",
     "make_epilogue",
     "pack_bits",
     "pack_bits_per_sample",
@@ -81,5 +86,6 @@ __all__ = [
     "prepare_bdense",
     "prepare_conv2d",
     "prepare_dense",
+    "uses_direct",
     "words_for",
 ]

@@ -57,15 +57,20 @@ def _conv_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
 
 
 def _conv_scratch(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
-    """im2col columns [OH*OW, kh*kw*C] and the GEMM result [OH*OW, O], float32; none for a
-    depthwise conv (direct kernel); a 1x1/stride 1/unpadded conv skips the im2col."""
+    """Float32 scratch per sample: none for a depthwise conv; for the direct kernel the
+    zero-padded input copy and one task's rows (``conv_direct.scratch_floats``); else the
+    im2col columns [OH*OW, kh*kw*C] and the GEMM result [OH*OW, O] (a 1x1/stride 1/unpadded
+    conv skips the im2col)."""
     c, o, groups = a["in_channels"], a["out_channels"], a["groups"]
     if groups == c and groups > 1:
         return 0
-    pixels = out.shape[1] * out.shape[2]
     kh, kw = a["kernel"]
-    direct = (kh, kw) == (1, 1) and a["stride"] == (1, 1) and a["padding"] == (0, 0)
-    return 4 * pixels * (o + (0 if direct else kh * kw * c))
+    if kernels.uses_direct(groups, kh * kw * c // groups):
+        return 4 * kernels.direct_scratch_floats(ins[0].shape[1:], c, o, a["padding"],
+                                                 out.shape[2])
+    pixels = out.shape[1] * out.shape[2]
+    pointwise = (kh, kw) == (1, 1) and a["stride"] == (1, 1) and a["padding"] == (0, 0)
+    return 4 * pixels * (o + (0 if pointwise else kh * kw * c))
 
 
 register(

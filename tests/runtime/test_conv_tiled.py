@@ -12,6 +12,7 @@ threshold.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -42,14 +43,18 @@ WHOLE = 10**9  # one tile: the whole batch
 TILE_PIXELS = [1, 7, 23, WHOLE]
 
 
-def make_case(case: tuple, rng: np.random.Generator, quantize: bool, residual: bool):
+def make_case(case: tuple, rng: np.random.Generator, quantize: bool, residual: bool,
+              tiled: bool = True):
     """(plan, x, weight, epilogue, residual, float epilogue) for ``case``: affine + optional
     residual + RPReLU, quantized to bits or float out; the float epilogue is the same chain
-    without the quantize (to find near-ties)."""
+    without the quantize (to find near-ties). ``tiled``: the plan of the tiled path, also
+    for the convs the direct kernel would take (those are tested in test_conv_direct.py)."""
     _, batch, channels, out_channels, hw, kernel, stride, padding, dilation, groups = case
     x = rng.standard_normal((batch, *hw, channels)).astype(np.float32)
     weight = rng.standard_normal((out_channels, channels // groups, *kernel)).astype(np.float32)
     plan = prepare_conv2d(weight, channels, hw, stride, padding, dilation, groups)
+    if tiled:
+        plan = dataclasses.replace(plan, direct=None)
 
     def vector(low: float, high: float) -> np.ndarray:
         return rng.uniform(low, high, out_channels).astype(np.float32)
@@ -194,6 +199,7 @@ def test_tile_size_rules():
 
 
 FORK_SCRIPT = """
+import dataclasses
 import multiprocessing
 import numba
 import numpy as np
@@ -203,6 +209,7 @@ from runtime.kernels import conv2d, prepare_conv2d
 rng = np.random.default_rng(0)
 x = rng.standard_normal((1, 64, 64, 3)).astype(np.float32)
 plan = prepare_conv2d(rng.standard_normal((64, 3, 7, 7)).astype(np.float32), 3, (64, 64), 2, 3)
+plan = dataclasses.replace(plan, direct=None)  # the tiled path and its pool
 numba.set_num_threads(2)
 conv_kernels._SPLIT_MACS = 0
 expected = conv2d(plan, x)  # the parent starts the 2-thread pool

@@ -112,12 +112,14 @@ def test_conv2d_row_split_among_threads_matches_reference(threads, monkeypatch):
     """The tiles of a big conv are shared among ``threads`` threads (the caller and a pool of
     threads - 1); 1 * 47 * 47 = 2209 output pixels divide evenly into neither the tiles nor
     the threads, so a split that drops or misplaces the remainder pixels, or offsets a tile,
-    differs from the reference (tests/runtime/test_conv_tiled.py tests the tiling itself)."""
+    differs from the reference (tests/runtime/test_conv_tiled.py tests the tiling itself).
+    K = 3*3*64 = 576 is past the direct kernel's limit, so the tiled path runs."""
     rng = np.random.default_rng(1)
-    size, channels, out_channels = 47, 16, 64  # 2209 * 144 * 64 MACs: far above the split size
+    size, channels, out_channels = 47, 64, 64  # 2209 * 576 * 64 MACs: far above the split size
     x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
     weight = rng.standard_normal((out_channels, channels, 3, 3)).astype(np.float32)
     plan = prepare_conv2d(weight, channels, (size, size), 1, 1)
+    assert plan.direct is None
     monkeypatch.setattr(conv_kernels, "_pools", {})  # to see below that the split ran
     before = numba.get_num_threads()
     if threads <= numba.config.NUMBA_NUM_THREADS:
