@@ -204,9 +204,7 @@ class Model:
         With ``step_times`` (one float per step), each step's duration is added to its entry."""
         env: dict[str, np.ndarray] = {}
         for spec, array in zip(self._graph.inputs, arrays):
-            env[spec.name] = (
-                np.ascontiguousarray(array.transpose(0, 2, 3, 1)) if array.ndim == 4 else array
-            )
+            env[spec.name] = _to_nhwc(array) if array.ndim == 4 else array
         with thread_limits(self.threads):
             for i, step in enumerate(self._steps):
                 inputs = [env[name] for name in step.inputs]
@@ -355,6 +353,23 @@ def _all_finite(array: np.ndarray) -> bool:
         np.isfinite(flat[start : start + FINITE_BLOCK]).all()
         for start in range(0, flat.size, FINITE_BLOCK)
     )
+
+
+def _to_nhwc(array: np.ndarray) -> np.ndarray:
+    """An NCHW array as a new C-contiguous NHWC array. With few channels (an image's 1-4),
+    one strided copy per channel plane: numpy's copy of the transposed view walks its
+    innermost axis of C elements one pixel at a time (a 3x224x224 image: 0.37 ms against
+    0.07 ms per plane, 3-6% of a Bi-Real-18 predict)."""
+    if array.shape[1] > _PLANE_COPY_CHANNELS:
+        return np.ascontiguousarray(array.transpose(0, 2, 3, 1))
+    n, c, h, w = array.shape
+    out = np.empty((n, h, w, c), array.dtype)
+    for k in range(c):
+        out[..., k] = array[:, k]
+    return out
+
+
+_PLANE_COPY_CHANNELS = 8
 
 
 def _finite(value: np.ndarray) -> bool:
