@@ -54,8 +54,8 @@ predicts (``runtime.threads``).
 
 Every kernel is compiled with ``cache=True`` (set ``NUMBA_CACHE_DIR`` to a writable
 directory); all layers share one specialization per kernel. numba's cache does not notice
-edits to a helper inlined from another file (``finish_pixel``, ``finish_popcounts``,
-``pack_row``, the ``patch_popcounts*`` intrinsics of ``popcount.py``, the ``fma_block*``
+edits to a helper inlined from another file (``finish_rows``, ``finish_popcounts_rows``,
+``pack_at``, the ``patch_popcounts*`` intrinsics of ``popcount.py``, the ``fma_block*``
 intrinsics of ``fma.py``): after changing one,
 delete the cache directory.
 """

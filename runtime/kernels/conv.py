@@ -8,7 +8,7 @@ the same fused epilogue as the binary kernels (affine, residual, activation, qua
   (``_tile_pixels``: about 192 KiB of im2col rows + results, so the tile stays in L2). Each
   tile is im2col'ed (a nogil numba kernel; a 1x1 / stride 1 / no padding conv reads its
   input rows in place), multiplied by the weight with numpy's BLAS (one GEMM per group, into
-  the columns of that group), and finished by the fused epilogue (``finish_pixel``, nogil)
+  the columns of that group), and finished by the fused epilogue (``finish_rows``, nogil)
   while it is still in cache. ``numba.get_num_threads()`` threads share the tiles: the
   caller and a persistent pool of Python threads each take the next unclaimed tile (BLAS
   and the nogil kernels release the GIL; during ``predict`` OpenBLAS itself runs one thread,
@@ -45,7 +45,7 @@ from runtime.kernels.epilogue import (
     Epilogue,
     _as_rows,
     check_residual,
-    finish_pixel,
+    finish_rows,
     output_buffers,
 )
 from runtime.kernels.geometry import conv_output_size, int_pair
@@ -241,51 +241,28 @@ def _im2col_grouped_tile(x, geometry, first, count, cols):
 
 @njit(cache=True, nogil=True)
 def _finish_tile(y, first, count, residual, table, activation, quantize, out_float, out_bits):
-    """The epilogue (``finish_pixel``) of output pixels first .. first + count from the GEMM
+    """The epilogue (``finish_rows``) of output pixels first .. first + count from the GEMM
     result y f32[>= count, O] (used as scratch); residual, out_float and out_bits are the
-    layer's [N*OH*OW, ...] rows (empty when unused).
-
-    One loop per (residual, quantize) case instead of choosing each pixel's row views with
-    ``a if flag else b``: such a choice costs a reference count update per view and pixel
-    (measured on the stem: 0.72 -> 0.38 ms per image).
-    """
-    no_float = np.empty(0, np.float32)
-    no_bits = np.empty(0, np.uint64)
-    if residual.shape[0] > 0:
-        if quantize:
-            for i in range(count):
-                finish_pixel(y[i], residual[first + i], table, activation, True, no_float,
-                             out_bits[first + i])
-        else:
-            for i in range(count):
-                finish_pixel(y[i], residual[first + i], table, activation, False,
-                             out_float[first + i], no_bits)
-    elif quantize:
-        for i in range(count):
-            finish_pixel(y[i], no_float, table, activation, True, no_float, out_bits[first + i])
-    else:
-        for i in range(count):
-            finish_pixel(y[i], no_float, table, activation, False, out_float[first + i],
-                         no_bits)
+    layer's [N*OH*OW, ...] rows (empty when unused)."""
+    finish_rows(y, count, first, 0, residual, table, activation, quantize, out_float, out_bits)
 
 
 @njit(cache=True, parallel=True)
-def _depthwise_kernel(x, weights, multiplier, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                      residual, table, activation, quantize, out_float, out_bits):
-    """Depthwise conv: out[n, y, x, o] = sum_taps x[n, iy, ix, o // m] * w[ky, kx, o]."""
+def _depthwise_kernel(x, weights, multiplier, geometry, residual, table, activation, quantize,
+                      out_float, out_bits):
+    """Depthwise conv: out[n, y, x, o] = sum_taps x[n, iy, ix, o // m] * w[ky, kx, o], one
+    output row per task into a scratch row, then the row's epilogue (``finish_rows``);
+    residual, out_float, out_bits are the layer's rows [N*OH*OW, ...] (empty when unused).
+    ``geometry`` i64[sh, sw, ph, pw, dh, dw, OH, OW]."""
     n_batch, height, width, _ = x.shape
     kh, kw, out_channels = weights.shape
-    out_h = max(out_float.shape[1], out_bits.shape[1])
-    out_w = max(out_float.shape[2], out_bits.shape[2])
-    has_residual = residual.shape[0] > 0
-    no_float = np.empty(0, np.float32)
-    no_bits = np.empty(0, np.uint64)
+    stride_h, stride_w, pad_h, pad_w = geometry[0], geometry[1], geometry[2], geometry[3]
+    dil_h, dil_w, out_h, out_w = geometry[4], geometry[5], geometry[6], geometry[7]
     for r in prange(n_batch * out_h):
         n = r // out_h
         oy = r - n * out_h
-        y = np.empty(out_channels, np.float32)
+        y = np.zeros((out_w, out_channels), np.float32)
         for ox in range(out_w):
-            y[:] = 0.0
             for ky in range(kh):
                 iy = oy * stride_h - pad_h + ky * dil_h
                 if iy < 0 or iy >= height:
@@ -294,17 +271,14 @@ def _depthwise_kernel(x, weights, multiplier, stride_h, stride_w, pad_h, pad_w, 
                     ix = ox * stride_w - pad_w + kx * dil_w
                     if ix < 0 or ix >= width:
                         continue
-                    pixel = x[n, iy, ix]
-                    tap = weights[ky, kx]
                     if multiplier == 1:
                         for o in range(out_channels):
-                            y[o] += pixel[o] * tap[o]
+                            y[ox, o] += x[n, iy, ix, o] * weights[ky, kx, o]
                     else:
                         for o in range(out_channels):
-                            y[o] += pixel[o // multiplier] * tap[o]
-            finish_pixel(y, residual[n, oy, ox] if has_residual else no_float, table, activation,
-                         quantize, no_float if quantize else out_float[n, oy, ox],
-                         out_bits[n, oy, ox] if quantize else no_bits)
+                            y[ox, o] += x[n, iy, ix, o // multiplier] * weights[ky, kx, o]
+        finish_rows(y, out_w, r * out_w, 0, residual, table, activation, quantize, out_float,
+                    out_bits)
 
 
 def conv2d(
@@ -328,16 +302,16 @@ def conv2d(
     )  # fmt: skip
     x = np.ascontiguousarray(x)
     shape = (x.shape[0], *plan.out_hw, plan.out_channels)
-    if plan.depthwise:
-        residual = check_residual(residual, shape)
-        result, out_float, out_bits = output_buffers(shape, epilogue, out)
-        _depthwise_kernel(x, plan.weights, plan.out_channels // plan.in_channels, *plan.stride,
-                          *plan.padding, *plan.dilation, residual, epilogue.table,
-                          epilogue.activation, epilogue.quantize, out_float, out_bits)
-        return result
     residual = check_residual(residual, shape)
     result, out_float, out_bits = output_buffers(shape, epilogue, out)
     rows = shape[0] * shape[1] * shape[2]
+    if plan.depthwise:
+        geometry = np.array([*plan.stride, *plan.padding, *plan.dilation, *plan.out_hw],
+                            np.int64)
+        _depthwise_kernel(x, plan.weights, plan.out_channels // plan.in_channels, geometry,
+                          _as_rows(residual, rows), epilogue.table, epilogue.activation,
+                          epilogue.quantize, _as_rows(out_float, rows), _as_rows(out_bits, rows))
+        return result
     if plan.direct is not None:
         direct_conv(plan.direct, x, plan.out_hw, plan.stride, epilogue,
                     _as_rows(residual, rows), _as_rows(out_float, rows), _as_rows(out_bits, rows))

@@ -16,7 +16,7 @@ contiguous.
 Work is split in tasks of one output row (n, oy) and a share of the output channels (64 or
 more at a time, so a share packs into whole words): ``prange`` over the tasks. Each task
 computes its row into a scratch [OW, 16 * blocks] and runs the fused epilogue
-(``finish_pixel``) on it while it is in L1/L2. Rows only split their channels when there are
+(``finish_rows``) on it while it is in L1/L2. Rows only split their channels when there are
 fewer than 4 rows per thread (the 7x7 and 14x14 outputs of a ResNet's later stages).
 
 Measured (2-core AMD EPYC, AVX2 + FMA, 1 thread, min of 30, ms per image): the ResNet stem
@@ -32,7 +32,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from runtime.kernels.epilogue import Epilogue, finish_pixel
+from runtime.kernels.epilogue import Epilogue, finish_rows
 from runtime.kernels.fma import FMA_BLOCK, FMA_PIXELS, fma_block1, fma_block6
 from runtime.kernels.pack import WORD_BITS
 
@@ -157,8 +157,8 @@ def _direct_kernel(xp, offsets, blocks, geometry, residual, tables, activation, 
         for b in range(share_blocks):
             _run_block(flat, start, step, count, offsets, depth, blocks,
                        part * share_blocks + b, y, b * FMA_BLOCK)
-        _finish_share(y, first, count, part * share, residual, tables[part], activation,
-                      quantize, out_float, out_bits)
+        finish_rows(y, count, first, part * share, residual, tables[part], activation,
+                    quantize, out_float, out_bits)
 
 
 @njit(cache=True, inline="always")
@@ -178,37 +178,3 @@ def _run_block(flat, start, step, count, offsets, depth, blocks, block, y, colum
         i = min(i, count - FMA_PIXELS)
         fma_block6(flat, start + i * step, step, offsets, depth, blocks, block, y, i, column)
         i += FMA_PIXELS
-
-
-@njit(cache=True, inline="always")
-def _finish_share(y, first, count, start, residual, table, activation, quantize, out_float,
-                  out_bits):
-    """The epilogue of pixels first .. first + count, channels start .. start + share, from
-    y f32[>= count, >= share] (scratch); residual, out_float and out_bits are the layer's rows.
-
-    One loop per (residual, quantize) case, as ``conv._finish_tile`` (a per-pixel choice of
-    views costs a reference count update per view and pixel).
-    """
-    share = table.shape[1]
-    stop = start + share
-    word = start // WORD_BITS
-    word_stop = word + (share + WORD_BITS - 1) // WORD_BITS
-    no_float = np.empty(0, np.float32)
-    no_bits = np.empty(0, np.uint64)
-    if residual.shape[0] > 0:
-        if quantize:
-            for i in range(count):
-                finish_pixel(y[i, :share], residual[first + i, start:stop], table, activation,
-                             True, no_float, out_bits[first + i, word:word_stop])
-        else:
-            for i in range(count):
-                finish_pixel(y[i, :share], residual[first + i, start:stop], table, activation,
-                             False, out_float[first + i, start:stop], no_bits)
-    elif quantize:
-        for i in range(count):
-            finish_pixel(y[i, :share], no_float, table, activation, True, no_float,
-                         out_bits[first + i, word:word_stop])
-    else:
-        for i in range(count):
-            finish_pixel(y[i, :share], no_float, table, activation, False,
-                         out_float[first + i, start:stop], no_bits)

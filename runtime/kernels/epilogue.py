@@ -24,7 +24,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.errors import InputError, InvalidModelError
-from runtime.kernels.pack import pack_row, signed_threshold_table, words_for
+from runtime.kernels.pack import WORD_BITS, pack_at, signed_threshold_table, words_for
 
 SCALE, BIAS, GAMMA, ZETA, BETA, SIGN, SIGNED_THRESHOLD = range(7)
 ACT_NONE, ACT_RPRELU = 0, 1
@@ -106,83 +106,96 @@ def make_epilogue(
 
 
 @njit(cache=True, inline="always")
-def finish_pixel(y, residual, table, activation, quantize, out_float, out_bits):
-    """Apply the epilogue to one pixel's float32 row ``y`` [O] (modified in place) and store it.
+def finish_rows(s, count, first, start, residual, table, activation, quantize, out_float,
+                out_bits):
+    """Apply the epilogue to ``count`` pixels and store them.
 
-    ``residual`` is f32[O] or empty (no shortcut). Writes ``out_bits`` (uint64[ceil(O/64)])
-    when ``quantize`` and ``out_float`` (f32[O]) when it is not empty: pass an empty array for
-    the one not wanted (both are written for an epilogue with ``keep_float``).
+    Pixel i (< count) is row ``first + i`` of the layer's outputs; its values before the
+    affine are s[i, :C] (float32 scratch, overwritten), C = table.shape[1] its channels,
+    which are the layer's channels ``start .. start + C`` (``start`` a multiple of 64 when C
+    is a share of them, else 0); ``table`` is that share's f32[7, C]. ``residual`` and
+    ``out_float`` are the layer's float32 rows [M, O] or [0, 0] (none), ``out_bits`` its
+    uint64 rows [M, ceil(O/64)] or [0, 0]. Floats are written when ``out_float`` is given,
+    bits when ``quantize`` (both for a ``keep_float`` epilogue).
+
+    Every array is read by index, none through per-pixel views: an array view (or an array
+    handed to an inlined helper inside the pixel loop) costs a reference count update, an
+    NRT call with an atomic add, whenever numba cannot prove it redundant, and the seven
+    views of the former per-pixel epilogue made a 64-channel pixel 3x slower than its
+    arithmetic (measured: 66 -> 23 ns); on two threads the atomics also share a cache line.
+    Two passes over a pixel's channels (affine and residual; activation and store), one loop
+    per case so that each is branch-free for the vectorizer (RPReLU's two sides become a
+    blend); the bits are packed from the stored floats.
     """
-    scale, bias = table[SCALE], table[BIAS]
-    for o in range(y.shape[0]):
-        y[o] = y[o] * scale[o] + bias[o]
-    _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
-
-
-@njit(cache=True, inline="always")
-def finish_popcounts(popcounts, bits, y, residual, table, activation, quantize, out_float,
-                     out_bits):
-    """``finish_pixel`` of a binary layer: the pixel's sums are ``bits - 2 * popcounts[o]``.
-
-    Converting to float32 in the affine pass saves a pass over the channels. The sum is
-    formed in float32 from int32 operands: ``f32(bits) - 2 * f32(i32(popcounts[o]))``, the same
-    exact integer (every operand and result is an integer below 2**24) as the int64 formula,
-    but int32 -> float32 converts 8 lanes per vcvtdq2ps where int64 -> float32 has no AVX2
-    instruction (LLVM emitted one scalar vcvtsi2ss per channel: 38% of a 64-channel layer's
-    time went to this epilogue).
-    """
-    total = np.float32(bits)
-    scale, bias = table[SCALE], table[BIAS]
-    for o in range(y.shape[0]):
-        count = np.float32(np.int32(popcounts[o]))
-        y[o] = (total - np.float32(2.0) * count) * scale[o] + bias[o]
-    _after_affine(y, residual, table, activation, quantize, out_float, out_bits)
-
-
-@njit(cache=True, inline="always")
-def _rprelu(v, gamma, zeta, beta):
-    """(v - gamma) + zeta if v >= gamma else beta * (v - gamma) + zeta (IR ``rprelu``)."""
-    shifted = v - gamma
-    return (shifted if v >= gamma else beta * shifted) + zeta
-
-
-@njit(cache=True, inline="always")
-def _after_affine(y, residual, table, activation, quantize, out_float, out_bits):
-    """The stages after the affine: residual, activation, store or quantize-and-pack, in one
-    pass over the channels per case (one loop a case keeps every loop branch-free for the
-    vectorizer; RPReLU's two sides become a blend)."""
-    channels = y.shape[0]
+    channels = table.shape[1]
+    has_residual = residual.shape[0] > 0
     keep = out_float.shape[0] > 0
-    target = out_float if keep else y
-    gamma, zeta, beta = table[GAMMA], table[ZETA], table[BETA]
-    if residual.shape[0] > 0:
-        if activation == ACT_RPRELU:
+    rprelu = activation == ACT_RPRELU
+    scratch = s.ravel()
+    floats = out_float.ravel()
+    columns, out_columns = s.shape[1], out_float.shape[1]
+    word = start // WORD_BITS
+    for i in range(count):
+        r = first + i
+        if has_residual:
             for o in range(channels):
-                target[o] = _rprelu(y[o] + residual[o], gamma[o], zeta[o], beta[o])
+                s[i, o] = (s[i, o] * table[SCALE, o] + table[BIAS, o]) + residual[r, start + o]
         else:
             for o in range(channels):
-                target[o] = y[o] + residual[o]
-    elif activation == ACT_RPRELU:
+                s[i, o] = s[i, o] * table[SCALE, o] + table[BIAS, o]
+        if keep:  # element loops: numba's slice assignment costs ~30 ns per call
+            if rprelu:
+                for o in range(channels):
+                    out_float[r, start + o] = _rprelu(s[i, o], table, o)
+            else:
+                for o in range(channels):
+                    out_float[r, start + o] = s[i, o]
+            if quantize:
+                pack_at(floats, r * out_columns + start, channels, table, SIGN, table,
+                        SIGNED_THRESHOLD, out_bits, r, word)
+        else:
+            if rprelu:
+                for o in range(channels):
+                    s[i, o] = _rprelu(s[i, o], table, o)
+            if quantize:
+                pack_at(scratch, i * columns, channels, table, SIGN, table, SIGNED_THRESHOLD,
+                        out_bits, r, word)
+
+
+@njit(cache=True, inline="always")
+def finish_popcounts_rows(accs, count, bits, s, row):
+    """s[row + p, o] = f32(bits[p]) - 2 * f32(i32(accs[p, o])) for p < count: a binary layer's
+    exact integer sums ``bits - 2 * popcount`` as float32, ready for ``finish_rows``.
+
+    Formed in float32 from int32 operands: the same exact integer (every operand and result
+    is an integer below 2**24) as the int64 formula, but int32 -> float32 converts 8 lanes per
+    vcvtdq2ps where int64 -> float32 has no AVX2 instruction (LLVM emitted one scalar
+    vcvtsi2ss per channel: 38% of a 64-channel layer's time went to this conversion).
+    """
+    channels = s.shape[1]
+    for p in range(count):
+        total = np.float32(bits[p])
         for o in range(channels):
-            target[o] = _rprelu(y[o], gamma[o], zeta[o], beta[o])
-    elif keep:  # an element loop: numba's slice assignment costs ~30 ns per call
-        for o in range(channels):
-            out_float[o] = y[o]
-    if quantize:
-        pack_row(target, table[SIGN], table[SIGNED_THRESHOLD], out_bits)
+            s[row + p, o] = total - np.float32(2.0) * np.float32(np.int32(accs[p, o]))
+
+
+@njit(cache=True, inline="always")
+def _rprelu(v, table, o):
+    """(v - gamma) + zeta if v >= gamma else beta * (v - gamma) + zeta (IR ``rprelu``) with
+    channel o's gamma, zeta, beta from the table."""
+    gamma = table[GAMMA, o]
+    shifted = v - gamma
+    return (shifted if v >= gamma else table[BETA, o] * shifted) + table[ZETA, o]
 
 
 @njit(cache=True, parallel=True)
 def _finish_rows(y, residual, table, activation, quantize, out_float, out_bits):
-    """finish_pixel over every row of y f32[M, O] (rows in parallel)."""
-    has_residual = residual.shape[0] > 0
-    has_float = out_float.shape[0] > 0
-    no_float = np.empty(0, np.float32)
-    no_bits = np.empty(0, np.uint64)
-    for r in prange(y.shape[0]):
-        finish_pixel(y[r], residual[r] if has_residual else no_float, table, activation,
-                     quantize, out_float[r] if has_float else no_float,
-                     out_bits[r] if quantize else no_bits)
+    """finish_rows over every row of y f32[M, O] (rows in parallel, chunks of 16)."""
+    rows = y.shape[0]
+    for chunk in prange(-(-rows // 16)):
+        first = chunk * 16
+        finish_rows(y[first:], min(16, rows - first), first, 0, residual, table, activation,
+                    quantize, out_float, out_bits)
 
 
 def check_residual(residual: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

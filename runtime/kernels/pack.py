@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from runtime.errors import InputError, InvalidModelError
@@ -25,72 +26,98 @@ def words_for(channels: int) -> int:
     return (channels + WORD_BITS - 1) // WORD_BITS
 
 
-def _is_float32_c_vector(ty) -> bool:
-    return isinstance(ty, types.Array) and ty.ndim == 1 and ty.layout == "C" \
+def _is_float32_c_array(ty, ndim: int) -> bool:
+    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C" \
         and ty.dtype == types.float32
 
 
 @intrinsic
-def _word_of_comparisons(typingctx, values, sign, signed_threshold, base):
-    """uint64 whose bit j is ``values[base + j] * sign[base + j] >= signed_threshold[base + j]``
-    for j < 64 (nopython only; three f32[:] C arrays, nothing bounds-checked).
+def _word_of_comparisons(typingctx, values, values_base, sign, sign_row, threshold,
+                         threshold_row, base):
+    """uint64 whose bit j is ``values[values_base + j] * sign[sign_row, base + j] >=
+    threshold[threshold_row, base + j]`` for j < 64 (nopython only; ``values`` f32[:] C,
+    ``sign`` and ``threshold`` f32[:, :] C, nothing bounds-checked).
+
+    The parameters are read as rows of 2-D tables by index, not as row views (see
+    ``pack_at``).
 
     As LLVM vectors: a <64 x float> multiply and ordered >= compare (NaN gives 0, as the
     scalar comparison does), then the <64 x i1> mask bitcast to i64, element j to bit j. On
     AVX2 that is vmulps + vcmpps + vmovmskps per 8 channels; the scalar loop of shifts and ORs
     it replaces cost ~1.6 cycles per channel.
     """
-    if not all(_is_float32_c_vector(ty) for ty in (values, sign, signed_threshold)) \
-            or not isinstance(base, types.Integer):
+    if not (_is_float32_c_array(values, 1) and _is_float32_c_array(sign, 2)
+            and _is_float32_c_array(threshold, 2)) \
+            or not all(isinstance(ty, types.Integer)
+                       for ty in (values_base, sign_row, threshold_row, base)):
         return None
 
     def codegen(context, builder, signature, args):
         vector = ir.VectorType(ir.FloatType(), WORD_BITS)
-        offset = builder.sext(args[3], ir.IntType(64)) if args[3].type.width < 64 else args[3]
+        i64 = ir.IntType(64)
 
-        def load(array_type, value):
+        def widen(value):
+            return builder.sext(value, i64) if value.type.width < 64 else value
+
+        def load(array_type, value, offset):
             data = context.make_array(array_type)(context, builder, value).data
             pointer = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
             return builder.load(pointer, align=4)
 
-        v, s, t = (load(ty, value) for ty, value in zip(signature.args[:3], args[:3]))
+        def row_offset(array_type, value, row):
+            columns = cgutils.unpack_tuple(
+                builder, context.make_array(array_type)(context, builder, value).shape)[1]
+            return builder.add(builder.mul(widen(row), columns), widen(args[6]))
+
+        types_ = signature.args
+        v = load(types_[0], args[0], widen(args[1]))
+        s = load(types_[2], args[2], row_offset(types_[2], args[2], args[3]))
+        t = load(types_[4], args[4], row_offset(types_[4], args[4], args[5]))
         mask = builder.fcmp_ordered(">=", builder.fmul(v, s), t)
         return builder.bitcast(mask, ir.IntType(WORD_BITS))
 
-    return types.uint64(values, sign, signed_threshold, types.int64), codegen
+    signature = types.uint64(values, types.int64, sign, types.int64, threshold, types.int64,
+                             types.int64)
+    return signature, codegen
 
 
 @njit(cache=True, inline="always")
-def pack_row(values, sign, signed_threshold, out_words):
-    """Pack one row: bit c = ``values[c] * sign[c] >= signed_threshold[c]`` into ``out_words``.
+def pack_at(values, base, channels, sign, sign_row, threshold, threshold_row, out, row, word):
+    """Pack ``channels`` values: bit c of words out[row, word:] is ``values[base + c] *
+    sign[sign_row, c] >= threshold[threshold_row, c]``.
 
-    ``signed_threshold`` is ``sign * threshold`` (exact: sign is +-1). Shared by the
-    standalone packers below and by the fused conv/dense epilogue. Whole words go through
-    ``_word_of_comparisons`` (vector compares); the last partial word bit by bit.
+    ``threshold`` holds ``sign * threshold`` (exact: sign is +-1). Shared by the standalone
+    packers below and by the fused epilogue (whose table holds both rows). Everything is
+    addressed by index, so the caller's pixel loop binds no array views (each costs a
+    reference count update). Whole words go through ``_word_of_comparisons`` (vector
+    compares); the last partial word bit by bit.
     """
-    channels = values.shape[0]
     full = channels // WORD_BITS
     for w in range(full):
-        out_words[w] = _word_of_comparisons(values, sign, signed_threshold, w * WORD_BITS)
-    if full < out_words.shape[0]:
-        base = full * WORD_BITS
-        word = np.uint64(0)
-        for j in range(channels - base):
-            c = base + j
-            if values[c] * sign[c] >= signed_threshold[c]:
-                word |= np.uint64(1) << np.uint64(j)
-        out_words[full] = word
+        out[row, word + w] = _word_of_comparisons(values, base + w * WORD_BITS, sign, sign_row,
+                                                  threshold, threshold_row, w * WORD_BITS)
+    if full * WORD_BITS < channels:
+        first = full * WORD_BITS
+        bits = np.uint64(0)
+        for j in range(channels - first):
+            c = first + j
+            if values[base + c] * sign[sign_row, c] >= threshold[threshold_row, c]:
+                bits |= np.uint64(1) << np.uint64(j)
+        out[row, word + full] = bits
 
 
 @njit(cache=True, parallel=True)
 def _pack_rows(x, sign, signed_threshold, out):
-    """x f32[N, P, C], signed_threshold f32[N or 1, C] -> out uint64[N, P, ceil(C/64)]."""
-    n_samples, n_rows = x.shape[0], x.shape[1]
+    """x f32[N, P, C], sign f32[1, C], signed_threshold f32[N or 1, C] -> out uint64[N, P,
+    ceil(C/64)]."""
+    n_samples, n_rows, channels = x.shape
     per_sample = signed_threshold.shape[0] > 1
+    values = x.ravel()
+    rows = out.reshape(n_samples * n_rows, out.shape[2])
     for r in prange(n_samples * n_rows):
         n = r // n_rows
-        p = r - n * n_rows
-        pack_row(x[n, p], sign, signed_threshold[n if per_sample else 0], out[n, p])
+        pack_at(values, r * channels, channels, sign, 0, signed_threshold,
+                n if per_sample else 0, rows, r, 0)
 
 
 def _sign_vector(sign: np.ndarray | None, channels: int) -> np.ndarray:
@@ -143,8 +170,8 @@ def pack_bits(
     channels = x.shape[1]
     s, st = signed_threshold_table(threshold, sign, channels)
     out = np.empty((x.shape[0], words_for(channels)), np.uint64)
-    _pack_rows(x.reshape(1, x.shape[0], channels), s, st.reshape(1, channels),
-               out.reshape(1, x.shape[0], -1))
+    _pack_rows(x.reshape(1, x.shape[0], channels), s.reshape(1, channels),
+               st.reshape(1, channels), out.reshape(1, x.shape[0], -1))
     return out
 
 
@@ -166,5 +193,5 @@ def pack_bits_per_sample(
         )
     s = _sign_vector(sign, channels)
     out = np.empty((*x.shape[:2], words_for(channels)), np.uint64)
-    _pack_rows(x, s, np.ascontiguousarray(s * threshold), out)
+    _pack_rows(x, s.reshape(1, channels), np.ascontiguousarray(s * threshold), out)
     return out
