@@ -13,6 +13,7 @@ channels innermost, where NHWC makes them contiguous.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -142,7 +143,6 @@ def _run(x, kernel, stride, padding, dilation, ceil_mode, is_max, divisor):
 
 def maxpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> np.ndarray:
     """torch.nn.functional.max_pool2d of an NHWC float32 tensor."""
-    no_divisor = np.ones((1, 1), np.float32)
     return _run(
         xs[0],
         a["kernel"],
@@ -151,8 +151,12 @@ def maxpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> n
         a["dilation"],
         a["ceil_mode"],
         True,
-        no_divisor,
+        _NO_DIVISOR,
     )
+
+
+_NO_DIVISOR = np.ones((1, 1), np.float32)
+_NO_DIVISOR.flags.writeable = False  # read-only like _divisor_table's: one kernel specialization
 
 
 def avgpool_divisor(
@@ -174,12 +178,23 @@ def avgpool2d(xs: Sequence[np.ndarray], p: dict[str, np.ndarray], a: Attrs) -> n
     """torch.nn.functional.avg_pool2d of an NHWC float32 tensor (no divisor_override)."""
     x = xs[0]
     kernel, stride, padding = a["kernel"], a["stride"], a["padding"]
-    ceil_mode, include = a["ceil_mode"], a["count_include_pad"]
     _, height, width, _ = x.shape
-    rows = avgpool_divisor(height, kernel[0], stride[0], padding[0], ceil_mode, include)
-    cols = avgpool_divisor(width, kernel[1], stride[1], padding[1], ceil_mode, include)
-    divisor = np.ascontiguousarray(rows[:, None] * cols[None, :])
-    return _run(x, kernel, stride, padding, (1, 1), ceil_mode, False, divisor)
+    divisor = _divisor_table((height, width), tuple(kernel), tuple(stride), tuple(padding),
+                             a["ceil_mode"], a["count_include_pad"])
+    return _run(x, kernel, stride, padding, (1, 1), a["ceil_mode"], False, divisor)
+
+
+@functools.lru_cache(maxsize=256)
+def _divisor_table(size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int],
+                   padding: tuple[int, int], ceil_mode: bool, include: bool) -> np.ndarray:
+    """The [OH, OW] divisors of an average pool (``avgpool_divisor`` along each axis), kept
+    per geometry: computing them took ~30 us of numpy calls, a pool step's whole time on a
+    small input. Read-only, since the cached array is shared."""
+    rows = avgpool_divisor(size[0], kernel[0], stride[0], padding[0], ceil_mode, include)
+    cols = avgpool_divisor(size[1], kernel[1], stride[1], padding[1], ceil_mode, include)
+    table = np.ascontiguousarray(rows[:, None] * cols[None, :])
+    table.flags.writeable = False
+    return table
 
 
 def _pool_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[int, ...]:
