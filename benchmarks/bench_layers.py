@@ -28,6 +28,7 @@ Run: NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_layers.py [-
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -266,8 +267,9 @@ def bench_strategy_table(repeats: int, clock: float, vpopcntq: bool, rng) -> lis
     return lines
 
 
-def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float]:
-    """(torch fp32 min, runtime.kernels.conv2d + bias epilogue min) in seconds, batch 1."""
+def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float, float | None]:
+    """(torch fp32 min, runtime.kernels.conv2d + bias epilogue min, the same conv on the
+    im2col + BLAS path when its default is the direct kernel, else None) in seconds, batch 1."""
     _, channels, out_channels, size, kernel, stride, padding, groups = spec
     x = rng.standard_normal((1, size, size, channels)).astype(np.float32)
     weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel))
@@ -282,11 +284,14 @@ def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float]:
     def torch_conv(inputs):
         return torch.nn.functional.conv2d(inputs, w_torch, b_torch, stride, padding, 1, groups)
 
+    tiled = dataclasses.replace(plan, direct=None)
     variants = {
         "torch_nchw": lambda: torch_conv(x_torch),
         "torch_last": lambda: torch_conv(x_last),
         "ours": lambda: conv2d(plan, x, epilogue),
     }
+    if plan.direct is not None:
+        variants["tiled"] = lambda: conv2d(tiled, x, epilogue)
     times: dict[str, list[float]] = {key: [] for key in variants}
     with torch.no_grad(), thread_limits(1):
         for fn in variants.values():
@@ -294,18 +299,22 @@ def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float]:
         for _ in range(repeats):
             for key, fn in variants.items():
                 times[key].append(timed(fn))
-    return min(min(times["torch_nchw"]), min(times["torch_last"])), min(times["ours"])
+    tiled_min = min(times["tiled"]) if "tiled" in times else None
+    return min(min(times["torch_nchw"]), min(times["torch_last"])), min(times["ours"]), tiled_min
 
 
 def bench_float_layers(repeats: int, rng) -> list[str]:
-    """The float convs of FLOAT_LAYERS at batch 1 on 1 thread (numba and OpenBLAS), the way
-    Model.predict runs them."""
-    lines = ["| float layer | torch fp32 ms (min) | conv2d ms (min) | ratio torch/ours |",
-             "|---|---|---|---|"]
+    """The float convs of FLOAT_LAYERS at batch 1 on 1 thread, the way Model.predict runs them
+    (direct FMA kernel, im2col + OpenBLAS, or the depthwise kernel), and on the im2col + BLAS
+    path where the direct kernel is the default."""
+    lines = ["| float layer | torch fp32 ms (min) | conv2d ms (min) | path | im2col + BLAS ms "
+             "(min) | ratio torch/ours |", "|---|---|---|---|---|---|"]
     torch.set_num_threads(1)
     for spec in FLOAT_LAYERS:
-        torch_min, ours = bench_float_layer(spec, repeats, rng)
-        lines.append(f"| {spec[0]} | {torch_min * 1e3:.3f} | {ours * 1e3:.3f} | "
+        torch_min, ours, tiled = bench_float_layer(spec, repeats, rng)
+        path = "direct" if tiled is not None else ("depthwise" if spec[-1] > 1 else "im2col")
+        lines.append(f"| {spec[0]} | {torch_min * 1e3:.3f} | {ours * 1e3:.3f} | {path} | "
+                     f"{'-' if tiled is None else f'{tiled * 1e3:.3f}'} | "
                      f"{torch_min / ours:.2f} |")
         print(lines[-1], flush=True)
     return lines
@@ -321,13 +330,15 @@ def stem_times(plan, epilogue, conv, bn, x: np.ndarray, threads: int,
         tile_pixels = conv_kernels._tile_pixels
         conv_kernels._tile_pixels = lambda rows, *_: rows
         try:
-            conv2d(plan, x, epilogue, out=out)
+            conv2d(tiled, x, epilogue, out=out)
         finally:
             conv_kernels._tile_pixels = tile_pixels
 
+    tiled = dataclasses.replace(plan, direct=None)
     variants = {
         "torch": lambda: torch.relu(bn(conv(x_torch))),
-        "tiled": lambda: conv2d(plan, x, epilogue, out=out),
+        "direct": lambda: conv2d(plan, x, epilogue, out=out),
+        "tiled": lambda: conv2d(tiled, x, epilogue, out=out),
         "whole": whole_batch_tile,
     }
     times: dict[str, list[float]] = {key: [] for key in variants}
@@ -343,11 +354,12 @@ def stem_times(plan, epilogue, conv, bn, x: np.ndarray, threads: int,
 def bench_stem(repeats: int, rng, threads_list: list[int], batches: list[int]) -> list[str]:
     """ResNet-18's stem conv + BN + ReLU (7x7/2, 3->64, 224x224), ms per image, against
     torch's ``F.relu(bn(conv(x)))`` (eval, no_grad, NCHW) on the same thread count: ours
-    tiled (runtime/kernels/conv.py) and ours as one tile over the whole batch (the former
-    whole-batch im2col), all interleaved in this process."""
-    lines = ["| threads | batch | torch conv+bn+relu ms/image (min / median) | ours tiled "
-             "(min / median) | ours one whole-batch tile (min) | torch/ours |",
-             "|---|---|---|---|---|---|"]
+    direct (the FMA micro-kernel, runtime/kernels/conv_direct.py, the default), tiled
+    im2col + BLAS (runtime/kernels/conv.py) and that as one tile over the whole batch (the
+    first whole-batch im2col), all interleaved in this process."""
+    lines = ["| threads | batch | torch conv+bn+relu ms/image (min / median) | ours direct "
+             "(min / median) | ours tiled im2col + BLAS (min) | one whole-batch tile (min) "
+             "| torch/ours |", "|---|---|---|---|---|---|---|"]
     weight = (rng.standard_normal((64, 3, 7, 7)) * 0.1).astype(np.float32)
     conv = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
     conv.weight.data = torch.from_numpy(weight)
@@ -367,9 +379,9 @@ def bench_stem(repeats: int, rng, threads_list: list[int], batches: list[int]) -
             best = {key: min(values) for key, values in times.items()}
             lines.append(
                 f"| {threads} | {batch} | {best['torch'] * 1e3:.3f} / "
-                f"{statistics.median(times['torch']) * 1e3:.3f} | {best['tiled'] * 1e3:.3f} / "
-                f"{statistics.median(times['tiled']) * 1e3:.3f} | {best['whole'] * 1e3:.3f} | "
-                f"{best['torch'] / best['tiled']:.2f} |"
+                f"{statistics.median(times['torch']) * 1e3:.3f} | {best['direct'] * 1e3:.3f} / "
+                f"{statistics.median(times['direct']) * 1e3:.3f} | {best['tiled'] * 1e3:.3f} | "
+                f"{best['whole'] * 1e3:.3f} | {best['torch'] / best['direct']:.2f} |"
             )
             print(lines[-1], flush=True)
     return lines
@@ -467,18 +479,21 @@ def main() -> None:
         "",
         *strategy_lines,
         "",
-        "## Float layers kept real-valued (batch 1, 1 thread; im2col + numpy OpenBLAS GEMM, "
-        "direct numba kernel for depthwise)",
+        "## Float layers kept real-valued (batch 1, 1 thread; the direct FMA kernel for "
+        "groups 1 and kh*kw*C <= 512, else im2col + numpy OpenBLAS GEMM per tile; a direct "
+        "numba kernel for depthwise)",
         "",
         *float_lines,
         "",
-        "## ResNet-18 stem conv + BN + ReLU, tiled (ms per image)",
+        "## ResNet-18 stem conv + BN + ReLU (ms per image)",
         "",
-        "Ours: conv2d with the folded BN and the ReLU in its epilogue, computed per tile of "
-        "output pixels (im2col + GEMM + epilogue while the tile is in L2; tiles shared among "
-        "the threads); 'one whole-batch tile' is the same code with a single tile (the "
-        "former whole-batch im2col). torch: relu(bn(conv(x))), NCHW, eval, no_grad, same "
-        "thread count. Interleaved in this process.",
+        "Ours: conv2d with the folded BN and the ReLU in its epilogue. Direct (the default): "
+        "the 6-pixel x 16-channel FMA micro-kernel reads the padded input in place, one "
+        "output row per task, epilogue on the row in cache. Tiled: im2col + OpenBLAS GEMM + "
+        "epilogue per tile of output pixels while the tile is in L2 (the path before the "
+        "direct kernel); 'one whole-batch tile' is that code with a single tile (the first, "
+        "whole-batch im2col). torch: relu(bn(conv(x))), NCHW, eval, no_grad, same thread "
+        "count. Interleaved in this process.",
         "",
         *stem_lines,
         "",

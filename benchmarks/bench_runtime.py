@@ -326,11 +326,12 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict,
     lines += [
         "",
         "The 16 binary convs with their fused epilogues take the largest share; the float stem"
-        " (7x7 conv, 118 M MACs: im2col + BLAS GEMM + epilogue per cache-sized tile of output"
-        " pixels in runtime/kernels/conv.py) comes next. While a model predicts, numpy's"
-        " OpenBLAS runs one thread per call (runtime/threads.py) and the tiles are shared among"
-        " the runtime's threads. The 2-thread medians are far above the minima: a parallel step"
-        " waits for a descheduled thread whenever anything else runs on the two cores.",
+        " (7x7 conv, 118 M MACs: the direct FMA micro-kernel of runtime/kernels/conv_direct.py,"
+        " 6 pixels x 16 channels per call from the padded input, no im2col, epilogue per"
+        " output row) comes next; the 1x1 downsample convs run the same kernel in runs of"
+        " pixels, split into channel shares when the output has few rows. The 2-thread"
+        " medians are far above the minima: a parallel step waits for a descheduled thread"
+        " whenever anything else runs on the two cores.",
     ]
     over = size["packed"] / size["ideal"] - 1
     lines += [

@@ -428,8 +428,8 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
                                       zero_padding)
             finish_popcounts_rows(accs, pixels, bits, sums, ox)
             ox += pixels
-        finish_rows(sums, out_w, r * out_w, 0, residual, table, activation, quantize,
-                    out_float, out_bits)
+        finish_rows(sums, out_w, r * out_w, 0, out_channels, residual, table, activation,
+                    quantize, out_float, out_bits)
 
 
 def bconv2d(

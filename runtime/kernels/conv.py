@@ -244,7 +244,8 @@ def _finish_tile(y, first, count, residual, table, activation, quantize, out_flo
     """The epilogue (``finish_rows``) of output pixels first .. first + count from the GEMM
     result y f32[>= count, O] (used as scratch); residual, out_float and out_bits are the
     layer's [N*OH*OW, ...] rows (empty when unused)."""
-    finish_rows(y, count, first, 0, residual, table, activation, quantize, out_float, out_bits)
+    finish_rows(y, count, first, 0, table.shape[1], residual, table, activation, quantize,
+                out_float, out_bits)
 
 
 @njit(cache=True, parallel=True)
@@ -277,8 +278,8 @@ def _depthwise_kernel(x, weights, multiplier, geometry, residual, table, activat
                     else:
                         for o in range(out_channels):
                             y[ox, o] += x[n, iy, ix, o // multiplier] * weights[ky, kx, o]
-        finish_rows(y, out_w, r * out_w, 0, residual, table, activation, quantize, out_float,
-                    out_bits)
+        finish_rows(y, out_w, r * out_w, 0, out_channels, residual, table, activation, quantize,
+                    out_float, out_bits)
 
 
 def conv2d(

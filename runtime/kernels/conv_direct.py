@@ -118,24 +118,23 @@ def direct_conv(plan: DirectPlan, x: np.ndarray, out_hw: tuple[int, int],
         run = min(pixels, RUN_PIXELS)
         rows = -(-pixels // run)
     splits = channel_splits(rows, epilogue.channels, numba.get_num_threads())
-    share = epilogue.channels // splits
-    tables = epilogue.table.reshape(7, splits, share).transpose(1, 0, 2).copy()
-    geometry = np.array([*out_hw, *stride, run], np.int64)
-    _direct_kernel(xp, plan.offsets, plan.blocks, geometry, residual, tables,
+    geometry = np.array([*out_hw, *stride, run, splits], np.int64)
+    _direct_kernel(xp, plan.offsets, plan.blocks, geometry, residual, epilogue.table,
                    epilogue.activation, epilogue.quantize, out_float, out_bits)
 
 
 @njit(cache=True, parallel=True)
-def _direct_kernel(xp, offsets, blocks, geometry, residual, tables, activation, quantize,
+def _direct_kernel(xp, offsets, blocks, geometry, residual, table, activation, quantize,
                    out_float, out_bits):
-    """The tasks (run of pixels, share of channels) of the module docstring; ``tables``
-    f32[splits, 7, O/splits] holds each share's epilogue table. ``geometry`` i64[OH, OW, sh,
-    sw, run]: run 0 makes each output row a run; run > 0 (a pointwise conv, whose pixels are
-    evenly spaced through the whole input) cuts the N*OH*OW pixels into runs of that many."""
+    """The tasks (run of pixels, share of channels) of the module docstring. ``geometry``
+    i64[OH, OW, sh, sw, run, shares]: run 0 makes each output row a run; run > 0 (a
+    pointwise conv, whose pixels are evenly spaced through the whole input) cuts the N*OH*OW
+    pixels into runs of that many; ``shares`` divides the O channels of ``table`` f32[7, O]."""
     n_batch, padded_h, padded_w, channels = xp.shape
     out_h, out_w, stride_h, stride_w, run = geometry[0], geometry[1], geometry[2], \
         geometry[3], geometry[4]
-    splits, share = tables.shape[0], tables.shape[2]
+    splits = geometry[5]
+    share = table.shape[1] // splits
     share_blocks = -(-share // FMA_BLOCK)
     depth = offsets.shape[0]
     flat = xp.ravel()
@@ -157,7 +156,7 @@ def _direct_kernel(xp, offsets, blocks, geometry, residual, tables, activation, 
         for b in range(share_blocks):
             _run_block(flat, start, step, count, offsets, depth, blocks,
                        part * share_blocks + b, y, b * FMA_BLOCK)
-        finish_rows(y, count, first, part * share, residual, tables[part], activation,
+        finish_rows(y, count, first, part * share, share, residual, table, activation,
                     quantize, out_float, out_bits)
 
 

@@ -106,14 +106,14 @@ def make_epilogue(
 
 
 @njit(cache=True, inline="always")
-def finish_rows(s, count, first, start, residual, table, activation, quantize, out_float,
-                out_bits):
+def finish_rows(s, count, first, start, channels, residual, table, activation, quantize,
+                out_float, out_bits):
     """Apply the epilogue to ``count`` pixels and store them.
 
     Pixel i (< count) is row ``first + i`` of the layer's outputs; its values before the
-    affine are s[i, :C] (float32 scratch, overwritten), C = table.shape[1] its channels,
-    which are the layer's channels ``start .. start + C`` (``start`` a multiple of 64 when C
-    is a share of them, else 0); ``table`` is that share's f32[7, C]. ``residual`` and
+    affine are s[i, :channels] (float32 scratch, overwritten), the layer's channels
+    ``start .. start + channels`` (``start`` a multiple of 64 when they are a share of the
+    layer's channels, else 0); ``table`` is the layer's f32[7, O]. ``residual`` and
     ``out_float`` are the layer's float32 rows [M, O] or [0, 0] (none), ``out_bits`` its
     uint64 rows [M, ceil(O/64)] or [0, 0]. Floats are written when ``out_float`` is given,
     bits when ``quantize`` (both for a ``keep_float`` epilogue).
@@ -123,11 +123,12 @@ def finish_rows(s, count, first, start, residual, table, activation, quantize, o
     NRT call with an atomic add, whenever numba cannot prove it redundant, and the seven
     views of the former per-pixel epilogue made a 64-channel pixel 3x slower than its
     arithmetic (measured: 66 -> 23 ns); on two threads the atomics also share a cache line.
+    A share reads its columns of the whole table for the same reason: handing it a table of
+    its own (a view of a [shares, 7, C] array) cost the ResNet stem 3.15 -> 3.5 ms.
     Two passes over a pixel's channels (affine and residual; activation and store), one loop
     per case so that each is branch-free for the vectorizer (RPReLU's two sides become a
     blend); the bits are packed from the stored floats.
     """
-    channels = table.shape[1]
     has_residual = residual.shape[0] > 0
     keep = out_float.shape[0] > 0
     rprelu = activation == ACT_RPRELU
@@ -135,31 +136,36 @@ def finish_rows(s, count, first, start, residual, table, activation, quantize, o
     floats = out_float.ravel()
     columns, out_columns = s.shape[1], out_float.shape[1]
     word = start // WORD_BITS
+    column = np.uint64(start)  # unsigned: numba checks a signed computed index for
+    # wraparound, which kept these loops scalar (the stem's epilogue took 8 ms, not 0.3)
     for i in range(count):
         r = first + i
         if has_residual:
             for o in range(channels):
-                s[i, o] = (s[i, o] * table[SCALE, o] + table[BIAS, o]) + residual[r, start + o]
+                c = column + np.uint64(o)
+                s[i, o] = (s[i, o] * table[SCALE, c] + table[BIAS, c]) + residual[r, c]
         else:
             for o in range(channels):
-                s[i, o] = s[i, o] * table[SCALE, o] + table[BIAS, o]
+                c = column + np.uint64(o)
+                s[i, o] = s[i, o] * table[SCALE, c] + table[BIAS, c]
         if keep:  # element loops: numba's slice assignment costs ~30 ns per call
             if rprelu:
                 for o in range(channels):
-                    out_float[r, start + o] = _rprelu(s[i, o], table, o)
+                    c = column + np.uint64(o)
+                    out_float[r, c] = _rprelu(s[i, o], table, c)
             else:
                 for o in range(channels):
-                    out_float[r, start + o] = s[i, o]
+                    out_float[r, column + np.uint64(o)] = s[i, o]
             if quantize:
                 pack_at(floats, r * out_columns + start, channels, table, SIGN, table,
-                        SIGNED_THRESHOLD, out_bits, r, word)
+                        SIGNED_THRESHOLD, start, out_bits, r, word)
         else:
             if rprelu:
                 for o in range(channels):
-                    s[i, o] = _rprelu(s[i, o], table, o)
+                    s[i, o] = _rprelu(s[i, o], table, column + np.uint64(o))
             if quantize:
                 pack_at(scratch, i * columns, channels, table, SIGN, table, SIGNED_THRESHOLD,
-                        out_bits, r, word)
+                        start, out_bits, r, word)
 
 
 @njit(cache=True, inline="always")
@@ -194,8 +200,8 @@ def _finish_rows(y, residual, table, activation, quantize, out_float, out_bits):
     rows = y.shape[0]
     for chunk in prange(-(-rows // 16)):
         first = chunk * 16
-        finish_rows(y[first:], min(16, rows - first), first, 0, residual, table, activation,
-                    quantize, out_float, out_bits)
+        finish_rows(y[first:], min(16, rows - first), first, 0, table.shape[1], residual,
+                    table, activation, quantize, out_float, out_bits)
 
 
 def check_residual(residual: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:

@@ -82,9 +82,10 @@ def _word_of_comparisons(typingctx, values, values_base, sign, sign_row, thresho
 
 
 @njit(cache=True, inline="always")
-def pack_at(values, base, channels, sign, sign_row, threshold, threshold_row, out, row, word):
+def pack_at(values, base, channels, sign, sign_row, threshold, threshold_row, column, out,
+            row, word):
     """Pack ``channels`` values: bit c of words out[row, word:] is ``values[base + c] *
-    sign[sign_row, c] >= threshold[threshold_row, c]``.
+    sign[sign_row, column + c] >= threshold[threshold_row, column + c]``.
 
     ``threshold`` holds ``sign * threshold`` (exact: sign is +-1). Shared by the standalone
     packers below and by the fused epilogue (whose table holds both rows). Everything is
@@ -95,13 +96,15 @@ def pack_at(values, base, channels, sign, sign_row, threshold, threshold_row, ou
     full = channels // WORD_BITS
     for w in range(full):
         out[row, word + w] = _word_of_comparisons(values, base + w * WORD_BITS, sign, sign_row,
-                                                  threshold, threshold_row, w * WORD_BITS)
+                                                  threshold, threshold_row,
+                                                  column + w * WORD_BITS)
     if full * WORD_BITS < channels:
         first = full * WORD_BITS
         bits = np.uint64(0)
         for j in range(channels - first):
-            c = first + j
-            if values[base + c] * sign[sign_row, c] >= threshold[threshold_row, c]:
+            c = np.uint64(column + first + j)  # unsigned: no wraparound check (finish_rows)
+            if values[np.uint64(base + first + j)] * sign[sign_row, c] \
+                    >= threshold[threshold_row, c]:
                 bits |= np.uint64(1) << np.uint64(j)
         out[row, word + full] = bits
 
@@ -117,7 +120,7 @@ def _pack_rows(x, sign, signed_threshold, out):
     for r in prange(n_samples * n_rows):
         n = r // n_rows
         pack_at(values, r * channels, channels, sign, 0, signed_threshold,
-                n if per_sample else 0, rows, r, 0)
+                n if per_sample else 0, 0, rows, r, 0)
 
 
 def _sign_vector(sign: np.ndarray | None, channels: int) -> np.ndarray:
