@@ -3,7 +3,10 @@
 NHWC float32 in and out, ``F.conv2d`` semantics (zero padding, stride, dilation, groups), and
 the same fused epilogue as the binary kernels (affine, residual, activation, quantize).
 
-- groups < C (and groups == 1): **tiled** im2col + GEMM. The output pixels of the whole
+- groups == 1 and K = kh*kw*C <= 512 (``uses_direct``): the **direct** FMA micro-kernel of
+  runtime/kernels/conv_direct.py, 6 pixels x 16 channels per call straight from the padded
+  input (no im2col), the epilogue per output row.
+- other groups < C: **tiled** im2col + GEMM. The output pixels of the whole
   batch, p = (n * OH + oy) * OW + ox, are cut into tiles of consecutive pixels
   (``_tile_pixels``: about 192 KiB of im2col rows + results, so the tile stays in L2). Each
   tile is im2col'ed (a nogil numba kernel; a 1x1 / stride 1 / no padding conv reads its
@@ -14,15 +17,17 @@ the same fused epilogue as the binary kernels (affine, residual, activation, qua
   and the nogil kernels release the GIL; during ``predict`` OpenBLAS itself runs one thread,
   runtime/threads.py). (numba's ``np.dot`` needs scipy, so the GEMM is called from Python.)
 - depthwise (groups == C, O = m*C): a direct numba kernel, channels innermost, epilogue
-  fused per pixel.
+  fused per output row.
 
 Measured on the 2-core Zen 4 box (1 thread, ResNet stem 7x7/2 3->64 224x224, conv + folded BN
 + ReLU, ms per image, CPU time of the thread while other jobs loaded both cores): the former
 whole-batch path (one im2col of the chunk into [N*OH*OW, kh*kw*C] = 7.4 MB per image, one GEMM,
 an epilogue pass) 6.6 at batch 1 and 12.1 at batch 32; tiled 4.5 and 4.4; torch 2.13's
 ``relu(bn(conv(x)))`` 4.0 and 15.4. Of the tiled 4.5 ms, the GEMM is about 2.8, the im2col 0.6
-and the epilogue 0.3. Earlier, im2col + OpenBLAS beat a direct numba kernel (eight taps and
-two pixels per pass over the output channels) by 1.2-1.7x on the stem and on 1x1 convs.
+and the epilogue 0.3. Earlier, im2col + OpenBLAS beat a direct numba kernel written as plain
+loops (eight taps and two pixels per pass over the output channels) by 1.2-1.7x on the stem
+and on 1x1 convs; the FMA micro-kernel, its accumulators held in registers as LLVM vectors,
+beats both where its weight block fits L1 (numbers at ``uses_direct``).
 """
 
 from __future__ import annotations
