@@ -27,6 +27,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from runtime.kernels.popcount import block_operands
+
 FMA_LANES = 8  # float32 lanes of one 256-bit vector
 FMA_BLOCK = 16  # output channels per weight block: two vectors
 FMA_PIXELS = 6  # pixels of the main micro-kernel
@@ -44,12 +46,8 @@ def _fma_codegen(pixels: int):
         fmuladd = builder.module.declare_intrinsic(
             f"llvm.fmuladd.v{FMA_LANES}f32", fnty=ir.FunctionType(vector, [vector] * 3))
         x_data = context.make_array(x_ty)(context, builder, x).data
-        offsets_data = context.make_array(offsets_ty)(context, builder, offsets).data
-        weights_array = context.make_array(weights_ty)(context, builder, weights)
-        columns = cgutils.unpack_tuple(builder, weights_array.shape)[1]
-        block_start = builder.mul(o, columns)
-        bases = [builder.add(base, builder.mul(step, ir.Constant(i64, p)))
-                 for p in range(pixels)]
+        offsets_data, weights_array, block_start, bases = block_operands(
+            context, builder, (offsets_ty, offsets), (weights_ty, weights), o, base, step, pixels)
         cells = [(p, v) for p in range(pixels) for v in range(vectors)]
         sums = {c: cgutils.alloca_once_value(builder, ir.Constant(vector, None)) for c in cells}
         undef = ir.Constant(vector, None)

@@ -121,6 +121,20 @@ def _nibble_lookup(builder, nibbles):
     return builder.call(ctpop, [nibbles])
 
 
+def block_operands(context, builder, offsets, weights, o, base, step, pixels):
+    """Shared operands of the register-blocked intrinsics (the ``patch_popcounts*`` here and
+    ``fma_block*`` in fma.py): the offset table's data pointer, the weight array, the first
+    element of weight block (row) o, and the first element of each of ``pixels`` pixels,
+    ``base + p * step``. ``offsets`` and ``weights`` are (numba type, LLVM value) pairs."""
+    i64 = ir.IntType(64)
+    offsets_data = context.make_array(offsets[0])(context, builder, offsets[1]).data
+    weights_array = context.make_array(weights[0])(context, builder, weights[1])
+    columns = cgutils.unpack_tuple(builder, weights_array.shape)[1]
+    block_start = builder.mul(o, columns)
+    bases = [builder.add(base, builder.mul(step, ir.Constant(i64, p))) for p in range(pixels)]
+    return offsets_data, weights_array, block_start, bases
+
+
 def _patch_popcounts_codegen(pixels, first_vector, stop_vector):
     """LLVM IR of a ``patch_popcounts*`` intrinsic: ``pixels`` pixels, the block's vectors
     [first_vector, stop_vector) (see the comment above ``patch_popcounts_bytes``)."""
@@ -135,12 +149,8 @@ def _patch_popcounts_codegen(pixels, first_vector, stop_vector):
         words_array = context.make_array(words_ty)(context, builder, words)
         words_data = words_array.data
         half_offset = (ir.Constant(i64, 0), cgutils.unpack_tuple(builder, words_array.shape)[1])
-        offsets_data = context.make_array(offsets_ty)(context, builder, offsets).data
-        weights_array = context.make_array(weights_ty)(context, builder, weights)
-        columns = cgutils.unpack_tuple(builder, weights_array.shape)[1]
-        block_start = builder.mul(o, columns)
-        bases = [builder.add(base, builder.mul(step, ir.Constant(i64, p)))
-                 for p in range(pixels)]
+        offsets_data, weights_array, block_start, bases = block_operands(
+            context, builder, (offsets_ty, offsets), (weights_ty, weights), o, base, step, pixels)
         zero_bytes = ir.Constant(bytes_ty, None)
         cells = [(p, v) for p in range(pixels) for v in vectors]
         totals = {c: cgutils.alloca_once_value(builder, ir.Constant(lane, None)) for c in cells}
