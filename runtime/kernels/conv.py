@@ -53,7 +53,7 @@ from runtime.kernels.epilogue import (
     finish_rows,
     output_buffers,
 )
-from runtime.kernels.geometry import conv_output_size, int_pair
+from runtime.kernels.geometry import conv_output_size, int_pair, is_pointwise
 
 DIRECT_MAX_DEPTH = 512  # see uses_direct
 
@@ -311,19 +311,18 @@ def conv2d(
     residual = check_residual(residual, shape)
     result, out_float, out_bits = output_buffers(shape, epilogue, out)
     rows = shape[0] * shape[1] * shape[2]
+    targets = [_as_rows(array, rows) for array in (residual, out_float, out_bits)]
     if plan.depthwise:
         geometry = np.array([*plan.stride, *plan.padding, *plan.dilation, *plan.out_hw],
                             np.int64)
+        residual_rows, float_rows, bits_rows = targets
         _depthwise_kernel(x, plan.weights, plan.out_channels // plan.in_channels, geometry,
-                          _as_rows(residual, rows), epilogue.table, epilogue.activation,
-                          epilogue.quantize, _as_rows(out_float, rows), _as_rows(out_bits, rows))
-        return result
-    if plan.direct is not None:
-        direct_conv(plan.direct, x, plan.out_hw, plan.stride, epilogue,
-                    _as_rows(residual, rows), _as_rows(out_float, rows), _as_rows(out_bits, rows))
-        return result
-    _TiledConv(plan, x, epilogue, _as_rows(residual, rows), _as_rows(out_float, rows),
-               _as_rows(out_bits, rows)).run()
+                          residual_rows, epilogue.table, epilogue.activation, epilogue.quantize,
+                          float_rows, bits_rows)
+    elif plan.direct is not None:
+        direct_conv(plan.direct, x, plan.out_hw, plan.stride, epilogue, *targets)
+    else:
+        _TiledConv(plan, x, epilogue, *targets).run()
     return result
 
 
@@ -384,8 +383,7 @@ class _TiledConv:
         self.plan, self.x, self.epilogue = plan, x, epilogue
         self.residual, self.out_float, self.out_bits = residual, out_float, out_bits
         kh, kw = plan.kernel
-        self.pointwise = plan.kernel == (1, 1) and plan.stride == (1, 1) \
-            and plan.padding == (0, 0)
+        self.pointwise = is_pointwise(plan.kernel, plan.stride, plan.padding)
         self.depth = kh * kw * plan.in_channels  # GEMM K summed over the groups
         self.rows = x.shape[0] * plan.out_hw[0] * plan.out_hw[1]
         self.threads = numba.get_num_threads()

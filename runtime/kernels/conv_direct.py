@@ -34,6 +34,7 @@ from numba import njit, prange
 
 from runtime.kernels.epilogue import Epilogue, finish_rows
 from runtime.kernels.fma import FMA_BLOCK, FMA_PIXELS, fma_block1, fma_block6
+from runtime.kernels.geometry import is_pointwise
 from runtime.kernels.pack import WORD_BITS
 
 ROWS_PER_THREAD = 4  # fewer runs than this per thread: split the channels too
@@ -70,9 +71,8 @@ def prepare_direct(layout: np.ndarray, in_channels: int, in_hw: tuple[int, int],
     padded_hw = (in_hw[0] + 2 * ph, in_hw[1] + 2 * pw)
     ky, kx, c = np.meshgrid(np.arange(kh), np.arange(kw), np.arange(in_channels), indexing="ij")
     offsets = ((ky * dh * padded_hw[1] + kx * dw) * in_channels + c).reshape(-1)
-    pointwise = kernel == (1, 1) and stride == (1, 1) and padding == (0, 0)
     return DirectPlan(np.ascontiguousarray(blocks), offsets.astype(np.int64), padded_hw,
-                      (ph, pw), pointwise)
+                      (ph, pw), is_pointwise(kernel, stride, padding))
 
 
 def scratch_floats(in_hw: tuple[int, int], in_channels: int, out_channels: int,

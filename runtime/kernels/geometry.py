@@ -22,6 +22,12 @@ def int_pair(value, name: str, minimum: int, layer: str) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
+def is_pointwise(kernel, stride, padding) -> bool:
+    """A 1x1 conv with stride 1 and no padding: output pixel p reads input pixel p, so its
+    input rows serve as they are (no im2col, runs across rows and samples)."""
+    return tuple(kernel) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0)
+
+
 def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation: int = 1) -> int:
     """PyTorch's output size of a convolution along one axis:
     floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1."""

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from runtime import kernels
+from runtime.kernels.geometry import is_pointwise
 from runtime.ops.common import (
     channels_attr,
     check_channels,
@@ -69,7 +70,7 @@ def _conv_scratch(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
         return 4 * kernels.direct_scratch_floats(ins[0].shape[1:], c, o, a["padding"],
                                                  out.shape[2])
     pixels = out.shape[1] * out.shape[2]
-    pointwise = (kh, kw) == (1, 1) and a["stride"] == (1, 1) and a["padding"] == (0, 0)
+    pointwise = is_pointwise(a["kernel"], a["stride"], a["padding"])
     return 4 * pixels * (o + (0 if pointwise else kh * kw * c))
 
 
