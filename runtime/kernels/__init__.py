@@ -46,17 +46,16 @@ residual, out)`` (linear bias: the epilogue's bias).
 Threads: the parallel kernels use numba's ``prange`` pool (``numba.set_num_threads``); the float
 GEMMs use numpy's BLAS, whose thread count ``runtime.threads`` sets around ``Model.predict``.
 
-numba's default threading layer here is GNU OpenMP: its idle workers spin for a while after
-each parallel region, which keeps the next kernel's start cheap (measured at 2 threads on a
-512ch 7x7 conv: 0.08 ms per call, 0.15 ms with ``OMP_WAIT_POLICY=PASSIVE``) but competes with
-a multi-threaded BLAS call that follows; hence OpenBLAS runs one thread while a model
-predicts (``runtime.threads``).
+The threading layer is numba's TBB (``runtime.threads`` says why: fork safety, steadier
+medians on busy cores). Its idle workers spin for a while after each parallel region, which
+keeps the next kernel's start cheap but competes with a multi-threaded BLAS call that
+follows; hence OpenBLAS runs one thread while a model predicts (``runtime.threads``).
 
 Every kernel is compiled with ``cache=True`` (set ``NUMBA_CACHE_DIR`` to a writable
 directory); all layers share one specialization per kernel. numba's cache does not notice
 edits to a helper inlined from another file (``finish_rows``, ``finish_popcounts_rows``,
-``pack_at``, the ``patch_popcounts*`` intrinsics of ``popcount.py``, the ``fma_block*``
-intrinsics of ``fma.py``): after changing one,
+``pack_at``, the ``epilogue_word`` intrinsic of ``epilogue_word.py``, the ``patch_popcounts*``
+intrinsics of ``popcount.py``, the ``fma_block*`` intrinsics of ``fma.py``): after changing one,
 delete the cache directory.
 """
 

@@ -24,9 +24,18 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.errors import InputError, InvalidModelError
+from runtime.kernels.epilogue_word import (
+    BETA,
+    BIAS,
+    GAMMA,
+    SCALE,
+    SIGN,
+    SIGNED_THRESHOLD,
+    ZETA,
+    epilogue_word,
+)
 from runtime.kernels.pack import WORD_BITS, pack_at, signed_threshold_table, words_for
 
-SCALE, BIAS, GAMMA, ZETA, BETA, SIGN, SIGNED_THRESHOLD = range(7)
 ACT_NONE, ACT_RPRELU = 0, 1
 
 
@@ -111,7 +120,7 @@ def finish_rows(s, count, first, start, channels, residual, table, activation, q
     """Apply the epilogue to ``count`` pixels and store them.
 
     Pixel i (< count) is row ``first + i`` of the layer's outputs; its values before the
-    affine are s[i, :channels] (float32 scratch, overwritten), the layer's channels
+    affine are s[i, :channels] (float32 scratch, may be overwritten), the layer's channels
     ``start .. start + channels`` (``start`` a multiple of 64 when they are a share of the
     layer's channels, else 0); ``table`` is the layer's f32[7, O]. ``residual`` and
     ``out_float`` are the layer's float32 rows [M, O] or [0, 0] (none), ``out_bits`` its
@@ -125,47 +134,63 @@ def finish_rows(s, count, first, start, channels, residual, table, activation, q
     arithmetic (measured: 66 -> 23 ns); on two threads the atomics also share a cache line.
     A share reads its columns of the whole table for the same reason: handing it a table of
     its own (a view of a [shares, 7, C] array) cost the ResNet stem 3.15 -> 3.5 ms.
-    Two passes over a pixel's channels (affine and residual; activation and store), one loop
-    per case so that each is branch-free for the vectorizer (RPReLU's two sides become a
-    blend); the bits are packed from the stored floats.
+    Each whole 64-channel word of a pixel is one ``epilogue_word`` (LLVM vector IR: the
+    affine, residual, activation, float store and the word's bits, with no loop setup); the
+    channels past the last whole word take two scalar passes (affine and residual;
+    activation and store), one loop per case so that each is branch-free for the vectorizer
+    (RPReLU's two sides become a blend), and their bits are packed from the stored floats.
+    Both give the same bits (the same float32 operations in the same order).
     """
     has_residual = residual.shape[0] > 0
     keep = out_float.shape[0] > 0
     rprelu = activation == ACT_RPRELU
+    bits_wanted = bool(quantize)
     scratch = s.ravel()
     floats = out_float.ravel()
-    columns, out_columns = s.shape[1], out_float.shape[1]
+    shortcut = residual.ravel()
+    columns, out_columns, residual_columns = s.shape[1], out_float.shape[1], residual.shape[1]
     word = start // WORD_BITS
+    whole = channels // WORD_BITS
+    tail = whole * WORD_BITS
     column = np.uint64(start)  # unsigned: numba checks a signed computed index for
     # wraparound, which kept these loops scalar (the stem's epilogue took 8 ms, not 0.3)
     for i in range(count):
         r = first + i
+        for w in range(whole):
+            c = start + w * WORD_BITS
+            packed = epilogue_word(scratch, i * columns + w * WORD_BITS, table, c, shortcut,
+                                   r * residual_columns + c, has_residual, rprelu, floats,
+                                   r * out_columns + c, keep, bits_wanted)
+            if bits_wanted:
+                out_bits[r, word + w] = packed
+        if tail == channels:
+            continue
         if has_residual:
-            for o in range(channels):
+            for o in range(tail, channels):
                 c = column + np.uint64(o)
                 s[i, o] = (s[i, o] * table[SCALE, c] + table[BIAS, c]) + residual[r, c]
         else:
-            for o in range(channels):
+            for o in range(tail, channels):
                 c = column + np.uint64(o)
                 s[i, o] = s[i, o] * table[SCALE, c] + table[BIAS, c]
         if keep:  # element loops: numba's slice assignment costs ~30 ns per call
             if rprelu:
-                for o in range(channels):
+                for o in range(tail, channels):
                     c = column + np.uint64(o)
                     out_float[r, c] = _rprelu(s[i, o], table, c)
             else:
-                for o in range(channels):
+                for o in range(tail, channels):
                     out_float[r, column + np.uint64(o)] = s[i, o]
-            if quantize:
-                pack_at(floats, r * out_columns + start, channels, table, SIGN, table,
-                        SIGNED_THRESHOLD, start, out_bits, r, word)
+            if bits_wanted:
+                pack_at(floats, r * out_columns + start + tail, channels - tail, table, SIGN,
+                        table, SIGNED_THRESHOLD, start + tail, out_bits, r, word + whole)
         else:
             if rprelu:
-                for o in range(channels):
+                for o in range(tail, channels):
                     s[i, o] = _rprelu(s[i, o], table, column + np.uint64(o))
-            if quantize:
-                pack_at(scratch, i * columns, channels, table, SIGN, table, SIGNED_THRESHOLD,
-                        start, out_bits, r, word)
+            if bits_wanted:
+                pack_at(scratch, i * columns + tail, channels - tail, table, SIGN, table,
+                        SIGNED_THRESHOLD, start + tail, out_bits, r, word + whole)
 
 
 @njit(cache=True, inline="always")

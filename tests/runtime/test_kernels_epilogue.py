@@ -77,7 +77,7 @@ def layers(rng, channels_out):
 
 @settings(max_examples=12, deadline=None)
 @given(
-    channels=st.sampled_from([1, 64, 65]),
+    channels=st.sampled_from([1, 64, 65, 130]),
     use_affine=st.booleans(),
     use_residual=st.booleans(),
     activation=st.sampled_from([None, "prelu", "prelu1", "rprelu"]),
