@@ -45,10 +45,20 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runtime.kernels import bconv2d, conv2d, make_epilogue, prepare_bconv, prepare_conv2d
+from runtime.kernels import (
+    bconv2d,
+    conv2d,
+    conv2d_maxpool,
+    make_epilogue,
+    pack_bits,
+    prepare_bconv,
+    prepare_conv2d,
+    prepare_conv_maxpool,
+)
 from runtime.kernels import conv as conv_kernels
 from runtime.kernels.bconv import POPCOUNT_STRATEGIES, _popcount_pair, default_popcount
 from runtime.kernels.popcount import patch_popcounts4_high, patch_popcounts4_low
+from runtime.ops.pooling import maxpool2d
 from runtime.threads import thread_limits
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
@@ -335,11 +345,24 @@ def stem_times(plan, epilogue, conv, bn, x: np.ndarray, threads: int,
             conv_kernels._tile_pixels = tile_pixels
 
     tiled = dataclasses.replace(plan, direct=None)
+    pooled = prepare_conv_maxpool(plan, 3, 2, 1, (56, 56))
+    threshold = np.zeros(64, np.float32)
+    quantize = make_epilogue(64, quantize=(threshold, None))
+    pool_attrs = {"kernel": (3, 3), "stride": (2, 2), "padding": (1, 1), "dilation": (1, 1),
+                  "ceil_mode": False}
+
+    def two_steps() -> None:  # the plan without the fusion: conv step, pool step, quantize
+        z = maxpool2d([conv2d(plan, x, epilogue)], {}, pool_attrs)
+        pack_bits(z.reshape(-1, 64), threshold)
+
     variants = {
         "torch": lambda: torch.relu(bn(conv(x_torch))),
         "direct": lambda: conv2d(plan, x, epilogue, out=out),
         "tiled": lambda: conv2d(tiled, x, epilogue, out=out),
         "whole": whole_batch_tile,
+        "torch_pool": lambda: torch.max_pool2d(torch.relu(bn(conv(x_torch))), 3, 2, 1),
+        "fused_pool": lambda: conv2d_maxpool(pooled, x, epilogue, quantize),
+        "two_steps": two_steps,
     }
     times: dict[str, list[float]] = {key: [] for key in variants}
     with torch.no_grad(), thread_limits(threads):
@@ -351,15 +374,22 @@ def stem_times(plan, epilogue, conv, bn, x: np.ndarray, threads: int,
     return times
 
 
-def bench_stem(repeats: int, rng, threads_list: list[int], batches: list[int]) -> list[str]:
+def bench_stem(repeats: int, rng, threads_list: list[int],
+               batches: list[int]) -> tuple[list[str], list[str]]:
     """ResNet-18's stem conv + BN + ReLU (7x7/2, 3->64, 224x224), ms per image, against
     torch's ``F.relu(bn(conv(x)))`` (eval, no_grad, NCHW) on the same thread count: ours
     direct (the FMA micro-kernel, runtime/kernels/conv_direct.py, the default), tiled
     im2col + BLAS (runtime/kernels/conv.py) and that as one tile over the whole batch (the
-    first whole-batch im2col), all interleaved in this process."""
+    first whole-batch im2col); and the stem with its max pool 3x3/2 and the first quantize:
+    ours fused (runtime/kernels/conv_pool.py, what the plan runs) and as the three steps of
+    the plan without that fusion, torch's max_pool2d(relu(bn(conv(x)))). All interleaved in
+    this process. Returns the two tables' lines."""
     lines = ["| threads | batch | torch conv+bn+relu ms/image (min / median) | ours direct "
              "(min / median) | ours tiled im2col + BLAS (min) | one whole-batch tile (min) "
              "| torch/ours |", "|---|---|---|---|---|---|---|"]
+    pool_lines = ["| threads | batch | torch conv+bn+relu+maxpool ms/image (min / median) | "
+                  "ours fused conv..maxpool+quantize (min / median) | ours as three steps "
+                  "(min) | three steps / fused | torch/fused |", "|---|---|---|---|---|---|---|"]
     weight = (rng.standard_normal((64, 3, 7, 7)) * 0.1).astype(np.float32)
     conv = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
     conv.weight.data = torch.from_numpy(weight)
@@ -384,7 +414,16 @@ def bench_stem(repeats: int, rng, threads_list: list[int], batches: list[int]) -
                 f"{best['whole'] * 1e3:.3f} | {best['torch'] / best['direct']:.2f} |"
             )
             print(lines[-1], flush=True)
-    return lines
+            pool_lines.append(
+                f"| {threads} | {batch} | {best['torch_pool'] * 1e3:.3f} / "
+                f"{statistics.median(times['torch_pool']) * 1e3:.3f} | "
+                f"{best['fused_pool'] * 1e3:.3f} / "
+                f"{statistics.median(times['fused_pool']) * 1e3:.3f} | "
+                f"{best['two_steps'] * 1e3:.3f} | {best['two_steps'] / best['fused_pool']:.2f} | "
+                f"{best['torch_pool'] / best['fused_pool']:.2f} |"
+            )
+            print(pool_lines[-1], flush=True)
+    return lines, pool_lines
 
 
 def geomean(values: list[float]) -> float:
@@ -441,8 +480,9 @@ def main() -> None:
                            f"{geomean(ratios):.1f}x, smallest {min(ratios):.1f}x")
             print(summary[-1], flush=True)
     float_lines = bench_float_layers(max(5, args.repeats // 3), rng)
-    stem_lines = bench_stem(args.repeats, rng, [int(t) for t in args.threads.split(",")],
-                            [int(b) for b in args.stem_batches.split(",")])
+    stem_lines, stem_pool_lines = bench_stem(
+        args.repeats, rng, [int(t) for t in args.threads.split(",")],
+        [int(b) for b in args.stem_batches.split(",")])
     notes = [
         "# Binary conv layers vs torch fp32 (ResNet-18 3x3 stages)",
         "",
@@ -496,6 +536,17 @@ def main() -> None:
         "count. Interleaved in this process.",
         "",
         *stem_lines,
+        "",
+        "## The stem with its max pool and the first quantize (ms per image)",
+        "",
+        "Ours fused: one kernel (runtime/kernels/conv_pool.py) computes the conv rows each "
+        "3x3/2 pool window needs into a ring of three rows, pools them there and writes the "
+        "pooled floats and their bits; the 112x112x64 conv output is never stored. Three "
+        "steps: the same plan without that fusion (conv + BN + ReLU, the max pool op, the "
+        "quantize's packing). torch: max_pool2d(relu(bn(conv(x)))). Interleaved in this "
+        "process.",
+        "",
+        *stem_pool_lines,
         "",
     ]
     Path(args.out).write_text("\n".join(notes))

@@ -20,6 +20,12 @@ into a list of ``Step``s, each one kernel or numpy call:
   its last stage. A producer declared with ``side_quantize`` (``bconv2d``) takes it anyway:
   its kernel writes the floats and their bits in one pass (``keep_float`` epilogue), and the
   step has two outputs, saving the quantize's own pass over the floats and its call.
+- **Max pool after a conv.** A producer declared with ``prepare_maxpool`` (``conv2d`` on the
+  direct path) whose chain has no ``add`` and no ``quantize`` also absorbs the max pool
+  (fusion role ``"maxpool"``, dilation 1) that is the only reader of the chain's output: the
+  kernel computes the conv rows each pool window needs into a small ring and pools them
+  there (runtime/kernels/conv_pool.py), so the conv's output, a stem's largest tensor, is
+  never stored. A quantize among the pool output's readers becomes the step's side quantize.
 - **Layout.** Values are NHWC (float32) or packed bits (uint64); the graph inputs are converted
   from NCHW once, rank-4 outputs back to NCHW at the end (``Model.predict``).
 - **Liveness.** Each step lists the values it reads for the last time; the executor drops them
@@ -86,6 +92,7 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
             by_input.setdefault(name, []).append(node)
 
     chains: dict[int, tuple[list[Node], Node | None]] = {}  # last node -> (chain, side)
+    pooled: dict[int, Callable[..., Any]] = {}  # a chain's absorbed pool -> its fused call
     fused: set[int] = set()
     # binary producers first: where a float conv's chain and a binary conv's chain meet at the
     # same add (a downsampling shortcut), the add goes to the cheaper binary kernel epilogue
@@ -95,14 +102,22 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
     for node in producers:
         chain = _grow_chain(node, uses, by_input, fused, ops)
         fused.update(n.index for n in chain)
-        side = _side_quantize(chain, by_input, fused, ops)
+        absorbed = _absorb_maxpool(chain, uses, by_input, fused, ops, graph.values, arrays)
+        if absorbed is not None:
+            pool, pooled[pool.index] = absorbed
+            chain.append(pool)
+            fused.add(pool.index)
+        side = _side_quantize(chain, by_input, fused, ops, absorbed is not None)
         if side is not None:
             fused.add(side.index)
         chains[chain[-1].index] = (chain, side)
 
     steps = []
     for node in graph.nodes:
-        if node.index in chains:
+        if node.index in pooled:
+            steps.append(_pooled_step(*chains[node.index], pooled[node.index], graph.values,
+                                      arrays))
+        elif node.index in chains:
             steps.append(_fused_step(*chains[node.index], graph.values, arrays))
         elif node.index not in fused:
             steps.append(_single_step(node, graph.values, arrays))
@@ -138,13 +153,41 @@ def _grow_chain(
         chain.append(consumer)
 
 
+def _absorb_maxpool(
+    chain: list[Node],
+    uses: Mapping[str, int],
+    by_input: Mapping[str, list[Node]],
+    taken: set[int],
+    ops: Mapping[str, OpDef],
+    values: Mapping[str, ValueInfo],
+    arrays: Mapping[str, np.ndarray],
+) -> tuple[Node, Callable[..., Any]] | None:
+    """(the max pool, the fused call) when the chain's producer can take the pool that alone
+    reads the chain's output (module docstring: no ``add``, no ``quantize`` in the chain),
+    else None."""
+    producer = chain[0]
+    prepare = ops[producer.op].prepare_maxpool
+    if prepare is None or any(ops[n.op].fusion in ("add", "quantize") for n in chain[1:]):
+        return None
+    value = chain[-1].outputs[0]
+    consumers = by_input.get(value, [])
+    if uses[value] != 1 or len(consumers) != 1:  # also stops at a graph output
+        return None
+    pool = consumers[0]
+    if ops[pool.op].fusion != "maxpool" or pool.index in taken:
+        return None
+    call = prepare(producer, _param(arrays, producer, "weight"), values[producer.inputs[0]],
+                   pool, values[pool.outputs[0]])
+    return None if call is None else (pool, call)
+
+
 def _side_quantize(
     chain: list[Node], by_input: Mapping[str, list[Node]], taken: set[int],
-    ops: Mapping[str, OpDef],
+    ops: Mapping[str, OpDef], pooled: bool = False,
 ) -> Node | None:
     """The ``quantize`` among the readers of the chain's float output that the producer's kernel
-    can write beside it (module docstring), or None."""
-    if not ops[chain[0].op].side_quantize or ops[chain[-1].op].fusion == "quantize":
+    can write beside it (module docstring; a fused max pool's output too), or None."""
+    if not (ops[chain[0].op].side_quantize or pooled) or ops[chain[-1].op].fusion == "quantize":
         return None
     for reader in by_input.get(chain[-1].outputs[0], []):
         if ops[reader.op].fusion == "quantize" and reader.index not in taken:
@@ -167,13 +210,17 @@ def _epilogue(
     producer = chain[0]
     if "bias" in producer.params:
         options["bias"] = _param(arrays, producer, "bias")
-    ops = all_ops()
     for node in chain[1:]:
-        contribute = ops[node.op].epilogue
-        if contribute is not None:
-            params = {role: arrays[key] for role, key in node.params.items()}
-            options.update(contribute(params, node.attrs))
+        options.update(_stage_options(node, arrays))
     return kernels.make_epilogue(channels, keep_float=keep_float, **options)
+
+
+def _stage_options(node: Node, arrays: Mapping[str, np.ndarray]) -> dict[str, object]:
+    """The ``make_epilogue`` options of one fused op (none for ``add``, a pool)."""
+    contribute = all_ops()[node.op].epilogue
+    if contribute is None:
+        return {}
+    return contribute({role: arrays[key] for role, key in node.params.items()}, node.attrs)
 
 
 def _fused_step(
@@ -204,6 +251,27 @@ def _fused_step(
             return call(xs[0], epilogue, xs[1])
 
     return Step(nodes, inputs, chain[-1].outputs[0], run, *_param_size(nodes, arrays),
+                side_output=side.outputs[0] if side else None)
+
+
+def _pooled_step(
+    chain: list[Node], side: Node | None, call: Callable[..., Any],
+    values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray],
+) -> Step:
+    """One kernel call for a producer, its chain and the max pool it absorbed (the chain's last
+    node, ``_absorb_maxpool``), and the pool output's side quantize when it has one."""
+    producer, pool = chain[0], chain[-1]
+    channels = values[producer.outputs[0]].channels
+    epilogue = _epilogue(chain[:-1], channels, arrays)
+    quantize = None
+    if side is not None:
+        quantize = kernels.make_epilogue(channels, **_stage_options(side, arrays))
+
+    def run(xs: Sequence[np.ndarray]) -> Any:
+        return call(xs[0], epilogue, quantize)
+
+    nodes = chain + ([side] if side else [])
+    return Step(nodes, [producer.inputs[0]], pool.outputs[0], run, *_param_size(nodes, arrays),
                 side_output=side.outputs[0] if side else None)
 
 

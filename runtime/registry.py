@@ -15,14 +15,20 @@ An :class:`OpDef` says everything the rest of the project needs to know about on
 - its **implementation**: ``run(inputs, params, attrs)`` for an op the executor calls on its
   own, ``prepare`` for a producer (a kernel that absorbs a fused epilogue), and its
   **fusion role**: ``"producer"``, or the epilogue stage it can fill (``"affine"``, ``"add"``,
-  ``"activation"``, ``"quantize"``), or ``None``; a fusable op's ``epilogue(params, attrs)``
-  gives the options of ``kernels.make_epilogue`` that compute it inside the producer's kernel
-  (``add`` needs none: its other input is the kernel's residual);
+  ``"activation"``, ``"quantize"``), or ``"maxpool"`` (a pool a producer declared with
+  ``prepare_maxpool`` may absorb after its chain), or ``None``; a fusable op's
+  ``epilogue(params, attrs)`` gives the options of ``kernels.make_epilogue`` that compute it
+  inside the producer's kernel (``add`` needs none: its other input is the kernel's residual);
 - ``integer_output``: its float output holds exact integers (the popcount sums), which lets
   ``passes.export.fold`` round the next threshold exactly;
 - ``side_quantize`` (producers): its kernel can write a fused chain's float output and that
   output's quantized bits in one pass (a block output read by the next binary layer's
   ``quantize`` and by a shortcut);
+- ``prepare_maxpool`` (producers): ``prepare_maxpool(node, weight, input, pool, pool_output)``
+  gives a call ``call(x, epilogue, quantize)`` that runs the producer, its chain and the max
+  pool (fusion role ``"maxpool"``) that reads the chain's output, in one kernel that never
+  stores the producer's output, and writes the pooled floats' bits when ``quantize`` is
+  given; or None where its kernel cannot (``runtime.graph`` says when it is asked);
 - its **semantics** in one line, for the op table of ``docs/IR.md``.
 
 Everything else derives from these declarations: validation of a file
@@ -166,6 +172,7 @@ class OpDef:
     epilogue: Callable[[Params, Attrs], dict[str, Any]] | None = None
     integer_output: bool = False
     side_quantize: bool = False
+    prepare_maxpool: Callable[..., Any] | None = None
     work: Cost = elements
     scratch: Cost = no_scratch
 
@@ -285,14 +292,14 @@ def register(op: OpDef) -> OpDef:
     """Declare ``op`` (once: a second declaration of the same name is a programming error)."""
     if op.name in OPS:
         raise ValueError(f"op {op.name!r} is declared twice")
-    if op.fusion not in (None, "producer", *FUSION_STAGES):
+    if op.fusion not in (None, "producer", "maxpool", *FUSION_STAGES):
         raise ValueError(f"op {op.name!r}: unknown fusion role {op.fusion!r}")
     if (op.run is None) == (op.prepare is None):
         raise ValueError(f"op {op.name!r} needs exactly one of run and prepare")
     if op.fusion in ("affine", "activation", "quantize") and op.epilogue is None:
         raise ValueError(f"op {op.name!r} has fusion role {op.fusion!r} but no epilogue")
-    if op.side_quantize and op.fusion != "producer":
-        raise ValueError(f"op {op.name!r}: only a producer can take a side quantize")
+    if (op.side_quantize or op.prepare_maxpool) and op.fusion != "producer":
+        raise ValueError(f"op {op.name!r}: only a producer can take a side quantize or a pool")
     OPS[op.name] = op
     return op
 

@@ -14,7 +14,8 @@ at build time:
   (``runtime.registry.all_ops``) a tiny graph with that op alone, at each input rank it takes
   (bits inputs behind a ``quantize``, bits outputs read by a 1x1 ``bconv2d`` / ``bdense``);
   for every producer (conv, dense, their binary versions) a chain the plan fuses into one
-  kernel call (producer -> affine -> add -> rprelu -> quantize); plus :data:`VARIANTS`, the
+  kernel call (producer -> affine -> add -> rprelu -> quantize), and for a producer that can
+  absorb a max pool, that fusion (``_pooled``); plus :data:`VARIANTS`, the
   attrs that route an op to another kernel (a depthwise, grouped or deep conv). Required attrs are
   filled from :data:`FILL`. It then checks that every kernel of the runtime (each non-inlined
   ``numba`` dispatcher in the ``runtime`` package) was compiled or loaded; a kernel no graph
@@ -182,6 +183,8 @@ def coverage_models() -> Iterator[tuple[str, bytes]]:
                 yield f"{op.name} rank {rank} {extra or ''}".strip(), _alone(op, rank, extra)
         if op.fusion == "producer":
             yield f"{op.name} fused chain", _chain(op)
+        if op.prepare_maxpool is not None:
+            yield f"{op.name} fused with a max pool", _pooled(op)
 
 
 class _Builder:
@@ -253,6 +256,17 @@ def _chain(op: OpDef) -> bytes:
     y = b.add(ops["affine"], [b.add(op, [x], same_size)])
     y = b.add(ops["quantize"], [b.add(ops["rprelu"], [b.add(ops["add"], [y, "input"])])])
     return b.to_bytes(b.to_float(y))
+
+
+def _pooled(op: OpDef) -> bytes:
+    """producer -> relu -> maxpool2d, whose output feeds a quantize (the fused
+    step's side output) and a shortcut add."""
+    ops = all_ops()
+    b = _Builder(op.inputs.ranks[0])
+    direct = {"padding": [1, 1], "groups": 1}  # FILL gives groups 2: not the direct kernel
+    y = b.add(ops["relu"], [b.add(op, ["input"], direct)])  # its bias is the affine
+    pooled = b.add(ops["maxpool2d"], [y], {"stride": [2, 2], "padding": [1, 1]})
+    return b.to_bytes(b.add(ops["add"], [b.to_float(b.add(ops["quantize"], [pooled])), pooled]))
 
 
 __all__ = ["KernelState", "WarmupReport", "coverage_models", "kernels", "sample_inputs", "warmup"]

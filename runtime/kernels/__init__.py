@@ -39,6 +39,10 @@ groups) -> ConvPlan``; ``conv2d(plan, x f32[N, H, W, C], epilogue, *, residual, 
 (conv bias: put it in the epilogue's bias). groups == 1 convs with K = kh*kw*C <= 512 run
 the direct FMA micro-kernel (``uses_direct``, runtime/kernels/conv_direct.py), the others
 im2col + BLAS per tile.
+``prepare_conv_maxpool(conv_plan, kernel, stride, padding, out_hw) -> ConvMaxPoolPlan | None``
+(None unless the conv takes the direct path); ``conv2d_maxpool(plan, x, epilogue, quantize)``:
+the conv with its epilogue, then a max pool (dilation 1) of its output, and optionally the
+pooled floats' bits, without storing the conv output (runtime/kernels/conv_pool.py).
 ``prepare_dense(weight f32[O, F]) -> DensePlan``; ``dense(plan, x f32[N, F], epilogue, *,
 residual, out)`` (linear bias: the epilogue's bias).
 ``popcount64(word)``: the ``llvm.ctpop.i64`` intrinsic, for other nopython kernels.
@@ -62,6 +66,7 @@ delete the cache directory.
 from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
 from runtime.kernels.conv import ConvPlan, conv2d, prepare_conv2d, uses_direct
 from runtime.kernels.conv_direct import scratch_floats as direct_scratch_floats
+from runtime.kernels.conv_pool import ConvMaxPoolPlan, conv2d_maxpool, prepare_conv_maxpool
 from runtime.kernels.dense import DensePlan, bdense, dense, prepare_bdense, prepare_dense
 from runtime.kernels.epilogue import Epilogue, make_epilogue
 from runtime.kernels.pack import pack_bits, pack_bits_per_sample, words_for
@@ -69,12 +74,14 @@ from runtime.kernels.popcount import popcount64
 
 __all__ = [
     "BConvPlan",
+    "ConvMaxPoolPlan",
     "ConvPlan",
     "DensePlan",
     "Epilogue",
     "bconv2d",
     "bdense",
     "conv2d",
+    "conv2d_maxpool",
     "dense",
     "direct_scratch_floats",
     "make_epilogue",
@@ -84,6 +91,7 @@ __all__ = [
     "prepare_bconv",
     "prepare_bdense",
     "prepare_conv2d",
+    "prepare_conv_maxpool",
     "prepare_dense",
     "uses_direct",
     "words_for",

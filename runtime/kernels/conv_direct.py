@@ -154,14 +154,14 @@ def _direct_kernel(xp, offsets, blocks, geometry, residual, table, activation, q
             start = (n * padded_h + (index - n * out_h) * stride_h) * padded_w * channels
         y = np.empty((length, share_blocks * FMA_BLOCK), np.float32)
         for b in range(share_blocks):
-            _run_block(flat, start, step, count, offsets, depth, blocks,
+            run_block(flat, start, step, count, offsets, depth, blocks,
                        part * share_blocks + b, y, b * FMA_BLOCK)
         finish_rows(y, count, first, part * share, share, residual, table, activation,
                     quantize, out_float, out_bits)
 
 
 @njit(cache=True, inline="always")
-def _run_block(flat, start, step, count, offsets, depth, blocks, block, y, column):
+def run_block(flat, start, step, count, offsets, depth, blocks, block, y, column):
     """Pixels 0 .. count of a run (pixel i at flat[start + i * step]) against one weight
     block, into y[:count, column : column + 16]. Six pixels per micro-kernel call; a run's
     last 1-5 pixels come from one more six-pixel call that ends at the run's end and

@@ -1,4 +1,6 @@
-"""The fused epilogue of 64 consecutive channels of one pixel as one block of LLVM vector IR.
+"""The fused epilogue of 64 consecutive channels of one pixel as one block of LLVM vector IR,
+and the max pool of 64 channels of one output pixel that a fused conv + max pool writes
+(``window_max_word``, runtime/kernels/conv_pool.py).
 
 ``epilogue_word`` is what ``finish_rows`` (runtime/kernels/epilogue.py) runs for every whole
 64-channel word of a pixel; the channels past the last whole word go through its scalar
@@ -42,6 +44,55 @@ def _float32_c(ty, ndim: int) -> bool:
         and ty.dtype == types.float32
 
 
+class _LaneIO:
+    """What both intrinsics' code generators need: 64-lane float32 pointers into the flat
+    arrays among ``args`` and the table's rows at a column."""
+
+    def __init__(self, context, builder, signature, args, table_index: int, column) -> None:
+        self.context, self.builder = context, builder
+        self.types, self.args = signature.args, args
+        self.i64 = ir.IntType(64)
+        self.lanes = ir.VectorType(ir.FloatType(), WORD_LANES)
+        table = self.array(table_index)
+        self.table_data = table.data
+        self.table_columns = cgutils.unpack_tuple(builder, table.shape)[1]
+        self.column = self.widen(column)
+
+    def widen(self, value):
+        return self.builder.sext(value, self.i64) if value.type.width < 64 else value
+
+    def flag(self, value):
+        if value.type.width == 1:
+            return value
+        return self.builder.icmp_unsigned("!=", value, ir.Constant(value.type, 0))
+
+    def array(self, index):
+        return self.context.make_array(self.types[index])(self.context, self.builder,
+                                                          self.args[index])
+
+    def pointer(self, index, at):
+        """Pointer to 64 lanes of flat array argument ``index`` from element ``at``."""
+        element = self.builder.gep(self.array(index).data, [self.widen(at)])
+        return self.builder.bitcast(element, self.lanes.as_pointer())
+
+    def row(self, k):
+        """Lanes column .. column + 63 of table row k."""
+        builder = self.builder
+        at = builder.add(builder.mul(ir.Constant(self.i64, k), self.table_columns), self.column)
+        element = builder.gep(self.table_data, [at])
+        return builder.load(builder.bitcast(element, self.lanes.as_pointer()), align=4)
+
+    def bits(self, values, compare):
+        """The uint64 of ``values * sign >= signed_threshold`` (0 unless ``compare``)."""
+        builder = self.builder
+        word = cgutils.alloca_once_value(builder, ir.Constant(self.i64, 0))
+        with builder.if_then(self.flag(compare)):
+            signed = builder.fmul(values, self.row(SIGN))
+            mask = builder.fcmp_ordered(">=", signed, self.row(SIGNED_THRESHOLD))
+            builder.store(builder.bitcast(mask, self.i64), word)
+        return builder.load(word)
+
+
 @intrinsic
 def epilogue_word(typingctx, values, values_base, table, column, residual, residual_base,
                   add_residual, rprelu, out, out_base, store, compare):
@@ -61,32 +112,8 @@ def epilogue_word(typingctx, values, values_base, table, column, residual, resid
     def codegen(context, builder, signature, args):
         (_, values_at, _, column_v, _, residual_at, add_residual_v, rprelu_v, _, out_at,
          store_v, compare_v) = args
-        tys = signature.args
-        i64 = ir.IntType(64)
-        lanes = ir.VectorType(ir.FloatType(), WORD_LANES)
-
-        def widen(value):
-            return builder.sext(value, i64) if value.type.width < 64 else value
-
-        def flag(value):
-            return value if value.type.width == 1 else builder.icmp_unsigned(
-                "!=", value, ir.Constant(value.type, 0))
-
-        def array(index):
-            return context.make_array(tys[index])(context, builder, args[index])
-
-        def pointer(index, at):
-            element = builder.gep(array(index).data, [widen(at)])
-            return builder.bitcast(element, lanes.as_pointer())
-
-        table_array = array(2)
-        table_columns = cgutils.unpack_tuple(builder, table_array.shape)[1]
-
-        def row(k):
-            at = builder.add(builder.mul(ir.Constant(i64, k), table_columns), widen(column_v))
-            element = builder.gep(table_array.data, [at])
-            return builder.load(builder.bitcast(element, lanes.as_pointer()), align=4)
-
+        io = _LaneIO(context, builder, signature, args, table_index=2, column=column_v)
+        flag, pointer, row = io.flag, io.pointer, io.row
         y = builder.fadd(builder.fmul(builder.load(pointer(0, values_at), align=4), row(SCALE)),
                          row(BIAS))
         slot = cgutils.alloca_once_value(builder, y)
@@ -102,14 +129,51 @@ def epilogue_word(typingctx, values, values_base, table, column, residual, resid
             builder.store(builder.fadd(builder.select(above, shifted, negative), row(ZETA)), slot)
         with builder.if_then(flag(store_v)):
             builder.store(builder.load(slot), pointer(8, out_at), align=4)
-        word = cgutils.alloca_once_value(builder, ir.Constant(i64, 0))
-        with builder.if_then(flag(compare_v)):
-            signed = builder.fmul(builder.load(slot), row(SIGN))
-            mask = builder.fcmp_ordered(">=", signed, row(SIGNED_THRESHOLD))
-            builder.store(builder.bitcast(mask, i64), word)
-        return builder.load(word)
+        return io.bits(builder.load(slot), compare_v)
 
     signature = types.uint64(values, types.int64, table, types.int64, residual, types.int64,
                              types.boolean, types.boolean, out, types.int64, types.boolean,
+                             types.boolean)
+    return signature, codegen
+
+
+@intrinsic
+def window_max_word(typingctx, source, taps, count, table, column, out, out_base, compare):
+    """The max pool of channels column .. column + 63 of one output pixel over ``count``
+    taps: with v_k = source[taps[k] + column + j],
+
+        m_j = max(... max(max(-inf, v_0), v_1) ..., v_{count-1}),   max(a, v) = v if v > a else a
+
+    (the fold of runtime/ops/pooling.py's max pool, in the same tap order: a NaN tap is
+    skipped, of +0 and -0 the first one stays), stored to out[out_base + j]; returns the
+    uint64 of ``m_j * sign[column + j] >= signed_threshold[column + j]`` from ``table`` f32[7,
+    O] (0 unless ``compare``). ``source``, ``out`` f32[:] C, ``taps`` i64[:] C (flat element
+    indices of each tap's channel 0). Nopython only; nothing is bounds-checked."""
+    if not (_float32_c(source, 1) and _float32_c(table, 2) and _float32_c(out, 1)):
+        return None
+    if not (isinstance(taps, types.Array) and taps.ndim == 1 and taps.layout == "C"
+            and taps.dtype == types.int64):
+        return None
+    if not all(isinstance(ty, types.Integer) for ty in (count, column, out_base)) \
+            or not isinstance(compare, types.Boolean):
+        return None
+
+    def codegen(context, builder, signature, args):
+        _, _, count_v, _, column_v, _, out_at, compare_v = args
+        io = _LaneIO(context, builder, signature, args, table_index=3, column=column_v)
+        taps_data = io.array(1).data
+        acc = cgutils.alloca_once_value(
+            builder, ir.Constant(io.lanes, [ir.Constant(ir.FloatType(), float("-inf"))]
+                                 * WORD_LANES))
+        with cgutils.for_range(builder, io.widen(count_v)) as loop:
+            tap = builder.load(builder.gep(taps_data, [loop.index]))
+            v = builder.load(io.pointer(0, builder.add(tap, io.column)), align=4)
+            current = builder.load(acc)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, current), v, current), acc)
+        result = builder.load(acc)
+        builder.store(result, io.pointer(5, out_at), align=4)
+        return io.bits(result, compare_v)
+
+    signature = types.uint64(source, taps, types.int64, table, types.int64, out, types.int64,
                              types.boolean)
     return signature, codegen

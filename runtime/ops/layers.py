@@ -38,9 +38,9 @@ def _conv_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[int
     return (o, oh, ow)
 
 
-def _prepare_conv2d(node: Node, weight: np.ndarray, in_info: ValueInfo):
+def _conv_plan(node: Node, weight: np.ndarray, in_info: ValueInfo) -> kernels.ConvPlan:
     a = node.attrs
-    plan = kernels.prepare_conv2d(
+    return kernels.prepare_conv2d(
         weight,
         a["in_channels"],
         in_info.shape[1:],
@@ -49,7 +49,25 @@ def _prepare_conv2d(node: Node, weight: np.ndarray, in_info: ValueInfo):
         a["dilation"],
         a["groups"],
     )
-    return kernel_call(kernels.conv2d, plan)
+
+
+def _prepare_conv2d(node: Node, weight: np.ndarray, in_info: ValueInfo):
+    return kernel_call(kernels.conv2d, _conv_plan(node, weight, in_info))
+
+
+def _prepare_conv2d_maxpool(
+    node: Node, weight: np.ndarray, in_info: ValueInfo, pool: Node, pool_info: ValueInfo
+):
+    """The conv, its chain and the max pool ``pool`` in one kernel (``kernels.conv2d_maxpool``),
+    for a pool without dilation after a conv on the direct path; else None."""
+    if tuple(pool.attrs["dilation"]) != (1, 1):
+        return None
+    a = pool.attrs
+    plan = kernels.prepare_conv_maxpool(_conv_plan(node, weight, in_info), a["kernel"],
+                                        a["stride"], a["padding"], pool_info.shape[1:])
+    if plan is None:
+        return None
+    return lambda x, epilogue, quantize: kernels.conv2d_maxpool(plan, x, epilogue, quantize)
 
 
 def _conv_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:
@@ -96,6 +114,7 @@ register(
         ),
         infer=_conv_shape,
         prepare=_prepare_conv2d,
+        prepare_maxpool=_prepare_conv2d_maxpool,
         fusion="producer",
         work=_conv_work,
         scratch=_conv_scratch,

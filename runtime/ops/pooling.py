@@ -254,6 +254,7 @@ register(
         attrs=(*window_attrs(stride_from_kernel=True), _CEIL),
         infer=_pool_shape,
         run=maxpool2d,
+        fusion="maxpool",
         work=_pool_work,
     )
 )

@@ -140,6 +140,54 @@ def test_float_conv_path_with_groups_dilation_pools():
     assert "conv2d+affine" in labels(model)  # one without absorbs it
 
 
+def stem_graph(seed: int, *, also_output_the_conv: bool = False, dilation: int = 1,
+               groups: int = 1) -> IRBuilder:
+    """conv (bias) -> relu -> maxpool 3x3/2, whose output feeds a binary block's quantize
+    and its shortcut: a ResNet stem."""
+    b = IRBuilder(seed=seed)
+    x = b.input([4, 13, 12])
+    stem = b.unary("relu", b.conv2d(x, 64, kernel=3, stride=2, padding=1, groups=groups))
+    extra = {"dilation": dilation} if dilation != 1 else {}
+    pooled = b.pool("maxpool2d", stem, kernel=3, stride=2, padding=1, **extra)
+    block = b.affine(b.bconv2d(b.quantize(pooled), 64, 3, 1, 1))
+    b.output(b.add(block, pooled))
+    if also_output_the_conv:
+        b.output(stem)
+    return b
+
+
+def test_a_conv_and_the_max_pool_reading_it_run_as_one_kernel_with_the_same_bits():
+    b = stem_graph(8)
+    (got,), (expected,), model = run_both(b, batch=2, margin=MARGIN)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert labels(model) == ["conv2d+relu+maxpool2d+quantize", "bconv2d+affine+add"]
+    assert model.plan[0].side_output == model.plan[1].inputs[0]
+    # the same network with the conv's output also a graph output cannot fuse the pool; its
+    # result must be the fused one, bit for bit
+    unfused = runtime.load(stem_graph(8, also_output_the_conv=True).to_bytes())
+    assert labels(unfused) == ["conv2d+relu", "maxpool2d", "quantize", "bconv2d+affine+add"]
+    x = np.random.default_rng(0).standard_normal((3, 4, 13, 12)).astype(np.float32)
+    np.testing.assert_array_equal(model.predict(x), unfused.predict(x)[0])
+
+
+@pytest.mark.parametrize("blocker", ["dilation", "groups"])
+def test_no_pool_fusion_for_a_dilated_pool_or_a_conv_off_the_direct_path(blocker):
+    b = stem_graph(9, **{blocker: 2})
+    (got,), (expected,), model = run_both(b, batch=2, margin=MARGIN)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert "maxpool2d" in labels(model)
+
+
+def test_no_pool_fusion_after_a_residual_add():
+    b = IRBuilder(seed=10)
+    x = b.input([64, 6, 6])
+    h = b.add(b.conv2d(x, 64, kernel=3, padding=1), x)
+    b.output(b.pool("maxpool2d", h, kernel=2, stride=2))
+    (got,), (expected,), model = run_both(b, batch=2)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-4)
+    assert labels(model) == ["conv2d+add", "maxpool2d"]
+
+
 def test_dense_path_flatten_order_and_shared_prelu():
     b = IRBuilder(seed=5)
     x = b.input([3, 4, 5])
