@@ -282,7 +282,7 @@ register(
         "adaptive_avg_pool2d(x, 1): [N, C, H, W] -> [N, C, 1, 1]",
         inputs=_POOL_IN,
         infer=lambda attrs, ins, fail: (ins[0].channels, 1, 1),
-        run=lambda xs, p, a: xs[0].mean(axis=(1, 2), keepdims=True, dtype=np.float32),
+        run=lambda xs, p, a: global_avgpool(xs[0]),
         work=lambda a, i, o: math.prod(i[0].shape),
     )
 )
@@ -321,6 +321,35 @@ def _adaptive_kernel(x, row_start, row_end, col_start, col_end, is_max, out):
             scale = np.float32(1.0 if is_max else area)
             for c in range(channels):
                 out[n, oy, ox, c] = acc[c] / scale
+
+
+@njit(cache=True)
+def _global_mean(x, out):
+    """out[n, 0, 0, c] = (sum over the pixels of x[n, :, :, c] in row-major order, float32) /
+    (H * W); x f32[N, H, W, C] C-contiguous."""
+    n_batch, height, width, channels = x.shape
+    pixels = x.reshape(n_batch, height * width, channels)
+    count = np.float32(height * width)
+    acc = np.empty(channels, np.float32)
+    for n in range(n_batch):
+        for c in range(channels):
+            acc[c] = 0.0
+        for p in range(height * width):
+            for c in range(channels):
+                acc[c] += pixels[n, p, c]
+        for c in range(channels):
+            out[n, 0, 0, c] = acc[c] / count
+
+
+def global_avgpool(x: np.ndarray) -> np.ndarray:
+    """The mean of each channel of NHWC x over its pixels, [N, 1, 1, C]: the float32 sum in
+    row-major pixel order divided by H*W, which is what ``x.mean(axis=(1, 2),
+    dtype=np.float32)`` computes, bit for bit. A serial numba loop, not numpy's mean: inside
+    a predict, after the network's kernels, numpy's reduction took ~0.09 ms on ResNet-18's
+    7x7x512, this loop 0.013 ms (the one-bin adaptive pool kernel, parallel, 0.06 ms)."""
+    out = np.empty((x.shape[0], 1, 1, x.shape[3]), np.float32)
+    _global_mean(np.ascontiguousarray(x), out)
+    return out
 
 
 def _adaptive(x: np.ndarray, size: Sequence[int], is_max: bool) -> np.ndarray:

@@ -13,7 +13,7 @@ import itertools
 import numpy as np
 import pytest
 
-from runtime.ops.pooling import avgpool2d, avgpool_divisor, maxpool2d
+from runtime.ops.pooling import avgpool2d, avgpool_divisor, global_avgpool, maxpool2d
 from runtime.schema import pool_output_size
 
 
@@ -145,3 +145,13 @@ def test_bireal_stem_pool():
     padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
     windows = np.lib.stride_tricks.sliding_window_view(padded, (3, 3), axis=(1, 2))
     np.testing.assert_array_equal(got, windows[:, ::2, ::2].max(axis=(-2, -1)))
+
+
+@pytest.mark.parametrize("shape", [(1, 7, 7, 512), (3, 5, 9, 70), (2, 1, 1, 3)])
+def test_global_avgpool_is_the_float32_mean_bit_for_bit(shape):
+    """The sum in row-major pixel order, then one division by H*W: numpy's float32 mean."""
+    x = (np.random.default_rng(len(shape)).standard_normal(shape) * 10).astype(np.float32)
+    expected = x.mean(axis=(1, 2), keepdims=True, dtype=np.float32)
+    got = global_avgpool(x)
+    assert got.shape == (shape[0], 1, 1, shape[3])
+    np.testing.assert_array_equal(got.view(np.uint32), expected.view(np.uint32))
