@@ -7,8 +7,8 @@
 The conv output of a stem is the largest tensor of the network (112x112x64 floats, 3.2 MB,
 for a 224x224 input): written by the conv and read back by the pool, it travels through L3 or
 memory twice. Here each task (a band of pool output rows of one sample) computes the conv rows
-its windows need, one row at a time, into a ring of ``kh`` rows (row oy in slot oy mod kh,
-about 86 KB for the stem: it stays in L2), with the conv's own fused epilogue
+its windows need, one row at a time, into a ring of R = min(kh, OH) rows (row oy in slot
+oy mod R, about 86 KB for the stem: it stays in L2), with the conv's own fused epilogue
 (``finish_rows``), and pools each output row as soon as its window rows are in the ring. Rows
 shared by two windows are computed once within a band; a band's first window recomputes the
 rows it shares with the band before (bands: one per sample on one thread, else enough for
@@ -131,6 +131,9 @@ def _conv_pool_kernel(xp, offsets, blocks, geometry, table, activation, pool_tab
     pool_kh, pool_kw, pool_sh, pool_sw = geometry[4], geometry[5], geometry[6], geometry[7]
     pool_ph, pool_pw, pool_h, pool_w = geometry[8], geometry[9], geometry[10], geometry[11]
     bands = geometry[12]
+    # a window clipped to the conv output spans at most this many rows: the ring's size (a
+    # pool kernel taller than the conv output, allowed with padding, must not size it)
+    ring_rows = min(pool_kh, out_h)
     out_channels = table.shape[1]
     n_blocks = -(-out_channels // FMA_BLOCK)
     depth = offsets.shape[0]
@@ -147,9 +150,9 @@ def _conv_pool_kernel(xp, offsets, blocks, geometry, table, activation, pool_tab
         first_row = band * pool_h // bands
         stop_row = (band + 1) * pool_h // bands
         y = np.empty((out_w, n_blocks * FMA_BLOCK), np.float32)
-        ring = np.empty((pool_kh * out_w, out_channels), np.float32)
+        ring = np.empty((ring_rows * out_w, out_channels), np.float32)
         ring_flat = ring.ravel()
-        taps = np.empty(pool_kh * pool_kw, np.int64)
+        taps = np.empty(ring_rows * min(pool_kw, out_w), np.int64)
         done = -1  # the last conv row this task put in the ring
         for py in range(first_row, stop_row):
             top = py * pool_sh - pool_ph
@@ -159,7 +162,7 @@ def _conv_pool_kernel(xp, offsets, blocks, geometry, table, activation, pool_tab
                 for b in range(n_blocks):
                     run_block(flat, start, step, out_w, offsets, depth, blocks, b, y,
                                b * FMA_BLOCK)
-                finish_rows(y, out_w, (oy % pool_kh) * out_w, 0, out_channels, no_rows, table,
+                finish_rows(y, out_w, (oy % ring_rows) * out_w, 0, out_channels, no_rows, table,
                             activation, False, ring, no_bits)
                 done = oy
             for px in range(pool_w):
@@ -167,7 +170,7 @@ def _conv_pool_kernel(xp, offsets, blocks, geometry, table, activation, pool_tab
                 count = 0
                 for oy in range(low, high):  # the window's taps in (ky, kx) order
                     for ox in range(max(left, 0), min(left + pool_kw, out_w)):
-                        taps[count] = ((oy % pool_kh) * out_w + ox) * out_channels
+                        taps[count] = ((oy % ring_rows) * out_w + ox) * out_channels
                         count += 1
                 r = (n * pool_h + py) * pool_w + px
                 for w in range(whole):

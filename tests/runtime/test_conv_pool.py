@@ -150,3 +150,16 @@ def test_signed_zero_ties_keep_the_first_tap_as_the_max_pool_op_does():
     signs = np.signbit(want)
     assert signs.any() and not signs.all() and not want.any()
     np.testing.assert_array_equal(np.signbit(got), signs)
+
+
+def test_a_pool_window_taller_than_the_conv_output():
+    """Padding lets a window exceed the conv output (kernel 5 on 2 rows): the ring holds the
+    clipped window's rows only, and the result is still the op's."""
+    rng = np.random.default_rng(7)
+    plan, x = case(rng, 64, (4, 9), 3, 2, 2)  # conv output 2 x 5
+    epilogue = make_epilogue(64)
+    kernel, stride, pad = (5, 5), (1, 1), (2, 2)
+    out_hw = tuple(pool_output_size(n, 5, 1, 2, 1, False) for n in plan.out_hw)
+    fused = prepare_conv_maxpool(plan, kernel, stride, pad, out_hw)
+    want, _ = unfused(plan, x, epilogue, kernel, stride, pad, False, None)
+    np.testing.assert_array_equal(conv2d_maxpool(fused, x, epilogue), want)
