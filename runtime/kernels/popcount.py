@@ -159,10 +159,8 @@ def _patch_popcounts_codegen(pixels, first_vector, stop_vector):
         groups = builder.udiv(builder.add(count, ir.Constant(i64, BYTE_COUNT_WORDS - 1)), group)
         undef_lane = ir.Constant(lane, None)
         splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), VECTOR_LANES), [0] * VECTOR_LANES)
-        with cgutils.for_range(builder, groups) as outer:
-            start = builder.mul(outer.index, group)
-            stop = builder.add(start, group)
-            stop = builder.select(builder.icmp_signed("<", stop, count), stop, count)
+        def run_words(start, stop):
+            """The byte counts of words start .. stop (at most one group), then their sums."""
             for c in cells:
                 builder.store(zero_bytes, counts[c])
             with cgutils.for_range_slice(builder, start, stop, ir.Constant(i64, 1)) as (k, _):
@@ -193,9 +191,23 @@ def _patch_popcounts_codegen(pixels, first_vector, stop_vector):
                             x = builder.bitcast(builder.xor(a_parts[half], w[half, v]), bytes_ty)
                             total = builder.add(total, _nibble_lookup(builder, x))
                         builder.store(total, cell)
-            for c in cells:
-                reduced = _byte_sums(builder, builder.load(counts[c]))
-                builder.store(builder.add(builder.load(totals[c]), reduced), totals[c])
+            return {c: _byte_sums(builder, builder.load(counts[c])) for c in cells}
+
+        # a patch of at most one group (a 64- or 128-channel 3x3 conv: 9 or 18 words) takes
+        # the loop without the groups around it: no running totals to carry and spill
+        with builder.if_else(builder.icmp_signed("<=", count, group)) as (one_group, several):
+            with one_group:
+                reduced = run_words(ir.Constant(i64, 0), count)
+                for c in cells:
+                    builder.store(reduced[c], totals[c])
+            with several, cgutils.for_range(builder, groups) as outer:
+                start = builder.mul(outer.index, group)
+                stop = builder.add(start, group)
+                stop = builder.select(builder.icmp_signed("<", stop, count), stop, count)
+                reduced = run_words(start, stop)
+                for c in cells:
+                    builder.store(builder.add(builder.load(totals[c]), reduced[c]),
+                                  totals[c])
         acc_array = context.make_array(acc_ty)(context, builder, acc)
         acc_columns = cgutils.unpack_tuple(builder, acc_array.shape)[1]
         first = builder.mul(o, ir.Constant(i64, BLOCK_CHANNELS))

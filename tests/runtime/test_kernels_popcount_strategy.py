@@ -50,15 +50,18 @@ def test_strategy_is_exact(popcount, pad_value, geometry):
     np.testing.assert_array_equal(bconv2d(plan, naive_pack(a)), expected)
 
 
-def test_byte_counts_never_carry():
-    """All-ones XOR (every bit of every word set) for more than BYTE_COUNT_WORDS words: the
-    per-byte counts reach 8 * BYTE_COUNT_WORDS = 248 and must not overflow into the next."""
-    channels = 64 * 4  # 3x3 kernel -> 36 patch words > 31
-    a = -np.ones((1, 3, 4, channels), np.int64)
-    w = np.ones((20, 3, 3, channels), np.int64)
-    assert 9 * channels // 64 > BYTE_COUNT_WORDS
-    plan = prepare_bconv(naive_pack(w), channels, (3, 4), 3, 1, 0, popcount="avx2")
-    np.testing.assert_array_equal(bconv2d(plan, naive_pack(a)), -9 * channels)
+@pytest.mark.parametrize("kernel,channels", [((3, 3), 256), ((1, 31), 64), ((1, 32), 64)])
+def test_byte_counts_never_carry(kernel, channels):
+    """All-ones XOR (every bit of every word set): the per-byte counts reach 8 * 31 = 248 in
+    a group and must not overflow into the next byte; 31 patch words take the one-group
+    path of the intrinsics, 32 and 36 the groups loop (31 words, then the rest)."""
+    kh, kw = kernel
+    a = -np.ones((1, kh, kw + 1, channels), np.int64)
+    w = np.ones((20, kh, kw, channels), np.int64)
+    words = kh * kw * channels // 64
+    assert words >= BYTE_COUNT_WORDS
+    plan = prepare_bconv(naive_pack(w), channels, (kh, kw + 1), kernel, 1, 0, popcount="avx2")
+    np.testing.assert_array_equal(bconv2d(plan, naive_pack(a)), -kh * kw * channels)
 
 
 def _epilogues(rng, channels):
