@@ -15,9 +15,9 @@ at build time:
   (bits inputs behind a ``quantize``, bits outputs read by a 1x1 ``bconv2d`` / ``bdense``);
   for every producer (conv, dense, their binary versions) a chain the plan fuses into one
   kernel call (producer -> affine -> add -> rprelu -> quantize), and for a producer that can
-  absorb a max pool, that fusion (``_pooled``); plus :data:`VARIANTS`, the
-  attrs that route an op to another kernel (a depthwise, grouped or deep conv). Required attrs are
-  filled from :data:`FILL`. It then checks that every kernel of the runtime (each non-inlined
+  absorb a max pool, that fusion (``_pooled``); plus :data:`VARIANTS`, the attrs that route
+  an op to another kernel (a depthwise, grouped or deep conv). Required attrs are filled
+  from :data:`FILL`. It then checks that every kernel of the runtime (each non-inlined
   ``numba`` dispatcher in the ``runtime`` package) was compiled or loaded; a kernel no graph
   reached is reported, so a new op or kernel cannot be forgotten here silently.
 

@@ -59,7 +59,8 @@ Every kernel is compiled with ``cache=True`` (set ``NUMBA_CACHE_DIR`` to a writa
 directory); all layers share one specialization per kernel. numba's cache does not notice
 edits to a helper inlined from another file (``finish_rows``, ``finish_popcounts_rows``,
 ``pack_at``, the ``epilogue_word`` intrinsic of ``epilogue_word.py``, the ``patch_popcounts*``
-intrinsics of ``popcount.py``, the ``fma_block*`` intrinsics of ``fma.py``): after changing one,
+intrinsics of ``popcount.py``, the ``fma_block*`` intrinsics of ``fma.py``, their shared
+helpers in ``intrinsics.py``): after changing one,
 delete the cache directory.
 """
 

@@ -155,7 +155,7 @@ def _direct_kernel(xp, offsets, blocks, geometry, residual, table, activation, q
         y = np.empty((length, share_blocks * FMA_BLOCK), np.float32)
         for b in range(share_blocks):
             run_block(flat, start, step, count, offsets, depth, blocks,
-                       part * share_blocks + b, y, b * FMA_BLOCK)
+                      part * share_blocks + b, y, b * FMA_BLOCK)
         finish_rows(y, count, first, part * share, share, residual, table, activation,
                     quantize, out_float, out_bits)
 

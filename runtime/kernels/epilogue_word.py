@@ -33,15 +33,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from runtime.kernels.intrinsics import is_c_array, widen
+
 # rows of the epilogue table (the same numbers as runtime/kernels/epilogue.py's constants,
 # which import them from here so that both name one layout)
 SCALE, BIAS, GAMMA, ZETA, BETA, SIGN, SIGNED_THRESHOLD = range(7)
 WORD_LANES = 64
-
-
-def _float32_c(ty, ndim: int) -> bool:
-    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C" \
-        and ty.dtype == types.float32
+F32 = types.float32
 
 
 class _LaneIO:
@@ -56,10 +54,7 @@ class _LaneIO:
         table = self.array(table_index)
         self.table_data = table.data
         self.table_columns = cgutils.unpack_tuple(builder, table.shape)[1]
-        self.column = self.widen(column)
-
-    def widen(self, value):
-        return self.builder.sext(value, self.i64) if value.type.width < 64 else value
+        self.column = widen(self.builder, column)
 
     def flag(self, value):
         if value.type.width == 1:
@@ -72,7 +67,7 @@ class _LaneIO:
 
     def pointer(self, index, at):
         """Pointer to 64 lanes of flat array argument ``index`` from element ``at``."""
-        element = self.builder.gep(self.array(index).data, [self.widen(at)])
+        element = self.builder.gep(self.array(index).data, [widen(self.builder, at)])
         return self.builder.bitcast(element, self.lanes.as_pointer())
 
     def row(self, k):
@@ -100,8 +95,8 @@ def epilogue_word(typingctx, values, values_base, table, column, residual, resid
     returns the uint64 of their bits (0 unless ``compare``). ``values``, ``residual``,
     ``out`` f32[:] C (flat views of the caller's rows), ``table`` f32[7, O] C; the bases are
     flat element indices, the flags booleans. Nopython only; nothing is bounds-checked."""
-    if not (_float32_c(values, 1) and _float32_c(table, 2) and _float32_c(residual, 1)
-            and _float32_c(out, 1)):
+    if not (is_c_array(values, 1, F32) and is_c_array(table, 2, F32)
+            and is_c_array(residual, 1, F32) and is_c_array(out, 1, F32)):
         return None
     if not all(isinstance(ty, types.Integer)
                for ty in (values_base, column, residual_base, out_base)):
@@ -149,10 +144,8 @@ def window_max_word(typingctx, source, taps, count, table, column, out, out_base
     uint64 of ``m_j * sign[column + j] >= signed_threshold[column + j]`` from ``table`` f32[7,
     O] (0 unless ``compare``). ``source``, ``out`` f32[:] C, ``taps`` i64[:] C (flat element
     indices of each tap's channel 0). Nopython only; nothing is bounds-checked."""
-    if not (_float32_c(source, 1) and _float32_c(table, 2) and _float32_c(out, 1)):
-        return None
-    if not (isinstance(taps, types.Array) and taps.ndim == 1 and taps.layout == "C"
-            and taps.dtype == types.int64):
+    if not (is_c_array(source, 1, F32) and is_c_array(table, 2, F32) and is_c_array(out, 1, F32)
+            and is_c_array(taps, 1, types.int64)):
         return None
     if not all(isinstance(ty, types.Integer) for ty in (count, column, out_base)) \
             or not isinstance(compare, types.Boolean):
@@ -165,7 +158,7 @@ def window_max_word(typingctx, source, taps, count, table, column, out, out_base
         acc = cgutils.alloca_once_value(
             builder, ir.Constant(io.lanes, [ir.Constant(ir.FloatType(), float("-inf"))]
                                  * WORD_LANES))
-        with cgutils.for_range(builder, io.widen(count_v)) as loop:
+        with cgutils.for_range(builder, widen(builder, count_v)) as loop:
             tap = builder.load(builder.gep(taps_data, [loop.index]))
             v = builder.load(io.pointer(0, builder.add(tap, io.column)), align=4)
             current = builder.load(acc)

@@ -27,7 +27,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from runtime.kernels.popcount import block_operands
+from runtime.kernels.intrinsics import block_operands, is_c_array
 
 FMA_LANES = 8  # float32 lanes of one 256-bit vector
 FMA_BLOCK = 16  # output channels per weight block: two vectors
@@ -80,17 +80,12 @@ def _fma_codegen(pixels: int):
     return codegen
 
 
-def _is_c_array(ty, ndim: int, dtype) -> bool:
-    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C" \
-        and ty.dtype == dtype
-
-
 def _fma_intrinsic(pixels: int):
     """A ``fma_block*`` intrinsic for ``pixels`` pixels."""
 
     def typer(typingctx, x, base, step, offsets, count, weights, o, acc, row, col):
-        arrays = (_is_c_array(x, 1, types.float32), _is_c_array(offsets, 1, types.int64),
-                  _is_c_array(weights, 2, types.float32), _is_c_array(acc, 2, types.float32))
+        arrays = (is_c_array(x, 1, types.float32), is_c_array(offsets, 1, types.int64),
+                  is_c_array(weights, 2, types.float32), is_c_array(acc, 2, types.float32))
         if not all(arrays):
             return None
         signature = types.void(x, types.int64, types.int64, offsets, types.int64, weights,

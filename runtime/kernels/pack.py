@@ -17,6 +17,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from runtime.errors import InputError, InvalidModelError
+from runtime.kernels.intrinsics import is_c_array, widen
 
 WORD_BITS = 64
 
@@ -24,11 +25,6 @@ WORD_BITS = 64
 def words_for(channels: int) -> int:
     """Number of uint64 words holding ``channels`` bits: ceil(channels / 64)."""
     return (channels + WORD_BITS - 1) // WORD_BITS
-
-
-def _is_float32_c_array(ty, ndim: int) -> bool:
-    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C" \
-        and ty.dtype == types.float32
 
 
 @intrinsic
@@ -46,19 +42,14 @@ def _word_of_comparisons(typingctx, values, values_base, sign, sign_row, thresho
     AVX2 that is vmulps + vcmpps + vmovmskps per 8 channels; the scalar loop of shifts and ORs
     it replaces cost ~1.6 cycles per channel.
     """
-    if not (_is_float32_c_array(values, 1) and _is_float32_c_array(sign, 2)
-            and _is_float32_c_array(threshold, 2)) \
+    if not (is_c_array(values, 1, types.float32) and is_c_array(sign, 2, types.float32)
+            and is_c_array(threshold, 2, types.float32)) \
             or not all(isinstance(ty, types.Integer)
                        for ty in (values_base, sign_row, threshold_row, base)):
         return None
 
     def codegen(context, builder, signature, args):
         vector = ir.VectorType(ir.FloatType(), WORD_BITS)
-        i64 = ir.IntType(64)
-
-        def widen(value):
-            return builder.sext(value, i64) if value.type.width < 64 else value
-
         def load(array_type, value, offset):
             data = context.make_array(array_type)(context, builder, value).data
             pointer = builder.bitcast(builder.gep(data, [offset]), vector.as_pointer())
@@ -67,10 +58,10 @@ def _word_of_comparisons(typingctx, values, values_base, sign, sign_row, thresho
         def row_offset(array_type, value, row):
             columns = cgutils.unpack_tuple(
                 builder, context.make_array(array_type)(context, builder, value).shape)[1]
-            return builder.add(builder.mul(widen(row), columns), widen(args[6]))
+            return builder.add(builder.mul(widen(builder, row), columns), widen(builder, args[6]))
 
         types_ = signature.args
-        v = load(types_[0], args[0], widen(args[1]))
+        v = load(types_[0], args[0], widen(builder, args[1]))
         s = load(types_[2], args[2], row_offset(types_[2], args[2], args[3]))
         t = load(types_[4], args[4], row_offset(types_[4], args[4], args[5]))
         mask = builder.fcmp_ordered(">=", builder.fmul(v, s), t)

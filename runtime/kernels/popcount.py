@@ -32,6 +32,8 @@ from numba.core import cgutils
 from numba.core import config as numba_config
 from numba.extending import intrinsic
 
+from runtime.kernels.intrinsics import block_operands, is_c_array
+
 
 @intrinsic
 def popcount64(typingctx, word):
@@ -121,20 +123,6 @@ def _nibble_lookup(builder, nibbles):
     return builder.call(ctpop, [nibbles])
 
 
-def block_operands(context, builder, offsets, weights, o, base, step, pixels):
-    """Shared operands of the register-blocked intrinsics (the ``patch_popcounts*`` here and
-    ``fma_block*`` in fma.py): the offset table's data pointer, the weight array, the first
-    element of weight block (row) o, and the first element of each of ``pixels`` pixels,
-    ``base + p * step``. ``offsets`` and ``weights`` are (numba type, LLVM value) pairs."""
-    i64 = ir.IntType(64)
-    offsets_data = context.make_array(offsets[0])(context, builder, offsets[1]).data
-    weights_array = context.make_array(weights[0])(context, builder, weights[1])
-    columns = cgutils.unpack_tuple(builder, weights_array.shape)[1]
-    block_start = builder.mul(o, columns)
-    bases = [builder.add(base, builder.mul(step, ir.Constant(i64, p))) for p in range(pixels)]
-    return offsets_data, weights_array, block_start, bases
-
-
 def _patch_popcounts_codegen(pixels, first_vector, stop_vector):
     """LLVM IR of a ``patch_popcounts*`` intrinsic: ``pixels`` pixels, the block's vectors
     [first_vector, stop_vector) (see the comment above ``patch_popcounts_bytes``)."""
@@ -221,17 +209,13 @@ def _patch_popcounts_codegen(pixels, first_vector, stop_vector):
     return codegen
 
 
-def _is_c_array(ty, ndim):
-    return isinstance(ty, types.Array) and ty.ndim == ndim and ty.layout == "C"
-
-
 def _patch_intrinsic(pixels: int, first_vector: int, stop_vector: int):
     """A ``patch_popcounts*`` intrinsic for ``pixels`` pixels and the block's vectors
     [first_vector, stop_vector)."""
 
     def typer(typingctx, words, base, step, offsets, count, weights, o, acc):
-        arrays = (_is_c_array(words, 2), _is_c_array(offsets, 1), _is_c_array(weights, 2),
-                  _is_c_array(acc, 2))
+        arrays = (is_c_array(words, 2), is_c_array(offsets, 1), is_c_array(weights, 2),
+                  is_c_array(acc, 2))
         if not all(arrays):
             return None
         signature = types.void(words, types.int64, types.int64, offsets, types.int64, weights,

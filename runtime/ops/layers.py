@@ -60,13 +60,15 @@ def _prepare_conv2d_maxpool(
 ):
     """The conv, its chain and the max pool ``pool`` in one kernel (``kernels.conv2d_maxpool``),
     for a pool without dilation after a conv on the direct path; else None."""
-    if tuple(pool.attrs["dilation"]) != (1, 1):
-        return None
+    kh, kw = node.attrs["kernel"]
+    depth = kh * kw * node.attrs["in_channels"] // node.attrs["groups"]
+    if tuple(pool.attrs["dilation"]) != (1, 1) \
+            or not kernels.uses_direct(node.attrs["groups"], depth):
+        return None  # decided before the weight re-layout: the plain prepare follows
     a = pool.attrs
     plan = kernels.prepare_conv_maxpool(_conv_plan(node, weight, in_info), a["kernel"],
                                         a["stride"], a["padding"], pool_info.shape[1:])
-    if plan is None:
-        return None
+    assert plan is not None  # uses_direct: the plan has its direct path
     return lambda x, epilogue, quantize: kernels.conv2d_maxpool(plan, x, epilogue, quantize)
 
 
