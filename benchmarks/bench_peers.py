@@ -7,7 +7,9 @@
 Batch 1, 224x224, 1 and 2 threads, all in one run:
 
 - ours: benchmarks/bench_bireal18.py's Bi-Real-18 (random weights), packed, run by
-  ``runtime.load(path, threads=n).predict``, in this process;
+  ``runtime.load(path, threads=n).predict`` in a worker process of its own that never
+  imports torch (benchmarks/ours_worker.py, this venv), as a deployed model runs and as the
+  peers run; and, for comparison, the same model in this process beside torch;
 - LCE: the same topology built in Larq (benchmarks/peers_worker.py), converted by
   ``larq_compute_engine.convert_keras_model``, run by LCE's interpreter (indirect BGEMM kernel,
   ``num_threads=n``), in a worker process in the peers' venv;
@@ -55,9 +57,10 @@ import runtime  # noqa: E402
 from binarize.models import resnet18  # noqa: E402
 from runtime.format import write_model  # noqa: E402
 
-ENGINES = ("ours", "lce", "ort", "torch")
+ENGINES = ("ours", "ours_driver", "lce", "ort", "torch")
 LABELS = {
-    "ours": "ours: Bi-Real-18, runtime",
+    "ours": "ours: Bi-Real-18, runtime (own process)",
+    "ours_driver": "ours beside torch (driver process)",
     "lce": "LCE: Bi-Real-18",
     "ort": "onnxruntime: ResNet-18 fp32",
     "torch": "torch: ResNet-18 fp32",
@@ -65,14 +68,15 @@ LABELS = {
 PEERS = ("lce", "ort")
 
 
-class PeerWorker:
-    """benchmarks/peers_worker.py in the peers' venv, spoken to in JSON lines."""
+class Worker:
+    """A worker script (peers_worker.py in the peers' venv, ours_worker.py in this one),
+    spoken to in JSON lines."""
 
-    def __init__(self, python: Path, log: Path) -> None:
+    def __init__(self, python: Path, script: str, log: Path) -> None:
         self.log = log
         self.stderr = log.open("w")
         self.process = subprocess.Popen(
-            [str(python), str(HERE / "peers_worker.py")],
+            [str(python), str(HERE / script)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self.stderr,
@@ -87,7 +91,7 @@ class PeerWorker:
         line = self.process.stdout.readline()
         if not line:
             tail = self.log.read_text().strip().splitlines()[-15:]
-            raise RuntimeError("peers worker exited:\n" + "\n".join(tail))
+            raise RuntimeError(f"{self.log.stem} exited:\n" + "\n".join(tail))
         answer = json.loads(line)
         if "error" in answer:
             raise RuntimeError(answer["error"])
@@ -145,7 +149,7 @@ def timed(fn, x) -> float:
 
 
 def measure(
-    args, net: torch.nn.Module, worker: PeerWorker | None, ready: set[str], folder: Path
+    args, net: torch.nn.Module, worker: Worker | None, ready: set[str], folder: Path
 ) -> dict:
     """times[(threads, engine)] = seconds per repeat; interleaved as the module docstring says.
     ``net`` is the torch ResNet-18 that was exported to the worker's ONNX file."""
@@ -153,6 +157,24 @@ def measure(
     packed = folder / "bireal18.bnn"
     write_model(packed, graph, tensors)
     ours = {n: runtime.load(packed, threads=n) for n in args.threads}
+    alone = Worker(Path(sys.executable), "ours_worker.py", folder / "ours_worker.log")
+    try:
+        alone.ask(cmd="load", path=str(packed), threads=args.threads)
+        return _measure(args, net, worker, ready, ours, alone)
+    finally:
+        alone.close()
+
+
+def _measure(
+    args,
+    net: torch.nn.Module,
+    worker: Worker | None,
+    ready: set[str],
+    ours: dict[int, runtime.Model],
+    alone: Worker,
+) -> dict:
+    """The interleaved repeats of ``measure``: ``ours`` the models in this process, ``alone``
+    the worker with the same packed file."""
     x_nhwc = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
     x = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))  # the worker's input, NCHW
     x_torch = torch.from_numpy(x.copy())
@@ -164,6 +186,8 @@ def measure(
                 torch.set_num_threads(n)
                 for engine in ENGINES:
                     if engine == "ours":
+                        seconds = alone.ask(cmd="time", threads=n)["seconds"]
+                    elif engine == "ours_driver":
                         seconds = timed(ours[n].predict, x)
                     elif engine == "torch":
                         seconds = timed(net, x_torch)
@@ -176,6 +200,9 @@ def measure(
                     time.sleep(gap)
             print(f"repeat {repeat + 1}/{args.warmup + args.repeats}", flush=True)
         reference = net(x_torch).numpy().ravel()
+    theirs = np.asarray(alone.ask(cmd="logits")["logits"], np.float32)
+    if not np.array_equal(theirs, ours[args.threads[0]].predict(x).ravel()):
+        raise RuntimeError("ours_worker.py's logits differ from the driver's for the same file")
     check = ""
     if "ort" in ready and worker is not None:
         theirs = np.asarray(worker.ask(cmd="ort_logits")["logits"], np.float32)
@@ -219,19 +246,20 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         + ".",
         "",
         f"Batch 1, 224x224. ms per inference, min / median over {args.repeats} repeats after "
-        f"{args.warmup} warm-up rounds; each repeat runs the four engines one after the other "
+        f"{args.warmup} warm-up rounds; each repeat runs the five columns one after the other "
         f"({args.gap_ms:g} ms pause between calls) at 1 thread, then at 2 threads. Speed-ups "
         "are the engine's time over ours (min / median).",
         "",
         "| threads | " + " | ".join(f"{LABELS[e]} (ms)" for e in ENGINES)
-        + " | ours vs LCE | ours vs onnxruntime | ours vs torch |",
-        "|---:|" + "---:|" * (len(ENGINES) + 3),
+        + " | ours vs LCE | ours vs onnxruntime | ours vs torch | ours beside torch vs LCE |",
+        "|---:|" + "---:|" * (len(ENGINES) + 4),
     ]
     for n in args.threads:
         ours = times[n, "ours"]
         lines.append(
             f"| {n} | " + " | ".join(cell(times[n, e]) for e in ENGINES) + " | "
-            + " | ".join(ratio(times[n, e], ours) for e in ("lce", "ort", "torch")) + " |"
+            + " | ".join(ratio(times[n, e], ours) for e in ("lce", "ort", "torch")) + " | "
+            + ratio(times[n, "lce"], times[n, "ours_driver"]) + " |"
         )
     ops = info.get("lce_ops")
     lines += ["", "Notes:", ""]
@@ -268,8 +296,13 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
            if result["ort_vs_torch"] else ""),
         "- torch: `binarize.models.resnet18()` fp32, eval, `torch.no_grad()`, "
         "`torch.set_num_threads(n)`, in the driver process (as in benchmarks/RESULTS.md).",
-        "- Ours and torch run in the driver process, LCE and onnxruntime in the worker "
-        "(timed inside it around the engine call, so the pipe is not counted).",
+        "- Ours runs in a worker process of its own that never imports torch "
+        "(benchmarks/ours_worker.py: a deployed model's process), LCE and onnxruntime in "
+        "theirs (benchmarks/peers_worker.py), each timed inside its worker around the engine "
+        "call, so the pipe is not counted; the ratios use it. The column *ours beside torch* "
+        "is the same packed model in the driver process, where torch's thread pool and "
+        "allocator live too: shown for comparison (the benchmarks before this one timed ours "
+        "there).",
     ]
     for engine in PEERS:
         if engine in errors:
@@ -307,13 +340,13 @@ def main() -> None:
             meta["export"] = f"nothing: the export failed ({type(error).__name__}: {error})"
             onnx_path = None
         print("ONNX export:", meta["export"], flush=True)
-        worker: PeerWorker | None = None
+        worker: Worker | None = None
         info: dict[str, Any] = {"errors": {}}
         if not args.peers_python.exists():
             reason = f"{args.peers_python} not found (run `make bench-peers` to build it)"
             info["errors"] = {engine: reason for engine in PEERS}
         else:
-            worker = PeerWorker(args.peers_python, folder / "worker.log")
+            worker = Worker(args.peers_python, "peers_worker.py", folder / "peers_worker.log")
             try:
                 info = worker.ask(
                     cmd="load", threads=args.threads, onnx=str(onnx_path) if onnx_path else None

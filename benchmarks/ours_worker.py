@@ -1,0 +1,74 @@
+"""This runtime in a process of its own, for benchmarks/bench_peers.py: as a model is deployed.
+
+The driver (bench_peers.py) imports torch to run its ResNet-18 baseline; a runtime timed in
+that process shares it with torch's thread pool and allocator, and no deployed model does
+(the runtime never imports torch). LCE and onnxruntime already run in a worker of their own
+(peers_worker.py), so this worker gives ours the same footing: it imports numpy and the
+runtime only (checked: it refuses to run with torch loaded) and speaks the same JSON lines:
+
+- ``{"cmd": "load", "path": packed file, "threads": [1, 2]}``: one loaded model per thread
+  count, each warmed up by three predicts; answers ``{"threads": [...]}``.
+- ``{"cmd": "time", "threads": n}``: one batch-1 predict of the fixed input (seed 0, the
+  driver's), timed here around the call alone (no pipe or JSON cost): ``{"seconds": t}``.
+- ``{"cmd": "logits"}``: the first model's logits of that input (the driver checks that they
+  are its own, bit for bit).
+- ``{"cmd": "quit"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import runtime
+
+
+def fixed_input() -> np.ndarray:
+    """The driver's input: float32 [1, 3, 224, 224] NCHW from seed 0, drawn NHWC."""
+    x_nhwc = np.random.default_rng(0).standard_normal((1, 224, 224, 3)).astype(np.float32)
+    return np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))
+
+
+def main() -> None:
+    channel = os.fdopen(os.dup(1), "w", buffering=1)  # answers only; prints go to stderr
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    models: dict[int, runtime.Model] = {}
+    x = fixed_input()
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            if "torch" in sys.modules:
+                raise RuntimeError("torch was imported: this worker must run without it")
+            if request["cmd"] == "load":
+                for n in request["threads"]:
+                    models[n] = runtime.load(request["path"], threads=n)
+                    for _ in range(3):
+                        models[n].predict(x)
+                answer = {"threads": sorted(models)}
+            elif request["cmd"] == "time":
+                model = models[request["threads"]]
+                start = time.perf_counter()
+                model.predict(x)
+                answer = {"seconds": time.perf_counter() - start}
+            elif request["cmd"] == "logits":
+                answer = {"logits": next(iter(models.values())).predict(x).ravel().tolist()}
+            elif request["cmd"] == "quit":
+                break
+            else:
+                answer = {"error": f"unknown command {request['cmd']!r}"}
+        except Exception:
+            answer = {"error": traceback.format_exc(limit=3).strip()}
+        channel.write(json.dumps(answer) + "\n")
+
+
+if __name__ == "__main__":
+    main()
