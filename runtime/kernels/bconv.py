@@ -15,7 +15,12 @@ at border pixels only, the precomputed popcount of the weights of each tap in th
 ``out = n_valid_taps * C - 2 * (P - sum over padded taps of popcount(w[o, t]))``.
 
 Loop order: (batch, output row) in ``prange`` -> pairs of output columns -> the
-patch's words -> output channels innermost. The weights are re-laid out at plan time to
+patch's words -> output channels innermost. With fewer than 4 rows per thread, each row task
+is split into equal shares of the output channels (multiples of 64, ``channel_splits`` of
+runtime/kernels/geometry.py): a ResNet's 7x7 outputs, 7 rows at 4:3 over 2 threads, run as
+14 tasks of half the channels (Bi-Real-18 at 2 threads 7.66 -> 7.02 and 9.46 -> 7.15 ms, min
+of 5 alternating processes of 30 predicts each), and a binary dense layer at batch 1 shares
+its outputs among the threads. The weights are re-laid out at plan time to
 [kh * kw * Cw, O] (output channels contiguous), so the innermost loop is: broadcast word XOR
 a contiguous weight vector, popcount, add; LLVM vectorizes it (``vpopcntq`` on AVX-512
 VPOPCNTDQ, the ``vpshufb``/``vpsadbw`` sequence on AVX2). Two output pixels share each
@@ -58,6 +63,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -71,7 +77,7 @@ from runtime.kernels.epilogue import (
     finish_rows,
     output_buffers,
 )
-from runtime.kernels.geometry import conv_output_size, int_pair
+from runtime.kernels.geometry import channel_splits, conv_output_size, int_pair
 from runtime.kernels.pack import words_for
 from runtime.kernels.popcount import (
     BLOCK_CHANNELS,
@@ -272,14 +278,15 @@ def _split_nibbles(words, nibbles):
 
 
 @njit(cache=True, inline="always")
-def _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, accumulate):
-    """acc_p[o] (+)= sum_{j<4} popcount(patch_p[k + j] ^ weights[k + j, o]), p = 0, 1, where
-    patch_p[i] = words[base_p + offsets[i]]."""
+def _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, first, stop,
+                  accumulate):
+    """acc_p[o] (+)= sum_{j<4} popcount(patch_p[k + j] ^ weights[k + j, o]), p = 0, 1, for
+    first <= o < stop, where patch_p[i] = words[base_p + offsets[i]]."""
     i0, i1, i2, i3 = offsets[k], offsets[k + 1], offsets[k + 2], offsets[k + 3]
     a0, a1, a2, a3 = words[base0 + i0], words[base0 + i1], words[base0 + i2], words[base0 + i3]
     b0, b1, b2, b3 = words[base1 + i0], words[base1 + i1], words[base1 + i2], words[base1 + i3]
     w0, w1, w2, w3 = weights[k], weights[k + 1], weights[k + 2], weights[k + 3]
-    for o in range(acc0.shape[0]):
+    for o in range(first, stop):
         x0, x1, x2, x3 = w0[o], w1[o], w2[o], w3[o]
         s0 = (popcount64(a0 ^ x0) + popcount64(a1 ^ x1)) + (popcount64(a2 ^ x2)
                                                              + popcount64(a3 ^ x3))
@@ -294,72 +301,77 @@ def _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, accumula
 
 
 @njit(cache=True, inline="always")
-def _popcount_pair(words, base0, base1, offsets, count, weights, acc0, acc1):
+def _popcount_pair(words, base0, base1, offsets, count, weights, acc0, acc1, first, stop):
     """acc_p[o] = sum_{k < count} popcount(words[base_p + offsets[k]] ^ weights[k, o]) for two
-    pixels.
+    pixels and the output channels first <= o < stop.
 
     Four patch words per pass over the output channels: each weight load serves two pixels,
     each accumulator update four words; the first pass stores, so nothing needs zeroing.
     """
     k = 0
     if count >= 4:
-        _pass_of_four(words, base0, base1, offsets, weights, 0, acc0, acc1, False)
+        _pass_of_four(words, base0, base1, offsets, weights, 0, acc0, acc1, first, stop, False)
         k = 4
     else:
-        acc0[:] = 0
-        acc1[:] = 0
+        acc0[first:stop] = 0
+        acc1[first:stop] = 0
     while k + 4 <= count:
-        _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, True)
+        _pass_of_four(words, base0, base1, offsets, weights, k, acc0, acc1, first, stop, True)
         k += 4
     while k < count:
         a0, b0 = words[base0 + offsets[k]], words[base1 + offsets[k]]
         w0 = weights[k]
-        for o in range(acc0.shape[0]):
+        for o in range(first, stop):
             acc0[o] += popcount64(a0 ^ w0[o])
             acc1[o] += popcount64(b0 ^ w0[o])
         k += 1
 
 
 @njit(cache=True, inline="always")
-def _popcount_single(words, base, offsets, count, weights, acc):
-    """acc[o] = sum_{k < count} popcount(words[base + offsets[k]] ^ weights[k, o]), one pixel."""
-    acc[:] = 0
+def _popcount_single(words, base, offsets, count, weights, acc, first, stop):
+    """acc[o] = sum_{k < count} popcount(words[base + offsets[k]] ^ weights[k, o]), one pixel,
+    first <= o < stop."""
+    acc[first:stop] = 0
     for k in range(count):
         a = words[base + offsets[k]]
         w = weights[k]
-        for o in range(acc.shape[0]):
+        for o in range(first, stop):
             acc[o] += popcount64(a ^ w[o])
 
 
 @njit(cache=True, inline="always")
-def _valid_bits(accs, p, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding):
+def _valid_bits(accs, p, tap_ones, in_channels, ky0, ky1, kx0, kx1, zero_padding, first,
+                stop):
     """Number of +-1 products in pixel p's sum, sum = bits - 2 * accs[p, o].
 
     [ky0, ky1) x [kx0, kx1) are the taps inside the image. With zero padding, a border pixel
     drops the taps in the padding: their popcounts (of zero words against the weights) are
-    subtracted in place and only the valid taps count.
+    subtracted in place (for the output channels first <= o < stop) and only the valid taps
+    count.
     """
-    kh, kw, out_channels = tap_ones.shape
+    kh, kw = tap_ones.shape[0], tap_ones.shape[1]
     if not zero_padding or (ky0 == 0 and kx0 == 0 and ky1 == kh and kx1 == kw):
         return kh * kw * in_channels
     for ky in range(kh):
         for kx in range(kw):
             if ky < ky0 or ky >= ky1 or kx < kx0 or kx >= kx1:
-                for o in range(out_channels):
+                for o in range(first, stop):
                     accs[p, o] -= tap_ones[ky, kx, o]
     return max(ky1 - ky0, 0) * max(kx1 - kx0, 0) * in_channels
 
 
 @njit(cache=True, parallel=True)
 def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pad_h, pad_w,
-                  zero_padding, out_h, out_w, residual, table, activation, quantize, out_float,
-                  out_bits, byte_counts):
+                  zero_padding, out_h, out_w, splits, residual, table, activation, quantize,
+                  out_float, out_bits, byte_counts):
     """padded uint64[N, Hp, Wp, Cw] -> the layer's rows [N*OH*OW, ...] of out_float (f32) and
     out_bits (u64), residual the float rows of the shortcut ([0, 0] for those not used).
 
-    Each task (an output row) converts its popcounts to exact float32 sums into a row scratch
-    [OW, O], then runs the epilogue over the whole row (``finish_rows``): no array view is
-    taken per pixel (each one cost a reference count update, an NRT call with an atomic add).
+    Each task (an output row, or with ``splits`` > 1 one of that many equal shares of its
+    output channels, each a multiple of 64: see ``channel_splits``) converts its popcounts to
+    exact float32 sums into a row scratch [OW, share], then runs the epilogue over it
+    (``finish_rows``): no array view is taken per pixel (each one cost a reference count
+    update, an NRT call with an atomic add).
 
     ``byte_counts`` picks the popcount strategy per call (one compiled kernel serves both):
     False "vpopcntdq", the ``popcount64`` loops LLVM vectorizes; True "avx2", the
@@ -368,7 +380,7 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
     n_batch, padded_h, padded_w, cw = padded.shape
     kh, kw, out_channels = tap_ones.shape
     columns = weights.shape[0] * BLOCK_CHANNELS if byte_counts else weights.shape[1]
-    blocks = weights.shape[0]
+    share = out_channels // splits
     height, width = padded_h - 2 * pad_h, padded_w - 2 * pad_w
     words = padded.reshape(-1)
     nibbles = np.empty((2, words.shape[0] if byte_counts else 0), np.uint64)
@@ -381,16 +393,20 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
     for ky in range(kh):
         for j in range(run):
             offsets[ky * run + j] = ky * row_words + j
-    for r in prange(n_batch * out_h):
+    for task in prange(n_batch * out_h * splits):
+        r = task // splits
+        first = (task - r * splits) * share  # this task's output channels: first .. stop
+        stop = first + share
         n = r // out_h
         oy = r - n * out_h
         accs = np.empty((4, columns), np.uint64)
         acc0, acc1 = accs[0], accs[1]
-        sums = np.empty((out_w, out_channels), np.float32)
+        sums = np.empty((out_w, share), np.float32)
         bits = np.empty(4, np.int64)
         row_base = (n * padded_h + oy * stride_h) * row_words
         ky0 = max(0, pad_h - oy * stride_h)
         ky1 = min(kh, height + pad_h - oy * stride_h)
+        b0, b1 = first // BLOCK_CHANNELS, -(-stop // BLOCK_CHANNELS)  # avx2 weight blocks
         ox = 0
         while ox < out_w:
             left = out_w - ox
@@ -399,36 +415,37 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
             step = stride_w * cw
             if byte_counts:
                 if pixels == 4:
-                    for o in range(blocks):
+                    for o in range(b0, b1):
                         patch_popcounts4_low(nibbles, base, step, offsets, count, weights, o, accs)
                         patch_popcounts4_high(nibbles, base, step, offsets, count, weights, o,
                                               accs)
                 elif pixels == 3:
-                    for o in range(blocks):
+                    for o in range(b0, b1):
                         patch_popcounts3_low(nibbles, base, step, offsets, count, weights, o,
                                              accs)
                         patch_popcounts3_high(nibbles, base, step, offsets, count, weights, o,
                                               accs)
                 elif pixels == 2:
-                    for o in range(blocks):
+                    for o in range(b0, b1):
                         patch_popcounts_bytes(nibbles, base, step, offsets, count, weights, o,
                                               accs)
                 else:
-                    for o in range(blocks):
+                    for o in range(b0, b1):
                         patch_popcount_bytes(nibbles, base, step, offsets, count, weights, o, accs)
             elif pixels == 2:
-                _popcount_pair(words, base, base + step, offsets, count, weights, acc0, acc1)
+                _popcount_pair(words, base, base + step, offsets, count, weights, acc0, acc1,
+                               first, stop)
             else:
-                _popcount_single(words, base, offsets, count, weights, acc0)
+                _popcount_single(words, base, offsets, count, weights, acc0, first, stop)
             for p in range(pixels):
                 x = ox + p
                 kx0 = max(0, pad_w - x * stride_w)
                 kx1 = min(kw, width + pad_w - x * stride_w)
                 bits[p] = _valid_bits(accs, p, tap_ones, in_channels, ky0, ky1, kx0, kx1,
-                                      zero_padding)
-            finish_popcounts_rows(accs, pixels, bits, sums, ox)
+                                      zero_padding, first, stop)
+            finish_popcounts_rows(accs, pixels, bits, sums, ox, first)
             ox += pixels
-        finish_rows(sums, out_w, r * out_w, 0, out_channels, residual, table, activation,
+        finish_rows(sums, out_w, r * out_w, first, share, residual, table, activation,
                     quantize, out_float, out_bits)
 
 
@@ -462,8 +479,10 @@ def bconv2d(
         padded = np.empty((a_bits.shape[0], height + 2 * ph, width + 2 * pw, cw), np.uint64)
         _pad_input(np.ascontiguousarray(a_bits), ph, pw, plan.pad_word, padded)
     rows = shape[0] * shape[1] * shape[2]
+    splits = channel_splits(shape[0] * shape[1], plan.out_channels, numba.get_num_threads())
     _bconv_kernel(padded, plan.weights, plan.tap_ones, plan.in_channels, *plan.stride, ph, pw,
-                  plan.pad_value == 0, *plan.out_hw, _as_rows(residual, rows), epilogue.table,
+                  plan.pad_value == 0, *plan.out_hw, splits, _as_rows(residual, rows),
+                  epilogue.table,
                   epilogue.activation, epilogue.quantize, _as_rows(out_float, rows),
                   _as_rows(out_bits, rows), plan.popcount == "avx2")
     return result

@@ -34,10 +34,8 @@ from numba import njit, prange
 
 from runtime.kernels.epilogue import Epilogue, finish_rows
 from runtime.kernels.fma import FMA_BLOCK, FMA_PIXELS, fma_block1, fma_block6
-from runtime.kernels.geometry import is_pointwise
-from runtime.kernels.pack import WORD_BITS
+from runtime.kernels.geometry import channel_splits, is_pointwise
 
-ROWS_PER_THREAD = 4  # fewer runs than this per thread: split the channels too
 RUN_PIXELS = 96  # pixels per run of a pointwise conv
 
 
@@ -93,16 +91,6 @@ def padded_input(plan: DirectPlan, x: np.ndarray) -> np.ndarray:
     padded = np.zeros((n, *plan.padded_hw, channels), np.float32)
     padded[:, ph : ph + height, pw : pw + width] = x
     return padded
-
-
-def channel_splits(rows: int, out_channels: int, threads: int) -> int:
-    """Shares of the output channels per row: 1, or the doubling that first gives every
-    thread ROWS_PER_THREAD tasks, while each share stays a multiple of 64 channels."""
-    splits = 1
-    while rows * splits < ROWS_PER_THREAD * threads \
-            and out_channels % (2 * splits * WORD_BITS) == 0:
-        splits *= 2
-    return splits
 
 
 def direct_conv(plan: DirectPlan, x: np.ndarray, out_hw: tuple[int, int],

@@ -194,9 +194,11 @@ def finish_rows(s, count, first, start, channels, residual, table, activation, q
 
 
 @njit(cache=True, inline="always")
-def finish_popcounts_rows(accs, count, bits, s, row):
-    """s[row + p, o] = f32(bits[p]) - 2 * f32(i32(accs[p, o])) for p < count: a binary layer's
-    exact integer sums ``bits - 2 * popcount`` as float32, ready for ``finish_rows``.
+def finish_popcounts_rows(accs, count, bits, s, row, first):
+    """s[row + p, o] = f32(bits[p]) - 2 * f32(i32(accs[p, first + o])) for p < count and every
+    column o of s: a binary layer's exact integer sums ``bits - 2 * popcount`` as float32,
+    ready for ``finish_rows`` (``first``: the output channel of s's column 0, nonzero for a
+    share of the channels).
 
     Formed in float32 from int32 operands: the same exact integer (every operand and result
     is an integer below 2**24) as the int64 formula, but int32 -> float32 converts 8 lanes per
@@ -207,7 +209,7 @@ def finish_popcounts_rows(accs, count, bits, s, row):
     for p in range(count):
         total = np.float32(bits[p])
         for o in range(channels):
-            s[row + p, o] = total - np.float32(2.0) * np.float32(np.int32(accs[p, o]))
+            s[row + p, o] = total - np.float32(2.0) * np.float32(np.int32(accs[p, first + o]))
 
 
 @njit(cache=True, inline="always")

@@ -1,10 +1,12 @@
-"""Convolution geometry shared by the binary and float kernels: attribute pairs, output size."""
+"""Convolution geometry shared by the binary and float kernels: attribute pairs, output size,
+how the output rows and channels are cut into tasks for the threads."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from runtime.errors import InvalidModelError
+from runtime.kernels.pack import WORD_BITS
 
 
 def int_pair(value, name: str, minimum: int, layer: str) -> tuple[int, int]:
@@ -32,3 +34,18 @@ def conv_output_size(size: int, kernel: int, stride: int, padding: int, dilation
     """PyTorch's output size of a convolution along one axis:
     floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1."""
     return (size + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+
+ROWS_PER_THREAD = 4  # fewer row tasks than this per thread: split the channels too
+
+
+def channel_splits(rows: int, out_channels: int, threads: int) -> int:
+    """Shares of the output channels per row task: 1, or the doubling that first gives every
+    thread ROWS_PER_THREAD tasks, while each share stays a multiple of 64 channels (so that
+    its bits are whole words). A ResNet's 7x7 outputs (7 rows, 4:3 over 2 threads) become 14
+    tasks of half the channels; a single-pixel output (a dense layer at batch 1), eight."""
+    splits = 1
+    while rows * splits < ROWS_PER_THREAD * threads \
+            and out_channels % (2 * splits * WORD_BITS) == 0:
+        splits *= 2
+    return splits

@@ -17,8 +17,9 @@ import pytest
 from numba import njit
 
 from runtime.kernels import conv as conv_kernels
-from runtime.kernels import conv2d, conv_direct, prepare_conv2d
+from runtime.kernels import conv2d, prepare_conv2d
 from runtime.kernels.fma import FMA_BLOCK, fma_block1, fma_block6
+from runtime.kernels.geometry import channel_splits
 from tests.runtime.test_conv_tiled import assert_bits_match_except_ties, make_case
 from tests.runtime.test_kernels_float import naive_conv2d
 
@@ -115,11 +116,11 @@ def test_which_convs_run_direct():
 def test_channel_split_rule():
     """Shares only when there are fewer than 4 runs per thread, by doubling, each share a
     multiple of 64 channels."""
-    assert conv_direct.channel_splits(112, 64, 2) == 1
-    assert conv_direct.channel_splits(7, 512, 2) == 2  # 14 tasks >= 8
-    assert conv_direct.channel_splits(1, 512, 2) == 8
-    assert conv_direct.channel_splits(1, 192, 2) == 1  # 192 = 3 * 64 does not halve
-    assert conv_direct.channel_splits(1, 64, 4) == 1
+    assert channel_splits(112, 64, 2) == 1
+    assert channel_splits(7, 512, 2) == 2  # 14 tasks >= 8
+    assert channel_splits(1, 512, 2) == 8
+    assert channel_splits(1, 192, 2) == 1  # 192 = 3 * 64 does not halve
+    assert channel_splits(1, 64, 4) == 1
 
 
 @njit

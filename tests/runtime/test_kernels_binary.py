@@ -15,9 +15,11 @@ from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from runtime.errors import InputError, InvalidModelError
+from runtime.kernels import bconv as bconv_module
 from runtime.kernels import (
     bconv2d,
     bdense,
+    make_epilogue,
     pack_bits,
     pack_bits_per_sample,
     popcount64,
@@ -157,6 +159,54 @@ def test_bconv2d_is_exact(popcount, batch, in_channels, out_channels, kernel, st
 
 
 @POPCOUNTS
+@settings(max_examples=30, deadline=None)
+@given(
+    batch=st.integers(1, 2),
+    in_channels=CHANNELS,
+    shares=st.sampled_from([2, 4]),
+    words_per_share=st.integers(1, 2),
+    kernel=st.tuples(st.integers(1, 3), st.integers(1, 3)),
+    stride=st.tuples(st.integers(1, 2), st.integers(1, 2)),
+    padding=st.tuples(st.integers(0, 1), st.integers(0, 1)),
+    hw=st.tuples(st.integers(1, 5), st.integers(1, 9)),
+    pad_value=st.sampled_from([0, 1, -1]),
+    seed=st.integers(0, 2**31),
+)
+def test_bconv2d_channel_shares_are_exact(popcount, batch, in_channels, shares,
+                                          words_per_share, kernel, stride, padding, hw,
+                                          pad_value, seed):
+    """Row tasks split into ``shares`` shares of the output channels (what
+    ``channel_splits`` picks for few rows on several threads; forced here, so the path runs
+    on any core count) give the raw sums of the reference, and through a whole epilogue
+    (affine, shortcut, RPReLU, floats kept beside the bits) the unsplit call's floats and
+    bits."""
+    assume(all(s + 2 * p >= k for s, p, k in zip(hw, padding, kernel)))
+    rng = np.random.default_rng(seed)
+    out_channels = shares * words_per_share * 64
+    a = random_pm(rng, (batch, *hw, in_channels))
+    w = random_pm(rng, (out_channels, *kernel, in_channels))
+    plan = prepare_bconv(naive_pack(w), in_channels, hw, kernel, stride, padding, pad_value,
+                         popcount=popcount)
+    a_bits = naive_pack(a)
+    expected = naive_conv(a, w, stride, padding, pad_value)
+
+    def vector(low=0.5, high=1.5):
+        return rng.uniform(low, high, out_channels).astype(np.float32)
+
+    epilogue = make_epilogue(out_channels, scale=vector(), bias=vector(-1, 1),
+                             rprelu=(vector(-1, 1), vector(-1, 1), vector(0, 1)),
+                             quantize=(vector(-2, 2), None), keep_float=True)
+    shortcut = rng.standard_normal(expected.shape).astype(np.float32)
+    whole = bconv2d(plan, a_bits, epilogue, residual=shortcut)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bconv_module, "channel_splits", lambda rows, channels, threads: shares)
+        np.testing.assert_array_equal(bconv2d(plan, a_bits), expected)
+        floats, bits = bconv2d(plan, a_bits, epilogue, residual=shortcut)
+    np.testing.assert_array_equal(floats.view(np.uint32), whole[0].view(np.uint32))
+    np.testing.assert_array_equal(bits, whole[1])
+
+
+@POPCOUNTS
 def test_bconv2d_zero_padding_counts_only_taps_inside_the_image(popcount):
     a = np.ones((1, 1, 1, 5), np.int64)  # a single pixel: every tap but the centre is padding
     w = np.ones((1, 3, 3, 5), np.int64)
@@ -167,8 +217,8 @@ def test_bconv2d_zero_padding_counts_only_taps_inside_the_image(popcount):
 
 @POPCOUNTS
 @settings(max_examples=15, deadline=None)
-@given(batch=st.integers(1, 3), features=CHANNELS, out_features=st.sampled_from([1, 5, 65]),
-       seed=st.integers(0, 2**31))
+@given(batch=st.integers(1, 3), features=CHANNELS,
+       out_features=st.sampled_from([1, 5, 65, 128, 512]), seed=st.integers(0, 2**31))
 def test_bdense_is_exact(popcount, batch, features, out_features, seed):
     rng = np.random.default_rng(seed)
     a = random_pm(rng, (batch, features))
