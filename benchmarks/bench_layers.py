@@ -45,6 +45,7 @@ from numba import njit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from runtime.clock import measure_clock_hz
 from runtime.kernels import (
     bconv2d,
     conv2d,
@@ -69,7 +70,6 @@ FLOAT_LAYERS = [
     ("pointwise 1x1 256->256 14x14", 256, 256, 14, 1, 1, 0, 1),
     ("depthwise 3x3 128 56x56", 128, 128, 56, 3, 1, 1, 128),
 ]
-IMUL_LATENCY_CYCLES = 3
 # vector ALU uops per 256-bit vector of 4 output channels (256 binary MACs) on an AVX2-only core,
 # counted in the inner loops' assembly (LLVM 22, znver3): "vpopcntdq", LLVM's v4i64 ctpop of
 # the pass of four words, 68 per 8 vectors (per vector vpxor, 2 vpand, vpsrlw, 2 vpshufb,
@@ -78,27 +78,6 @@ IMUL_LATENCY_CYCLES = 3
 VECTOR_UOPS = {"vpopcntdq": 8.5, "avx2": 6}
 VECTOR_PIPES = 4  # Zen 3 / Zen 4: FP0-FP3
 CEILING_MACS_PER_CYCLE = {name: 256 * VECTOR_PIPES / uops for name, uops in VECTOR_UOPS.items()}
-
-
-@njit(cache=True)
-def _square_chain(x, steps):
-    # x * x cannot be reassociated across iterations: one imul latency per step
-    for _ in range(steps):
-        x = x * x
-    return x
-
-
-def measure_clock_hz(steps: int = 1_000_000, tries: int = 300) -> float:
-    """Core clock from a dependent imul chain: steps * 3 cycles / time. Many short tries (~1 ms,
-    under a scheduler time slice) and the fastest one, so that time spent descheduled on a
-    loaded machine does not count."""
-    _square_chain(np.uint64(3), 10)
-    best = math.inf
-    for _ in range(tries):
-        start = time.perf_counter()
-        _square_chain(np.uint64(3), steps)
-        best = min(best, time.perf_counter() - start)
-    return steps * IMUL_LATENCY_CYCLES / best
 
 
 def cpuinfo_mhz() -> str:
@@ -470,7 +449,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     load_before = os.getloadavg()[0]
-    clock = measure_clock_hz()
+    clock = measure_clock_hz(tries=300, steps=1_000_000)
     instructions = popcount_instruction_counts()
     vpopcntq = instructions["vpopcntdq"]["vpopcntq"] > 0
     print(f"clock {clock / 1e9:.2f} GHz; default strategy {default_popcount()}; "

@@ -154,7 +154,7 @@ class Model:
 
         Runs one untimed ``predict`` (warm-up), then ``repeats`` timed passes; each step's
         time is its minimum over the passes. ``clock_hz`` sets the clock for MACs per cycle
-        (default: /proc/cpuinfo, see runtime/profile.py). Returns a ``Profile``; print its
+        (default: measured, see runtime/clock.py). Returns a ``Profile``; print its
         ``table()``.
         """
         if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:

@@ -15,10 +15,11 @@ channels or features; ``F``: input features):
 - every other op (affine, activations, pooling, add, ...): 0, they are not MACs.
 
 **MACs per cycle** = (binary + float MACs) / (seconds * clock). The clock is the one stated
-by the caller (``clock_hz``) or else the highest "cpu MHz" in /proc/cpuinfo: the current
-frequency the kernel reports, not a measurement (a turbo clock above it makes the figure look
-higher than the hardware's; with several threads the figure is for all of them together). On
-systems without /proc/cpuinfo and no ``clock_hz``, the column is left empty.
+by the caller (``clock_hz``) or else measured on the calling thread's core right after the
+passes (``runtime.clock.core_clock``: a chain of dependent multiplies on x86-64, about 30 ms;
+elsewhere the "cpu MHz" /proc/cpuinfo reports, which can be the base clock, below a turbo
+clock, and then overstates the figure). With several threads the figure is for all of them
+together. Without either, the column is left empty.
 
 **Time.** Each step is timed with ``time.perf_counter`` around its call, summed over the
 batch's chunks, and the minimum over the repeats is kept (the least disturbed by other
@@ -28,10 +29,10 @@ repeats of a whole pass, including the NCHW <-> NHWC conversion of inputs and ou
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from runtime.clock import core_clock
 from runtime.graph import Step
 from runtime.schema import Node, ValueInfo
 
@@ -144,15 +145,6 @@ def node_macs(node: Node, values: Mapping[str, ValueInfo], batch: int) -> tuple[
     return 0, 0
 
 
-def cpu_clock() -> tuple[float | None, str]:
-    """(Hz, where it came from): the highest "cpu MHz" line of /proc/cpuinfo, or None."""
-    with contextlib.suppress(OSError, ValueError), open("/proc/cpuinfo") as info:
-        mhz = [float(line.split(":")[1]) for line in info if line.startswith("cpu MHz")]
-        if mhz:
-            return max(mhz) * 1e6, "/proc/cpuinfo cpu MHz"
-    return None, "no /proc/cpuinfo cpu MHz; pass clock_hz"
-
-
 def build_profile(
     steps: Sequence[Step],
     values: Mapping[str, ValueInfo],
@@ -166,7 +158,7 @@ def build_profile(
 ) -> Profile:
     """Assemble the rows from the plan and each step's measured ``seconds``."""
     if clock_hz is None:
-        clock_hz, source = cpu_clock()
+        clock_hz, source = core_clock()
     else:
         source = "given"
     total = sum(seconds)
