@@ -93,7 +93,7 @@ def cpuinfo_mhz() -> str:
 
 
 def _plain_pair(words, offsets, count, weights, acc0, acc1):
-    _popcount_pair(words, 0, 1, offsets, count, weights, acc0, acc1)
+    _popcount_pair(words, 0, 1, offsets, count, weights, acc0, acc1, 0, acc0.shape[0])
 
 
 def _bytes_quad(nibbles, offsets, count, weights, acc):
