@@ -17,16 +17,15 @@ runtime only (checked: it refuses to run with torch loaded) and speaks the same 
 
 from __future__ import annotations
 
-import json
-import os
 import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from worker_loop import serve
 
 import runtime
 
@@ -38,36 +37,31 @@ def fixed_input() -> np.ndarray:
 
 
 def main() -> None:
-    channel = os.fdopen(os.dup(1), "w", buffering=1)  # answers only; prints go to stderr
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
     models: dict[int, runtime.Model] = {}
     x = fixed_input()
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            if "torch" in sys.modules:
-                raise RuntimeError("torch was imported: this worker must run without it")
-            if request["cmd"] == "load":
-                for n in request["threads"]:
-                    models[n] = runtime.load(request["path"], threads=n)
-                    for _ in range(3):
-                        models[n].predict(x)
-                answer = {"threads": sorted(models)}
-            elif request["cmd"] == "time":
-                model = models[request["threads"]]
-                start = time.perf_counter()
-                model.predict(x)
-                answer = {"seconds": time.perf_counter() - start}
-            elif request["cmd"] == "logits":
-                answer = {"logits": next(iter(models.values())).predict(x).ravel().tolist()}
-            elif request["cmd"] == "quit":
-                break
-            else:
-                answer = {"error": f"unknown command {request['cmd']!r}"}
-        except Exception:
-            answer = {"error": traceback.format_exc(limit=3).strip()}
-        channel.write(json.dumps(answer) + "\n")
+
+    def load(request: dict) -> dict:
+        for n in request["threads"]:
+            models[n] = runtime.load(request["path"], threads=n)
+            for _ in range(3):
+                models[n].predict(x)
+        return {"threads": sorted(models)}
+
+    def timed(request: dict) -> dict:
+        model = models[request["threads"]]
+        start = time.perf_counter()
+        model.predict(x)
+        return {"seconds": time.perf_counter() - start}
+
+    def no_torch() -> None:
+        if "torch" in sys.modules:
+            raise RuntimeError("torch was imported: this worker must run without it")
+
+    serve({
+        "load": load,
+        "time": timed,
+        "logits": lambda r: {"logits": next(iter(models.values())).predict(x).ravel().tolist()},
+    }, check=no_torch)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import re
-import sys
 import time
 import traceback
 from collections import Counter
@@ -45,6 +43,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # larq 0.13 needs Keras 2 (tf
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from worker_loop import serve  # benchmarks/worker_loop.py, beside this script
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
 SIZE = 224
@@ -190,28 +189,12 @@ class Engines:
 
 
 def main() -> None:
-    # answers go to a private copy of stdout; anything a library prints (C or Python) goes
-    # to stderr, so it cannot corrupt the protocol
-    channel = os.fdopen(os.dup(1), "w", buffering=1)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
     engines = Engines()
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            if request["cmd"] == "load":
-                answer = engines.load(request["threads"], request.get("onnx"))
-            elif request["cmd"] == "time":
-                answer = {"seconds": engines.time(request["engine"], request["threads"])}
-            elif request["cmd"] == "ort_logits":
-                answer = {"logits": engines.ort_logits()}
-            elif request["cmd"] == "quit":
-                break
-            else:
-                answer = {"error": f"unknown command {request['cmd']!r}"}
-        except Exception:
-            answer = {"error": traceback.format_exc(limit=3).strip()}
-        channel.write(json.dumps(answer) + "\n")
+    serve({
+        "load": lambda r: engines.load(r["threads"], r.get("onnx")),
+        "time": lambda r: {"seconds": engines.time(r["engine"], r["threads"])},
+        "ort_logits": lambda r: {"logits": engines.ort_logits()},
+    })
 
 
 if __name__ == "__main__":
