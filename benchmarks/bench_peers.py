@@ -19,11 +19,12 @@ Batch 1, 224x224, 1 and 2 threads, all in one run:
   the common baseline of benchmarks/RESULTS.md.
 
 The two venvs cannot share a process (TensorFlow 2.16 needs numpy < 2, torch 2.13 and numba
-here use numpy 2), so the worker loads its models once and times one call per request; each
-repeat runs ours, LCE, onnxruntime and torch at 1 thread, then all four at 2 threads, with a
-short pause between calls so that one engine's spinning worker threads are asleep before the
-next one starts. Load from other processes then hits every engine alike. Min and median over
-the repeats after the warm-up rounds. Writes benchmarks/RESULTS_peers.md.
+here use numpy 2), so the workers load their models once and time one call per request; each
+repeat runs ours (worker), ours (here), LCE, onnxruntime and torch at 1 thread, then all five
+at 2 threads, with a short pause between calls so that one engine's spinning worker threads
+are asleep before the next one starts, the order rotating by one engine each repeat. Load
+from other processes then hits every engine alike. Min and median over the repeats after the
+warm-up rounds. Writes benchmarks/RESULTS_peers.md.
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ def _measure(
         for repeat in range(args.warmup + args.repeats):
             for n in args.threads:
                 torch.set_num_threads(n)
-                for engine in ENGINES:
+                # rotated each repeat: the first call after the switch of thread count wakes
+                # the idle second core (measured: ours in its worker, always first, took
+                # 12.6-14.5 ms at 2 threads against 9.0-11.1 for the same model second)
+                for engine in ENGINES[repeat % len(ENGINES):] + ENGINES[:repeat % len(ENGINES)]:
                     if engine == "ours":
                         seconds = alone.ask(cmd="time", threads=n)["seconds"]
                     elif engine == "ours_driver":
@@ -247,7 +251,9 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         "",
         f"Batch 1, 224x224. ms per inference, min / median over {args.repeats} repeats after "
         f"{args.warmup} warm-up rounds; each repeat runs the five columns one after the other "
-        f"({args.gap_ms:g} ms pause between calls) at 1 thread, then at 2 threads. Speed-ups "
+        f"({args.gap_ms:g} ms pause between calls; the order rotates by one column each "
+        "repeat, so that no engine is always the first after the switch of thread count) at "
+        "1 thread, then at 2 threads. Speed-ups "
         "are the engine's time over ours (min / median).",
         "",
         "| threads | " + " | ".join(f"{LABELS[e]} (ms)" for e in ENGINES)
