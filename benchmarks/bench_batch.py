@@ -56,12 +56,15 @@ def measure(path: Path, repeats: int) -> dict[tuple[int, int, str], list[float]]
                 torch.set_num_threads(t)
                 for b, x in inputs.items():
                     xt = torch.from_numpy(x.copy())
-                    start = time.perf_counter()
-                    models[t].predict(x)
-                    ours = time.perf_counter() - start
-                    start = time.perf_counter()
-                    net(xt)
-                    theirs = time.perf_counter() - start
+                    # who goes first alternates by repeat (see bench_runtime.speed)
+                    calls = [(models[t].predict, x), (net, xt)]
+                    for fn, arg in calls[::-1] if repeat % 2 else calls:
+                        start = time.perf_counter()
+                        fn(arg)
+                        if fn is net:
+                            theirs = time.perf_counter() - start
+                        else:
+                            ours = time.perf_counter() - start
                     if repeat >= 2:
                         times[t, b, "runtime"].append(ours / b)
                         times[t, b, "torch"].append(theirs / b)
@@ -76,7 +79,8 @@ def report(times: dict[tuple[int, int, str], list[float]], repeats: int) -> str:
         "",
         f"Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_batch.py "
         f"--repeats {repeats}`. 224x224 inputs, 2 warm-up rounds, {repeats} interleaved "
-        "repeats; ms per image = call time / batch.",
+        "repeats (runtime and torch in turn, who goes first alternating by repeat); ms per "
+        "image = call time / batch.",
         "",
         "| threads | batch | runtime ms/image min / median | torch ms/image min / median | "
         "runtime images/s | torch images/s | speed-up (min) |",

@@ -138,8 +138,10 @@ def time_call(fn, x) -> float:
 
 
 def speed(path: Path, repeats: int) -> list[dict]:
-    """Each repeat times, for 1 then 2 threads, the runtime then torch: a load spike from
-    other jobs on the shared machine then hits every configuration, not one of them."""
+    """Each repeat times, for 1 then 2 threads, the runtime and torch: a load spike from
+    other jobs on the shared machine then hits every configuration, not one of them. Who goes
+    first alternates by repeat: the first call after the switch to 2 threads also wakes the
+    idle second core (in bench_peers.py the engine always called first there lost 15-30%)."""
     net = resnet18().eval()
     x_np = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     x_torch = torch.from_numpy(x_np.copy())
@@ -149,7 +151,10 @@ def speed(path: Path, repeats: int) -> list[dict]:
         for repeat in range(3 + repeats):  # 3 warm-up rounds: caches, allocator, lazy init
             for threads, model in models.items():
                 torch.set_num_threads(threads)
-                ours, theirs = time_call(model.predict, x_np), time_call(net, x_torch)
+                if repeat % 2:
+                    theirs, ours = time_call(net, x_torch), time_call(model.predict, x_np)
+                else:
+                    ours, theirs = time_call(model.predict, x_np), time_call(net, x_torch)
                 if repeat >= 3:
                     times[threads, "runtime"].append(ours)
                     times[threads, "torch"].append(theirs)
@@ -258,7 +263,9 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict,
         " AvgPool2d(2) -> float 1x1 conv -> BN (Bi-Real/ReActNet style); float fc). PyTorch:"
         " `binarize.models.resnet18()` (torchvision layout), eval, `torch.no_grad()`,"
         f" `torch.set_num_threads`. {repeats} repeats after 3 warm-up rounds; each repeat runs"
-        " runtime then torch at 1 thread, then both at 2 threads.",
+        " runtime and torch at 1 thread, then both at 2 threads, who goes first alternating"
+        " by repeat (the first call after the switch to 2 threads also wakes the idle second"
+        " core).",
         "",
         "| threads | runtime min (ms) | runtime median (ms) | torch min (ms) | torch median (ms)"
         " | speed-up (min) | speed-up (median) | target |",
