@@ -401,7 +401,9 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
         oy = r - n * out_h
         accs = np.empty((4, columns), np.uint64)
         acc0, acc1 = accs[0], accs[1]
+        acc_flat = accs.ravel()
         sums = np.empty((out_w, share), np.float32)
+        sum_flat = sums.ravel()
         bits = np.empty(4, np.int64)
         row_base = (n * padded_h + oy * stride_h) * row_words
         ky0 = max(0, pad_h - oy * stride_h)
@@ -443,7 +445,7 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
                 kx1 = min(kw, width + pad_w - x * stride_w)
                 bits[p] = _valid_bits(accs, p, tap_ones, in_channels, ky0, ky1, kx0, kx1,
                                       zero_padding, first, stop)
-            finish_popcounts_rows(accs, pixels, bits, sums, ox, first)
+            finish_popcounts_rows(acc_flat, columns, pixels, bits, sum_flat, share, ox, first)
             ox += pixels
         finish_rows(sums, out_w, r * out_w, first, share, residual, table, activation,
                     quantize, out_float, out_bits)
