@@ -22,9 +22,10 @@ The two venvs cannot share a process (TensorFlow 2.16 needs numpy < 2, torch 2.1
 here use numpy 2), so the workers load their models once and time one call per request; each
 repeat runs ours (worker), ours (here), LCE, onnxruntime and torch at 1 thread, then all five
 at 2 threads, with a short pause between calls so that one engine's spinning worker threads
-are asleep before the next one starts, the order rotating by one engine each repeat. Load
-from other processes then hits every engine alike. Min and median over the repeats after the
-warm-up rounds. Writes benchmarks/RESULTS_peers.md.
+are asleep before the next one starts, the order rotating by one engine each repeat, and each
+timed call right after an untimed one of the same engine (``--warm-calls``), so that it finds
+its core awake after the pause. Load from other processes then hits every engine alike. Min
+and median over the repeats after the warm-up rounds. Writes benchmarks/RESULTS_peers.md.
 """
 
 from __future__ import annotations
@@ -143,7 +144,10 @@ def export_onnx(net: torch.nn.Module, path: Path) -> str:
     )
 
 
-def timed(fn, x) -> float:
+def timed(fn, x, warm: int = 0) -> float:
+    """One call of fn(x) timed, after ``warm`` untimed ones right before it."""
+    for _ in range(warm):
+        fn(x)
     start = time.perf_counter()
     fn(x)
     return time.perf_counter() - start
@@ -189,14 +193,16 @@ def _measure(
                 # the idle second core (measured: ours in its worker, always first, took
                 # 12.6-14.5 ms at 2 threads against 9.0-11.1 for the same model second)
                 for engine in ENGINES[repeat % len(ENGINES):] + ENGINES[:repeat % len(ENGINES)]:
+                    warm = args.warm_calls
                     if engine == "ours":
-                        seconds = alone.ask(cmd="time", threads=n)["seconds"]
+                        seconds = alone.ask(cmd="time", threads=n, warm=warm)["seconds"]
                     elif engine == "ours_driver":
-                        seconds = timed(ours[n].predict, x)
+                        seconds = timed(ours[n].predict, x, warm)
                     elif engine == "torch":
-                        seconds = timed(net, x_torch)
+                        seconds = timed(net, x_torch, warm)
                     elif engine in ready and worker is not None:
-                        seconds = worker.ask(cmd="time", engine=engine, threads=n)["seconds"]
+                        seconds = worker.ask(cmd="time", engine=engine, threads=n,
+                                             warm=warm)["seconds"]
                     else:
                         continue
                     if repeat >= args.warmup:
@@ -242,7 +248,8 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         f"{os.getloadavg()[0]:.2f} at the end.",
         "",
         f"Command: `{command}` (= `.venv/bin/python benchmarks/bench_peers.py --peers-python "
-        f"{args.peers_python} --repeats {args.repeats} --warmup {args.warmup}`)."
+        f"{args.peers_python} --repeats {args.repeats} --warmup {args.warmup} --warm-calls "
+        f"{args.warm_calls}`)."
         + (" **Quick check: too few repeats for final numbers.**" if args.quick else ""),
         "",
         f"Versions: torch {torch.__version__}, numpy {np.__version__}, "
@@ -251,9 +258,11 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         "",
         f"Batch 1, 224x224. ms per inference, min / median over {args.repeats} repeats after "
         f"{args.warmup} warm-up rounds; each repeat runs the five columns one after the other "
-        f"({args.gap_ms:g} ms pause between calls; the order rotates by one column each "
+        f"({args.gap_ms:g} ms pause between engines; the order rotates by one column each "
         "repeat, so that no engine is always the first after the switch of thread count) at "
-        "1 thread, then at 2 threads. Speed-ups "
+        f"1 thread, then at 2 threads; each timed call comes right after {args.warm_calls} "
+        "untimed call(s) of the same engine, so that it finds its core awake (the first call "
+        "after an idle pause ran 10-20% slower here, for every engine alike). Speed-ups "
         "are the engine's time over ours (min / median).",
         "",
         "| threads | " + " | ".join(f"{LABELS[e]} (ms)" for e in ENGINES)
@@ -324,6 +333,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="5 repeats, 2 warm-up rounds")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--gap-ms", type=float, default=20.0)
+    parser.add_argument("--warm-calls", type=int, default=1,
+                        help="untimed calls of the engine right before each timed one (0: time "
+                             "the first call after the pause, on a core that idled)")
     parser.add_argument("--peers-python", type=Path, default=REPO / ".venv-peers/bin/python")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_peers.md")
     args = parser.parse_args()

@@ -8,8 +8,9 @@ runtime only (checked: it refuses to run with torch loaded) and speaks the same 
 
 - ``{"cmd": "load", "path": packed file, "threads": [1, 2]}``: one loaded model per thread
   count, each warmed up by three predicts; answers ``{"threads": [...]}``.
-- ``{"cmd": "time", "threads": n}``: one batch-1 predict of the fixed input (seed 0, the
-  driver's), timed here around the call alone (no pipe or JSON cost): ``{"seconds": t}``.
+- ``{"cmd": "time", "threads": n, "warm": k}``: one batch-1 predict of the fixed input
+  (seed 0, the driver's), timed here around the call alone (no pipe or JSON cost), after k
+  untimed ones right before it: ``{"seconds": t}``.
 - ``{"cmd": "logits"}``: the first model's logits of that input (the driver checks that they
   are its own, bit for bit).
 - ``{"cmd": "quit"}``.
@@ -49,6 +50,8 @@ def main() -> None:
 
     def timed(request: dict) -> dict:
         model = models[request["threads"]]
+        for _ in range(request.get("warm", 0)):
+            model.predict(x)
         start = time.perf_counter()
         model.predict(x)
         return {"seconds": time.perf_counter() - start}

@@ -9,8 +9,9 @@ in JSON lines (one request on stdin, one answer on stdout):
   per thread count; opens the ONNX file in one onnxruntime session per thread count. Answers
   the versions, the converted model's op census, its size, and an error text per engine
   that could not be loaded (that engine is then skipped, the others still run).
-- ``{"cmd": "time", "engine": "lce" | "ort", "threads": n}``: one batch-1 inference, timed
-  here around the engine call alone (no pipe or JSON cost): ``{"seconds": t}``.
+- ``{"cmd": "time", "engine": "lce" | "ort", "threads": n, "warm": k}``: one batch-1
+  inference, timed here around the engine call alone (no pipe or JSON cost), after k untimed
+  ones right before it: ``{"seconds": t}``.
 - ``{"cmd": "ort_logits"}``: onnxruntime's logits of the fixed input (seed 0, NCHW), so the
   driver can check the export against torch.
 - ``{"cmd": "quit"}``.
@@ -176,15 +177,22 @@ class Engines:
         session = next(iter(self.ort.values()))
         return session.run(None, {self.ort_input: self.x_nchw})[0].ravel().tolist()
 
-    def time(self, engine: str, threads: int) -> float:
+    def time(self, engine: str, threads: int, warm: int = 0) -> float:
+        """One inference timed, after ``warm`` untimed ones right before it."""
         if engine == "lce":
             interpreter = self.lce[threads].interpreter
-            start = time.perf_counter()
-            interpreter.predict([self.x_nhwc])
+
+            def call():
+                interpreter.predict([self.x_nhwc])
         else:
             session, feed = self.ort[threads], {self.ort_input: self.x_nchw}
-            start = time.perf_counter()
-            session.run(None, feed)
+
+            def call():
+                session.run(None, feed)
+        for _ in range(warm):
+            call()
+        start = time.perf_counter()
+        call()
         return time.perf_counter() - start
 
 
@@ -192,7 +200,7 @@ def main() -> None:
     engines = Engines()
     serve({
         "load": lambda r: engines.load(r["threads"], r.get("onnx")),
-        "time": lambda r: {"seconds": engines.time(r["engine"], r["threads"])},
+        "time": lambda r: {"seconds": engines.time(r["engine"], r["threads"], r.get("warm", 0))},
         "ort_logits": lambda r: {"logits": engines.ort_logits()},
     })
 
