@@ -20,7 +20,6 @@ import datetime
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +31,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18  # noqa: E402
 from bench_runtime import machine  # noqa: E402
+from timing import time_call  # noqa: E402
 
 import runtime  # noqa: E402
 from binarize.models import resnet18  # noqa: E402
@@ -57,14 +57,10 @@ def measure(path: Path, repeats: int) -> dict[tuple[int, int, str], list[float]]
                 for b, x in inputs.items():
                     xt = torch.from_numpy(x.copy())
                     # who goes first alternates by repeat (see bench_runtime.speed)
-                    calls = [(models[t].predict, x), (net, xt)]
-                    for fn, arg in calls[::-1] if repeat % 2 else calls:
-                        start = time.perf_counter()
-                        fn(arg)
-                        if fn is net:
-                            theirs = time.perf_counter() - start
-                        else:
-                            ours = time.perf_counter() - start
+                    if repeat % 2:
+                        theirs, ours = time_call(net, xt), time_call(models[t].predict, x)
+                    else:
+                        ours, theirs = time_call(models[t].predict, x), time_call(net, xt)
                     if repeat >= 2:
                         times[t, b, "runtime"].append(ours / b)
                         times[t, b, "torch"].append(theirs / b)

@@ -54,6 +54,7 @@ sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18  # noqa: E402
 from bench_layers import cpuinfo_mhz, popcount_instructions  # noqa: E402
+from timing import time_call  # noqa: E402
 
 import runtime  # noqa: E402
 from binarize.models import resnet18  # noqa: E402
@@ -144,15 +145,6 @@ def export_onnx(net: torch.nn.Module, path: Path) -> str:
     )
 
 
-def timed(fn, x, warm: int = 0) -> float:
-    """One call of fn(x) timed, after ``warm`` untimed ones right before it."""
-    for _ in range(warm):
-        fn(x)
-    start = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - start
-
-
 def measure(
     args, net: torch.nn.Module, worker: Worker | None, ready: set[str], folder: Path
 ) -> dict:
@@ -184,7 +176,7 @@ def _measure(
     x = np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2))  # the worker's input, NCHW
     x_torch = torch.from_numpy(x.copy())
     times: dict[tuple[int, str], list[float]] = {(n, e): [] for n in args.threads for e in ENGINES}
-    gap = args.gap_ms / 1000
+    gap, warm = args.gap_ms / 1000, args.warm_calls
     with torch.no_grad():
         for repeat in range(args.warmup + args.repeats):
             for n in args.threads:
@@ -193,13 +185,12 @@ def _measure(
                 # the idle second core (measured: ours in its worker, always first, took
                 # 12.6-14.5 ms at 2 threads against 9.0-11.1 for the same model second)
                 for engine in ENGINES[repeat % len(ENGINES):] + ENGINES[:repeat % len(ENGINES)]:
-                    warm = args.warm_calls
                     if engine == "ours":
                         seconds = alone.ask(cmd="time", threads=n, warm=warm)["seconds"]
                     elif engine == "ours_driver":
-                        seconds = timed(ours[n].predict, x, warm)
+                        seconds = time_call(ours[n].predict, x, warm=warm)
                     elif engine == "torch":
-                        seconds = timed(net, x_torch, warm)
+                        seconds = time_call(net, x_torch, warm=warm)
                     elif engine in ready and worker is not None:
                         seconds = worker.ask(cmd="time", engine=engine, threads=n,
                                              warm=warm)["seconds"]
@@ -262,7 +253,8 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         "repeat, so that no engine is always the first after the switch of thread count) at "
         f"1 thread, then at 2 threads; each timed call comes right after {args.warm_calls} "
         "untimed call(s) of the same engine, so that it finds its core awake (the first call "
-        "after an idle pause ran 10-20% slower here, for every engine alike). Speed-ups "
+        "after an idle pause ran 10-25% slower here for ours, not measurably for LCE). "
+        "Speed-ups "
         "are the engine's time over ours (min / median).",
         "",
         "| threads | " + " | ".join(f"{LABELS[e]} (ms)" for e in ENGINES)

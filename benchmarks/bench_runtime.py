@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18, ideal_bytes  # noqa: E402
+from timing import time_call  # noqa: E402
 
 import binarize  # noqa: E402
 import runtime  # noqa: E402
@@ -129,12 +130,6 @@ def summarize(times: dict[tuple[int, str], list[float]]) -> list[dict]:
         }
         for threads in THREADS
     ]
-
-
-def time_call(fn, x) -> float:
-    start = time.perf_counter()
-    fn(x)
-    return time.perf_counter() - start
 
 
 def speed(path: Path, repeats: int) -> list[dict]:

@@ -19,13 +19,13 @@ runtime only (checked: it refuses to run with torch loaded) and speaks the same 
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from timing import time_call
 from worker_loop import serve
 
 import runtime
@@ -49,12 +49,8 @@ def main() -> None:
         return {"threads": sorted(models)}
 
     def timed(request: dict) -> dict:
-        model = models[request["threads"]]
-        for _ in range(request.get("warm", 0)):
-            model.predict(x)
-        start = time.perf_counter()
-        model.predict(x)
-        return {"seconds": time.perf_counter() - start}
+        predict = models[request["threads"]].predict
+        return {"seconds": time_call(predict, x, warm=request.get("warm", 0))}
 
     def no_torch() -> None:
         if "torch" in sys.modules:

@@ -44,6 +44,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")  # larq 0.13 needs Keras 2 (tf
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
+from timing import time_call
 from worker_loop import serve  # benchmarks/worker_loop.py, beside this script
 
 STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
@@ -180,20 +181,8 @@ class Engines:
     def time(self, engine: str, threads: int, warm: int = 0) -> float:
         """One inference timed, after ``warm`` untimed ones right before it."""
         if engine == "lce":
-            interpreter = self.lce[threads].interpreter
-
-            def call():
-                interpreter.predict([self.x_nhwc])
-        else:
-            session, feed = self.ort[threads], {self.ort_input: self.x_nchw}
-
-            def call():
-                session.run(None, feed)
-        for _ in range(warm):
-            call()
-        start = time.perf_counter()
-        call()
-        return time.perf_counter() - start
+            return time_call(self.lce[threads].interpreter.predict, [self.x_nhwc], warm=warm)
+        return time_call(self.ort[threads].run, None, {self.ort_input: self.x_nchw}, warm=warm)
 
 
 def main() -> None:

@@ -43,7 +43,8 @@ def channel_splits(rows: int, out_channels: int, threads: int) -> int:
     """Shares of the output channels per row task: 1, or the doubling that first gives every
     thread ROWS_PER_THREAD tasks, while each share stays a multiple of 64 channels (so that
     its bits are whole words). A ResNet's 7x7 outputs (7 rows, 4:3 over 2 threads) become 14
-    tasks of half the channels; a single-pixel output (a dense layer at batch 1), eight."""
+    tasks of half the channels; a single-pixel output (a dense layer at batch 1) up to eight
+    tasks at 2 threads."""
     splits = 1
     while rows * splits < ROWS_PER_THREAD * threads \
             and out_channels % (2 * splits * WORD_BITS) == 0:
