@@ -236,19 +236,19 @@ def _fused_step(
     epilogue = _epilogue(nodes, channels, arrays, side is not None)
     prepare = all_ops()[producer.op].prepare
     assert prepare is not None  # producers are declared with a kernel's prepare
-    call = prepare(producer, _param(arrays, producer, "weight"), values[source])
+    call = prepare(producer, _param(arrays, producer, "weight"), values[source])(epilogue)
     adds = [node for node in chain if node.op == "add"]
     if not adds:
         inputs = [source]
 
         def run(xs: Sequence[np.ndarray]) -> np.ndarray:
-            return call(xs[0], epilogue, None)
+            return call(xs[0], None)
     else:
         inner = chain[chain.index(adds[0]) - 1].outputs[0]
         inputs = [source, next(name for name in adds[0].inputs if name != inner)]
 
         def run(xs: Sequence[np.ndarray]) -> np.ndarray:
-            return call(xs[0], epilogue, xs[1])
+            return call(xs[0], xs[1])
 
     return Step(nodes, inputs, chain[-1].outputs[0], run, *_param_size(nodes, arrays),
                 side_output=side.outputs[0] if side else None)
@@ -267,8 +267,10 @@ def _pooled_step(
     if side is not None:
         quantize = kernels.make_epilogue(channels, **_stage_options(side, arrays))
 
+    bound = call(epilogue, quantize)
+
     def run(xs: Sequence[np.ndarray]) -> Any:
-        return call(xs[0], epilogue, quantize)
+        return bound(xs[0])
 
     nodes = chain + ([side] if side else [])
     return Step(nodes, [producer.inputs[0]], pool.outputs[0], run, *_param_size(nodes, arrays),

@@ -13,7 +13,9 @@ An :class:`OpDef` says everything the rest of the project needs to know about on
   buffers its kernel allocates besides the output (``scratch``), so ``runtime.load`` can bound
   a file's demands before anything runs;
 - its **implementation**: ``run(inputs, params, attrs)`` for an op the executor calls on its
-  own, ``prepare`` for a producer (a kernel that absorbs a fused epilogue), and its
+  own, ``prepare(node, weight, input)`` for a producer (a kernel that absorbs a fused
+  epilogue): it re-lays out the weight once and gives ``bind(epilogue) -> call(x,
+  residual)``, bound once per step, so a call does no more than its input asks; and its
   **fusion role**: ``"producer"``, or the epilogue stage it can fill (``"affine"``, ``"add"``,
   ``"activation"``, ``"quantize"``), or ``"maxpool"`` (a pool a producer declared with
   ``prepare_maxpool`` may absorb after its chain), or ``None``; a fusable op's
@@ -25,7 +27,7 @@ An :class:`OpDef` says everything the rest of the project needs to know about on
   output's quantized bits in one pass (a block output read by the next binary layer's
   ``quantize`` and by a shortcut);
 - ``prepare_maxpool`` (producers): ``prepare_maxpool(node, weight, input, pool, pool_output)``
-  gives a call ``call(x, epilogue, quantize)`` that runs the producer, its chain and the max
+  gives ``bind(epilogue, quantize) -> call(x)`` that runs the producer, its chain and the max
   pool (fusion role ``"maxpool"``) that reads the chain's output, in one kernel that never
   stores the producer's output, and writes the pooled floats' bits when ``quantize`` is
   given; or None where its kernel cannot (``runtime.graph`` says when it is asked);

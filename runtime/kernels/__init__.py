@@ -25,13 +25,14 @@ API
 ``pack_bits_per_sample(x f32[N, P, C], threshold f32[N, C], sign | None) -> uint64[N, P, Cw]``
 ``make_epilogue(O, *, scale, bias, prelu, rprelu, quantize) -> Epilogue``
 ``prepare_bconv(weight_bits u64[O, kh, kw, Cw], in_channels, in_hw, kernel, stride, padding,
-pad_value, *, popcount) -> BConvPlan``; ``bconv2d(plan, a_bits u64[N, H, W, Cw], epilogue, *,
-residual, out)``: exact zero (pad_value 0) or +-1 padding, any kernel/stride, dilation 1,
-groups 1. ``popcount``: the popcount strategy, "vpopcntdq" (LLVM's own ctpop loops;
-``vpopcntq`` on AVX-512 VPOPCNTDQ) or "avx2" (nibble-table ``vpshufb`` intrinsics with
-byte-count accumulators), both exact on any host; None: chosen from numba's target features
-(``NUMBA_CPU_FEATURES`` or the host's), overridden by ``$BINARIZE_POPCOUNT``
-(``runtime.kernels.bconv``).
+pad_value, *, popcount) -> BConvPlan``; ``bconv2d(plan, a_bits u64[N, H, W, Cw], epilogue,
+*, residual, out)``: exact zero (pad_value 0) or +-1 padding, any kernel/stride, dilation 1,
+groups 1; ``BConvCall(plan, epilogue)(a_bits, residual, out)`` the same with the plan and
+epilogue bound once (what an execution plan calls). ``popcount``: the popcount strategy,
+"vpopcntdq" (LLVM's own ctpop loops; ``vpopcntq`` on AVX-512 VPOPCNTDQ) or "avx2"
+(nibble-table ``vpshufb`` intrinsics with byte-count accumulators), both exact on any host;
+None: chosen from numba's target features (``NUMBA_CPU_FEATURES`` or the host's), overridden
+by ``$BINARIZE_POPCOUNT`` (``runtime.kernels.bconv``).
 ``prepare_bdense(weight_bits u64[O, Fw], in_features, *, popcount) -> BConvPlan``;
 ``bdense(plan, a_bits u64[N, Fw], epilogue, *, residual, out)``.
 ``prepare_conv2d(weight f32[O, C/g, kh, kw], in_channels, in_hw, stride, padding, dilation,
@@ -64,7 +65,7 @@ helpers in ``intrinsics.py``): after changing one,
 delete the cache directory.
 """
 
-from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
+from runtime.kernels.bconv import BConvCall, BConvPlan, bconv2d, prepare_bconv
 from runtime.kernels.conv import ConvPlan, conv2d, prepare_conv2d, uses_direct
 from runtime.kernels.conv_direct import scratch_floats as direct_scratch_floats
 from runtime.kernels.conv_pool import ConvMaxPoolPlan, conv2d_maxpool, prepare_conv_maxpool
@@ -74,6 +75,7 @@ from runtime.kernels.pack import pack_bits, pack_bits_per_sample, words_for
 from runtime.kernels.popcount import popcount64
 
 __all__ = [
+    "BConvCall",
     "BConvPlan",
     "ConvMaxPoolPlan",
     "ConvPlan",

@@ -35,7 +35,7 @@ integers on every host, one compiled kernel runs both):
 - "vpopcntdq": the loops above. On AVX-512 VPOPCNTDQ one ``vpopcntq`` per vector.
 - "avx2": blocks of BLOCK_CHANNELS (16) output channels, each with its weights stored
   contiguously per patch word and split into low and high nibbles, the input split the same
-  way once per call (``_split_nibbles``, a serial pass before the rows); for 4 pixels (then
+  way once per call (``_padded_nibbles``, a serial pass before the rows); for 4 pixels (then
   3, 2 or 1 at a row's end) the ``patch_popcounts*`` intrinsics of
   ``runtime.kernels.popcount`` run all patch words with the byte-count accumulators in
   registers: per 4-channel vector and word 2 vpxor + 2 vpshufb + 2 vpaddb, no vpsadbw (one
@@ -68,7 +68,7 @@ import numpy as np
 from numba import njit, prange
 
 from runtime.errors import InvalidModelError
-from runtime.kernels.calls import check_call
+from runtime.kernels.calls import check_epilogue, check_input
 from runtime.kernels.epilogue import (
     Epilogue,
     _as_rows,
@@ -248,33 +248,55 @@ def _aligned_zeros(shape: tuple[int, int], alignment: int = 64) -> np.ndarray:
     return raw[skip:skip + count].reshape(shape)
 
 
-@njit(cache=True)
-def _pad_input(a, pad_h, pad_w, pad_word, padded):
-    """a uint64[N, H, W, Cw] -> padded uint64[N, H + 2 pad_h, W + 2 pad_w, Cw]."""
-    n_batch, height, width, cw = a.shape
-    padded_h, padded_w = padded.shape[1], padded.shape[2]
-    source = a.reshape(n_batch, height, width * cw)
-    target = padded.reshape(n_batch, padded_h, padded_w * cw)
-    inner_start, inner_stop = pad_w * cw, (pad_w + width) * cw
-    for n in range(n_batch):
-        for y in range(padded_h):
-            row = target[n, y]
-            inside = pad_h <= y < pad_h + height
-            for i in range(padded_w * cw):
-                if inside and inner_start <= i < inner_stop:
-                    row[i] = source[n, y - pad_h, i - inner_start]
-                else:
-                    row[i] = pad_word[i % cw]
+@njit(cache=True, inline="always")
+def _padded_word(source, n, y, i, pad_h, pad_w, height, width, pad_word):
+    """Word i of row y of sample n of the padded input, source u64[N, H, W * Cw]: the input's
+    word inside the image, ``pad_word[i % Cw]`` in the padding."""
+    cw = pad_word.shape[0]
+    inner_start = pad_w * cw
+    if pad_h <= y < pad_h + height and inner_start <= i < inner_start + width * cw:
+        return source[n, y - pad_h, i - inner_start]
+    return pad_word[i % cw]
 
 
 @njit(cache=True, inline="always")
-def _split_nibbles(words, nibbles):
-    """nibbles[0] = words & LOW_NIBBLES, nibbles[1] = (words >> 4) & LOW_NIBBLES (the avx2
-    strategy's input: each byte's low and high nibble, ready to index a 16-entry table)."""
+def _padded_words(a, pad_h, pad_w, pad_word):
+    """a u64[N, H, W, Cw] padded with ``pad_word`` to [N, H + 2 pad_h, W + 2 pad_w, Cw], flat
+    (a's own words when there is no padding)."""
+    n_batch, height, width, cw = a.shape
+    if pad_h == 0 and pad_w == 0:
+        return a.reshape(-1)
+    padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
+    source = a.reshape(n_batch, height, width * cw)
+    words = np.empty(n_batch * padded_h * padded_w * cw, np.uint64)
+    target = words.reshape(n_batch, padded_h, padded_w * cw)
+    for n in range(n_batch):
+        for y in range(padded_h):
+            for i in range(padded_w * cw):
+                target[n, y, i] = _padded_word(source, n, y, i, pad_h, pad_w, height, width,
+                                               pad_word)
+    return words
+
+
+@njit(cache=True, inline="always")
+def _padded_nibbles(a, pad_h, pad_w, pad_word):
+    """The avx2 strategy's input: the padded words (``_padded_words``) split into nibbles,
+    u64[2, N * Hp * Wp * Cw]: [0] each byte's low nibble (word & LOW_NIBBLES), [1] its high
+    nibble ((word >> 4) & LOW_NIBBLES), ready to index a 16-entry table."""
+    n_batch, height, width, cw = a.shape
+    padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
+    source = a.reshape(n_batch, height, width * cw)
+    nibbles = np.empty((2, n_batch * padded_h * padded_w * cw), np.uint64)
+    low = nibbles[0].reshape(n_batch, padded_h, padded_w * cw)
+    high = nibbles[1].reshape(n_batch, padded_h, padded_w * cw)
     mask = np.uint64(LOW_NIBBLES)
-    for i in range(words.shape[0]):
-        nibbles[0, i] = words[i] & mask
-        nibbles[1, i] = (words[i] >> np.uint64(4)) & mask
+    for n in range(n_batch):
+        for y in range(padded_h):
+            for i in range(padded_w * cw):
+                word = _padded_word(source, n, y, i, pad_h, pad_w, height, width, pad_word)
+                low[n, y, i] = word & mask
+                high[n, y, i] = (word >> np.uint64(4)) & mask
+    return nibbles
 
 
 @njit(cache=True, inline="always")
@@ -368,11 +390,16 @@ def _valid_bits(acc_flat, acc_columns, p, tap_flat, kh, kw, in_channels, ky0, ky
 
 
 @njit(cache=True, parallel=True)
-def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pad_h, pad_w,
-                  zero_padding, out_h, out_w, splits, residual, table, activation, quantize,
-                  out_float, out_bits, byte_counts):
-    """padded uint64[N, Hp, Wp, Cw] -> the layer's rows [N*OH*OW, ...] of out_float (f32) and
+def _bconv_kernel(a, weights, tap_ones, in_channels, stride_h, stride_w, pad_h, pad_w,
+                  pad_word, zero_padding, out_h, out_w, splits, residual, table, activation,
+                  quantize, out_float, out_bits, byte_counts):
+    """a uint64[N, H, W, Cw] -> the layer's rows [N*OH*OW, ...] of out_float (f32) and
     out_bits (u64), residual the float rows of the shortcut ([0, 0] for those not used).
+
+    First, serially, the input padded with whole ``pad_word`` words (``_padded_words``; for
+    "avx2" straight into its nibble split, ``_padded_nibbles``): a copy of the input, small
+    next to the layer's work (a 56x56x64 input is 25 KiB), made here rather than by the caller
+    to save a second compiled call per layer.
 
     Each task (an output row, or with ``splits`` > 1 one of that many equal shares of its
     output channels, each a multiple of 64: see ``channel_splits``) converts its popcounts to
@@ -384,16 +411,18 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
     False "vpopcntdq", the ``popcount64`` loops LLVM vectorizes; True "avx2", the
     ``patch_popcounts*`` intrinsics (``weights`` in the avx2 layout, see ``BConvPlan``).
     """
-    n_batch, padded_h, padded_w, cw = padded.shape
+    n_batch, height, width, cw = a.shape
+    padded_h, padded_w = height + 2 * pad_h, width + 2 * pad_w
     kh, kw, out_channels = tap_ones.shape
     tap_flat = tap_ones.ravel()
     columns = weights.shape[0] * BLOCK_CHANNELS if byte_counts else weights.shape[1]
     share = out_channels // splits
-    height, width = padded_h - 2 * pad_h, padded_w - 2 * pad_w
-    words = padded.reshape(-1)
-    nibbles = np.empty((2, words.shape[0] if byte_counts else 0), np.uint64)
     if byte_counts:
-        _split_nibbles(words, nibbles)
+        nibbles = _padded_nibbles(a, pad_h, pad_w, pad_word)
+        words = nibbles[0]  # not read: the avx2 loops take the nibbles
+    else:
+        words = _padded_words(a, pad_h, pad_w, pad_word)
+        nibbles = np.empty((2, 0), np.uint64)
     row_words = padded_w * cw
     run = kw * cw
     count = kh * run
@@ -459,6 +488,42 @@ def _bconv_kernel(padded, weights, tap_ones, in_channels, stride_h, stride_w, pa
                     quantize, out_float, out_bits)
 
 
+class BConvCall:
+    """``bconv2d`` of one plan and one epilogue, bound once: what does not depend on the input
+    (the epilogue's checks, the kernel's arguments) is settled here, so a call checks its input
+    and residual, allocates its outputs and runs the kernel. An execution plan binds each
+    binary conv step once (``runtime.graph``): the Python around a call was 30-40 us, against
+    a 0.3-0.8 ms kernel."""
+
+    def __init__(self, plan: BConvPlan, epilogue: Epilogue | None = None) -> None:
+        self.plan = plan
+        self.epilogue = check_epilogue(LAYER, epilogue, plan.out_channels, keep_float=True)
+        self._trailing = (*plan.in_hw, words_for(plan.in_channels))
+        self._geometry = (plan.weights, plan.tap_ones, plan.in_channels, *plan.stride,
+                          *plan.padding, plan.pad_word, plan.pad_value == 0, *plan.out_hw)
+        self._transform = (self.epilogue.table, self.epilogue.activation,
+                           self.epilogue.quantize)
+        self._byte_counts = plan.popcount == "avx2"
+
+    def __call__(
+        self, a_bits: np.ndarray, residual: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """See ``bconv2d``."""
+        check_input(LAYER, a_bits, np.uint64, self._trailing, " (packed NHWC)")
+        plan = self.plan
+        (out_h, out_w), channels = plan.out_hw, plan.out_channels
+        shape = (a_bits.shape[0], out_h, out_w, channels)
+        residual = check_residual(residual, shape)
+        result, out_float, out_bits = output_buffers(shape, self.epilogue, out)
+        rows = shape[0] * out_h * out_w
+        splits = channel_splits(shape[0] * out_h, channels, numba.get_num_threads())
+        _bconv_kernel(np.ascontiguousarray(a_bits), *self._geometry, splits,
+                      _as_rows(residual, rows), *self._transform, _as_rows(out_float, rows),
+                      _as_rows(out_bits, rows), self._byte_counts)
+        return result
+
+
 def bconv2d(
     plan: BConvPlan,
     a_bits: np.ndarray,
@@ -473,26 +538,6 @@ def bconv2d(
     bits uint64[N, OH, OW, ceil(O/64)] when the epilogue quantizes, or the pair (floats, bits)
     when it also keeps the floats (``keep_float``). ``residual`` f32[N, OH, OW,
     O] is added after the affine, before the activation. Threads: ``numba.set_num_threads``.
+    Calling one plan with one epilogue many times: bind them once, ``BConvCall``.
     """
-    height, width = plan.in_hw
-    cw = words_for(plan.in_channels)
-    epilogue = check_call(
-        LAYER, a_bits, np.uint64, (height, width, cw), epilogue, plan.out_channels,
-        " (packed NHWC)", keep_float=True,
-    )  # fmt: skip
-    shape = (a_bits.shape[0], *plan.out_hw, plan.out_channels)
-    residual = check_residual(residual, shape)
-    result, out_float, out_bits = output_buffers(shape, epilogue, out)
-    ph, pw = plan.padding
-    padded = np.ascontiguousarray(a_bits)
-    if ph or pw:
-        padded = np.empty((a_bits.shape[0], height + 2 * ph, width + 2 * pw, cw), np.uint64)
-        _pad_input(np.ascontiguousarray(a_bits), ph, pw, plan.pad_word, padded)
-    rows = shape[0] * shape[1] * shape[2]
-    splits = channel_splits(shape[0] * shape[1], plan.out_channels, numba.get_num_threads())
-    _bconv_kernel(padded, plan.weights, plan.tap_ones, plan.in_channels, *plan.stride, ph, pw,
-                  plan.pad_value == 0, *plan.out_hw, splits, _as_rows(residual, rows),
-                  epilogue.table,
-                  epilogue.activation, epilogue.quantize, _as_rows(out_float, rows),
-                  _as_rows(out_bits, rows), plan.popcount == "avx2")
-    return result
+    return BConvCall(plan, epilogue)(a_bits, residual, out)

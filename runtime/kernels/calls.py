@@ -28,6 +28,13 @@ def check_call(
     """Check that ``x`` is ``dtype[N, *trailing]`` and ``epilogue`` is for ``out_channels``
     (and keeps floats beside bits only where the kernel can: ``keep_float``); return the
     epilogue (the identity one when None)."""
+    check_input(layer, x, dtype, trailing, layout)
+    return check_epilogue(layer, epilogue, out_channels, keep_float)
+
+
+def check_input(layer: str, x: Any, dtype: type, trailing: tuple[int, ...],
+                layout: str = "") -> None:
+    """Raise InputError unless ``x`` is a numpy ``dtype[N, *trailing]`` array."""
     if (
         not isinstance(x, np.ndarray)
         or x.dtype != dtype
@@ -37,6 +44,12 @@ def check_call(
         expected = f"{np.dtype(dtype).name}[N, {', '.join(map(str, trailing))}]"
         got = f"{getattr(x, 'dtype', type(x).__name__)}{list(getattr(x, 'shape', []))}"
         raise InputError(f"{layer} input must be {expected}{layout}, got {got}.")
+
+
+def check_epilogue(layer: str, epilogue: Epilogue | None, out_channels: int,
+                   keep_float: bool = False) -> Epilogue:
+    """The epilogue (the identity one when None), checked to be for ``out_channels`` and to
+    keep floats beside bits only where the kernel can (``keep_float``)."""
     epilogue = epilogue or make_epilogue(out_channels)
     if epilogue.channels != out_channels:
         raise InputError(

@@ -243,7 +243,7 @@ def _finish_rows(y, residual, table, activation, quantize, out_float, out_bits):
 def check_residual(residual: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
     """Validate a float32 shortcut of exactly ``shape``; None -> an empty array (no shortcut)."""
     if residual is None:
-        return np.empty((0,) * len(shape), np.float32)
+        return _NO_FLOATS
     if not isinstance(residual, np.ndarray) or residual.dtype != np.float32 \
             or residual.shape != shape:
         raise InputError(
@@ -259,7 +259,8 @@ def output_buffers(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(result, float target, bits target) for an output of ``shape[:-1] + [O]``.
 
-    The unused target is an empty array of the same rank, so every call has one signature.
+    The unused target is an empty placeholder (``_NO_FLOATS`` or ``_NO_BITS``), so every
+    call has one signature.
     With ``keep_float`` both targets are new arrays and the result is the pair of them
     (``out`` must then be None).
     """
@@ -278,8 +279,7 @@ def output_buffers(
             f"out must be a C-contiguous {np.dtype(dtype).name}{list(full)} array, got "
             f"{out.dtype}{list(out.shape)}."
         )
-    empty = np.empty((0,) * len(shape), np.float32 if epilogue.quantize else np.uint64)
-    return (out, empty, out) if epilogue.quantize else (out, out, empty)
+    return (out, _NO_FLOATS, out) if epilogue.quantize else (out, out, _NO_BITS)
 
 
 def apply_epilogue(
@@ -302,6 +302,12 @@ def apply_epilogue(
     return result
 
 
+# The placeholders for an output or a shortcut a call does not have (size 0, never written;
+# one 2-D array per dtype, so that every call passes the kernels the same types).
+_NO_FLOATS = np.empty((0, 0), np.float32)
+_NO_BITS = np.empty((0, 0), np.uint64)
+
+
 def _as_rows(array: np.ndarray, rows: int) -> np.ndarray:
-    """[..., K] -> [rows, K]; an empty placeholder becomes an empty 2-D array."""
-    return array.reshape(rows, -1) if array.size else np.empty((0, 0), array.dtype)
+    """[..., K] -> [rows, K]; a placeholder (``_NO_FLOATS``, ``_NO_BITS``) stays as it is."""
+    return array.reshape(rows, -1) if array.size else array

@@ -109,7 +109,7 @@ def _prepare_bconv2d(node: Node, weight: np.ndarray, in_info: ValueInfo):
         a["padding"],
         a["pad_value"],
     )
-    return kernel_call(kernels.bconv2d, plan)
+    return lambda epilogue: kernels.BConvCall(plan, epilogue)
 
 
 def _bconv_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,6 +72,7 @@ def conv_size(
     return sizes[0], sizes[1]
 
 
-def kernel_call(kernel: Callable[..., np.ndarray], plan: object) -> Callable[..., np.ndarray]:
-    """A producer's prepared call: ``call(x, epilogue, residual)`` runs ``kernel`` on ``plan``."""
-    return lambda x, epilogue, residual: kernel(plan, x, epilogue, residual=residual)
+def kernel_call(kernel: Callable[..., np.ndarray], plan: object) -> Callable[..., Any]:
+    """A producer's prepared kernel, ``bind(epilogue) -> call(x, residual)``: each call runs
+    ``kernel(plan, x, epilogue, residual=residual)``."""
+    return lambda epilogue: lambda x, residual: kernel(plan, x, epilogue, residual=residual)

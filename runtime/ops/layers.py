@@ -69,7 +69,8 @@ def _prepare_conv2d_maxpool(
     plan = kernels.prepare_conv_maxpool(_conv_plan(node, weight, in_info), a["kernel"],
                                         a["stride"], a["padding"], pool_info.shape[1:])
     assert plan is not None  # uses_direct: the plan has its direct path
-    return lambda x, epilogue, quantize: kernels.conv2d_maxpool(plan, x, epilogue, quantize)
+    return lambda epilogue, quantize: lambda x: kernels.conv2d_maxpool(plan, x, epilogue,
+                                                                       quantize)
 
 
 def _conv_work(a: Attrs, ins: Sequence[ValueInfo], out: ValueInfo) -> int:

@@ -17,6 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from runtime.errors import InputError, InvalidModelError
 from runtime.kernels import bconv as bconv_module
 from runtime.kernels import (
+    BConvCall,
     bconv2d,
     bdense,
     make_epilogue,
@@ -252,6 +253,30 @@ def test_bconv2d_rejects_wrong_activations():
                 residual=np.zeros((1, 5, 5, 3), np.float32))
     with pytest.raises(InputError, match="out must be"):
         bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64), out=np.zeros((1, 5, 5, 4), np.float64))
+
+
+@POPCOUNTS
+def test_bound_bconv_call_serves_any_batch_and_leaves_its_input(popcount):
+    """A ``BConvCall`` (what an execution plan holds per step) gives the naive conv for batch
+    sizes after one another, with +1 padding written into its own copy: the caller's input
+    keeps its words; a strided input view is read as its values; bad input is rejected."""
+    rng = np.random.default_rng(11)
+    w = random_pm(rng, (64, 3, 3, 70))
+    plan = prepare_bconv(naive_pack(w), 70, (6, 5), 3, 1, 1, 1, popcount=popcount)
+    call = BConvCall(plan, make_epilogue(64))
+    for batch in (2, 1, 3):
+        a = random_pm(rng, (batch, 6, 5, 70))
+        bits = naive_pack(a)
+        before = bits.copy()
+        np.testing.assert_array_equal(call(bits), naive_conv(a, w, (1, 1), (1, 1), 1))
+        np.testing.assert_array_equal(bits, before)
+    wide = random_pm(rng, (2, 6, 10, 70))
+    np.testing.assert_array_equal(call(naive_pack(wide)[:, :, ::2]),
+                                  naive_conv(wide[:, :, ::2], w, (1, 1), (1, 1), 1))
+    with pytest.raises(InputError, match=r"uint64\[N, 6, 5, 2\]"):
+        call(np.zeros((1, 5, 6, 2), np.uint64))
+    with pytest.raises(InputError, match="epilogue is for 3 channels"):
+        BConvCall(plan, make_epilogue(3))
 
 
 @POPCOUNTS
