@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -31,6 +30,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18  # noqa: E402
 from bench_runtime import machine  # noqa: E402
+from core_probe import probe_note, second_thread_gain  # noqa: E402
+from result_file import write_result  # noqa: E402
 from timing import time_call  # noqa: E402
 
 import runtime  # noqa: E402
@@ -67,11 +68,14 @@ def measure(path: Path, repeats: int) -> dict[tuple[int, int, str], list[float]]
     return times
 
 
-def report(times: dict[tuple[int, int, str], list[float]], repeats: int) -> str:
+def report(times: dict[tuple[int, int, str], list[float]], repeats: int,
+           probe: tuple[float, float]) -> str:
     lines = [
         "# Batch throughput: Bi-Real-18 (runtime) vs ResNet-18 fp32 (PyTorch)",
         "",
         f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}. Machine: {machine()}.",
+        "",
+        probe_note(*probe),
         "",
         f"Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_batch.py "
         f"--repeats {repeats}`. 224x224 inputs, 2 warm-up rounds, {repeats} interleaved "
@@ -102,15 +106,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS_batch.md")
     args = parser.parse_args()
+    probe_start = second_thread_gain()
     graph, tensors = bireal18()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bireal18.bnn"
         write_model(path, graph, tensors)
         times = measure(path, args.repeats)
-    text = report(times, args.repeats)
-    tmp = args.output.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(args.output)
+    text = report(times, args.repeats, (probe_start, second_thread_gain()))
+    write_result(args.output, text)
     print(text)
 
 

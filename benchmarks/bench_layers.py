@@ -62,6 +62,9 @@ from runtime.kernels.popcount import patch_popcounts4_high, patch_popcounts4_low
 from runtime.ops.pooling import maxpool2d
 from runtime.threads import thread_limits
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result_file import write_result
+
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 # float convs a BNN keeps: (name, C, O, size, kernel, stride, padding, groups)
 FLOAT_LAYERS = [
@@ -563,7 +566,7 @@ def main() -> None:
         *stem_pool_lines,
         "",
     ]
-    Path(args.out).write_text("\n".join(notes))
+    write_result(Path(args.out), "\n".join(notes))
     print(f"wrote {args.out}")
 
 

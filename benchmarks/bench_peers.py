@@ -54,6 +54,8 @@ sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18  # noqa: E402
 from bench_layers import cpuinfo_mhz, popcount_instructions  # noqa: E402
+from core_probe import probe_note, second_thread_gain  # noqa: E402
+from result_file import write_result  # noqa: E402
 from timing import time_call  # noqa: E402
 
 import runtime  # noqa: E402
@@ -236,7 +238,7 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         f"Date: {meta['date']}. Machine: {meta['cpu']}; {platform.machine()}, "
         f"{os.cpu_count()} CPUs. Popcount in the compiled bconv kernel: {meta['popcount']}.",
         f"Load average (1 min): {meta['load_start']:.2f} at the start, "
-        f"{os.getloadavg()[0]:.2f} at the end.",
+        f"{os.getloadavg()[0]:.2f} at the end. {probe_note(*meta['probe'])}",
         "",
         f"Command: `{command}` (= `.venv/bin/python benchmarks/bench_peers.py --peers-python "
         f"{args.peers_python} --repeats {args.repeats} --warmup {args.warmup} --warm-calls "
@@ -339,6 +341,7 @@ def main() -> None:
         "load_start": os.getloadavg()[0],
         "cpu": cpuinfo_mhz(),
     }
+    probe_start = second_thread_gain()
     torch.manual_seed(0)
     net = resnet18().eval()
     with tempfile.TemporaryDirectory() as name:
@@ -374,8 +377,9 @@ def main() -> None:
                 worker.close()
     # after the runtime ran: bench_layers reads the signatures the bconv kernel compiled for
     meta["popcount"] = popcount_instructions()
+    meta["probe"] = (probe_start, second_thread_gain())
     text = report(args, result, info, meta)
-    args.output.write_text(text)
+    write_result(args.output, text)
     print(text)
     print(f"wrote {args.output}")
 

@@ -39,6 +39,8 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18, ideal_bytes  # noqa: E402
+from core_probe import probe_note, second_thread_gain  # noqa: E402
+from result_file import write_result  # noqa: E402
 from timing import time_call  # noqa: E402
 
 import binarize  # noqa: E402
@@ -237,7 +239,7 @@ def ms(seconds: float) -> str:
 
 
 def report(speed_rows, size, startup, parts, repeats: int, product: dict,
-           alone_rows: list[dict]) -> str:
+           alone_rows: list[dict], probe: tuple[float, float]) -> str:
     lines = [
         "# Benchmark results",
         "",
@@ -248,6 +250,8 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict,
         "",
         "Machines here are noisy (2 cores, sometimes shared: see the load average): the ratios"
         " come from interleaved runs in one process; 2-thread medians suffer most.",
+        "",
+        probe_note(*probe),
         "",
         "## Whole network: Bi-Real-18 in the runtime vs ResNet-18 fp32 in PyTorch",
         "",
@@ -386,6 +390,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
+    probe_start = second_thread_gain()
     graph, tensors = bireal18()
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bireal18.bnn"
@@ -406,9 +411,10 @@ def main() -> None:
             pack_converted(recipe, converted)
             product[recipe] = speed(converted, args.repeats)
             print(recipe, product[recipe])
-    args.output.write_text(
-        report(speed_rows, size, startup, parts, args.repeats, product, alone_rows)
-    )
+    probe = (probe_start, second_thread_gain())
+    print("second-thread probe:", probe)
+    write_result(args.output, report(speed_rows, size, startup, parts, args.repeats, product,
+                                     alone_rows, probe))
     print(f"wrote {args.output}")
 
 

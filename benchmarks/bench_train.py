@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from result_file import write_result
 from tabulate import tabulate
 from torch import nn
 
@@ -197,7 +198,7 @@ def main() -> None:
     )
     print("\n" + costs)
     if not args.no_write:
-        RESULTS.write_text(report(args, table, costs))
+        write_result(RESULTS, report(args, table, costs))
         print(f"\nwritten to {RESULTS}")
 
 

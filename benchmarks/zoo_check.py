@@ -346,7 +346,9 @@ def report(jsonl: Path, out: Path | None, command: str) -> str:
         lines += ["", "## Failures", "", *failures]
     text = "\n".join(lines) + "\n"
     if out is not None:
-        out.write_text(text)
+        from result_file import write_result  # beside this file, on the path when run
+
+        write_result(out, text)
     return text
 
 

@@ -92,7 +92,7 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
             by_input.setdefault(name, []).append(node)
 
     chains: dict[int, tuple[list[Node], Node | None]] = {}  # last node -> (chain, side)
-    pooled: dict[int, Callable[..., Any]] = {}  # a chain's absorbed pool -> its fused call
+    pooled: dict[int, Callable[..., Any]] = {}  # a chain's absorbed pool -> its call's binder
     fused: set[int] = set()
     # binary producers first: where a float conv's chain and a binary conv's chain meet at the
     # same add (a downsampling shortcut), the add goes to the cheaper binary kernel epilogue
@@ -162,9 +162,9 @@ def _absorb_maxpool(
     values: Mapping[str, ValueInfo],
     arrays: Mapping[str, np.ndarray],
 ) -> tuple[Node, Callable[..., Any]] | None:
-    """(the max pool, the fused call) when the chain's producer can take the pool that alone
-    reads the chain's output (module docstring: no ``add``, no ``quantize`` in the chain),
-    else None."""
+    """(the max pool, the fused call's binder) when the chain's producer can take the pool
+    that alone reads the chain's output (module docstring: no ``add``, no ``quantize`` in the
+    chain), else None."""
     producer = chain[0]
     prepare = ops[producer.op].prepare_maxpool
     if prepare is None or any(ops[n.op].fusion in ("add", "quantize") for n in chain[1:]):
@@ -176,9 +176,9 @@ def _absorb_maxpool(
     pool = consumers[0]
     if ops[pool.op].fusion != "maxpool" or pool.index in taken:
         return None
-    call = prepare(producer, _param(arrays, producer, "weight"), values[producer.inputs[0]],
+    bind = prepare(producer, _param(arrays, producer, "weight"), values[producer.inputs[0]],
                    pool, values[pool.outputs[0]])
-    return None if call is None else (pool, call)
+    return None if bind is None else (pool, bind)
 
 
 def _side_quantize(
@@ -255,7 +255,7 @@ def _fused_step(
 
 
 def _pooled_step(
-    chain: list[Node], side: Node | None, call: Callable[..., Any],
+    chain: list[Node], side: Node | None, bind: Callable[..., Any],
     values: Mapping[str, ValueInfo], arrays: Mapping[str, np.ndarray],
 ) -> Step:
     """One kernel call for a producer, its chain and the max pool it absorbed (the chain's last
@@ -267,10 +267,10 @@ def _pooled_step(
     if side is not None:
         quantize = kernels.make_epilogue(channels, **_stage_options(side, arrays))
 
-    bound = call(epilogue, quantize)
+    call = bind(epilogue, quantize)
 
     def run(xs: Sequence[np.ndarray]) -> Any:
-        return bound(xs[0])
+        return call(xs[0])
 
     nodes = chain + ([side] if side else [])
     return Step(nodes, [producer.inputs[0]], pool.outputs[0], run, *_param_size(nodes, arrays),

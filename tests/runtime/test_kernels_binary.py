@@ -15,7 +15,6 @@ from numba import njit
 from numpy.lib.stride_tricks import sliding_window_view
 
 from runtime.errors import InputError, InvalidModelError
-from runtime.kernels import bconv as bconv_module
 from runtime.kernels import (
     BConvCall,
     bconv2d,
@@ -27,6 +26,7 @@ from runtime.kernels import (
     prepare_bconv,
     prepare_bdense,
 )
+from runtime.kernels import bconv as bconv_module
 
 CHANNELS = st.sampled_from([1, 2, 63, 64, 65, 130])
 # every popcount strategy runs on every host (runtime.kernels.bconv): test each explicitly
