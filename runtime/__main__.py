@@ -7,7 +7,9 @@
 
 ``bench`` and ``profile`` feed seeded standard-normal float32 inputs of the model's input
 shapes. ``--batch`` and ``--threads`` take one or more values; ``bench`` prints one latency row
-(min and median over ``--repeats`` calls, after one warm-up call) per combination, ``profile``
+(min and median over ``--repeats`` calls, after one warm-up call) per combination, and with
+more than one thread the second-thread probe of runtime/cores.py before and after the rows
+(what a second thread buys pure vector work on this machine at the time), ``profile``
 one per-step table (runtime/profile.py) per combination. ``warmup`` (runtime/warmup.py)
 predicts on each given model, or without models on tiny graphs that reach every kernel of
 the runtime, so numba compiles them into its cache (``NUMBA_CACHE_DIR``) and a later process
@@ -28,6 +30,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
+from runtime.cores import second_thread_gain
 from runtime.errors import RuntimeModelError
 from runtime.model import Model, load
 from runtime.threads import layer_in_use
@@ -130,6 +133,7 @@ def _info(path: str, model: Model) -> str:
 
 def _bench(path: str, batches: Sequence[int], threads: Sequence[int], repeats: int) -> str:
     rows = [("threads", "batch", "min ms", "median ms", "min ms/sample", "samples/s")]
+    probes = [second_thread_gain()] if max(threads) > 1 else []
     for count in threads:
         model = load(path, threads=count)
         for batch in batches:
@@ -156,6 +160,14 @@ def _bench(path: str, batches: Sequence[int], threads: Sequence[int], repeats: i
     lines.insert(1, "  ".join("-" * w for w in widths))
     layer = layer_in_use() or "none (no parallel loop ran)"
     lines.append(f"min and median of {repeats} calls after one warm-up; numba layer: {layer}")
+    if probes:
+        probes.append(second_thread_gain())
+        if None not in probes:
+            lines.append(
+                f"second-thread probe (runtime/cores.py): pure FMA work ran {probes[0]:.2f}x "
+                f"as fast on 2 threads as on 1 before these runs, {probes[1]:.2f}x after "
+                "(2.0x on two cores of its own; less: another program shares them)"
+            )
     return "\n".join(lines)
 
 

@@ -17,7 +17,8 @@ at build time:
   kernel call (producer -> affine -> add -> rprelu -> quantize), and for a producer that can
   absorb a max pool, that fusion (``_pooled``); plus :data:`VARIANTS`, the attrs that route
   an op to another kernel (a depthwise, grouped or deep conv). Required attrs are filled
-  from :data:`FILL`. Both also compile the profiler's clock (``runtime.clock``). It then
+  from :data:`FILL`. Both also compile the profiler's clock (``runtime.clock``) and the bench
+  command's second-thread probe (``runtime.cores``). It then
   checks that every kernel of the runtime (each non-inlined
   ``numba`` dispatcher in the ``runtime`` package) was compiled or loaded; a kernel no graph
   reached is reported, so a new op or kernel cannot be forgotten here silently.
@@ -40,6 +41,7 @@ from numba.core.registry import CPUDispatcher
 
 import runtime
 from runtime.clock import measure_clock_hz
+from runtime.cores import second_thread_gain
 from runtime.errors import InvalidModelError
 from runtime.format import write_model
 from runtime.model import Model, load
@@ -163,6 +165,7 @@ def warmup(paths: Sequence[str] = (), batches: Sequence[int] = (1, 2)) -> Warmup
         for batch in batches:
             model.predict(sample_inputs(model, batch))
     measure_clock_hz(tries=1)  # Model.profile's clock kernel, which no predict runs
+    second_thread_gain(repeats=10, tries=1)  # the bench command's probe (runtime/cores.py)
     seconds = time.perf_counter() - start
     states = []
     for name, dispatcher in kernels().items():

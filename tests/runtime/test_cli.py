@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import pytest
 from rt_builder import IRBuilder
 
@@ -58,6 +60,18 @@ def test_bench_prints_a_latency_row_per_threads_and_batch(model_file):
     best, median = (float(v) for v in lines[2].split()[2:4])
     assert 0 < best <= median
     assert "min and median of 3 calls after one warm-up; numba layer:" in lines[4]
+
+
+def test_bench_with_two_threads_prints_the_second_thread_probe(model_file):
+    result = cli("bench", str(model_file), "--threads", "1", "2", "--repeats", "2")
+    assert result.returncode == 0, result.stderr
+    probe = [line for line in result.stdout.splitlines() if "second-thread probe" in line]
+    if numba.config.NUMBA_NUM_THREADS < 2:
+        assert probe == []
+        return
+    assert len(probe) == 1
+    before, after = (float(v) for v in re.findall(r"([0-9]+\.[0-9]+)x", probe[0])[:2])
+    assert 0.05 < before < 20 and 0.05 < after < 20
 
 
 def test_profile_prints_the_per_step_table(model_file):
