@@ -34,7 +34,8 @@ epilogue bound once (what an execution plan calls). ``popcount``: the popcount s
 None: chosen from numba's target features (``NUMBA_CPU_FEATURES`` or the host's), overridden
 by ``$BINARIZE_POPCOUNT`` (``runtime.kernels.bconv``).
 ``prepare_bdense(weight_bits u64[O, Fw], in_features, *, popcount) -> BConvPlan``;
-``bdense(plan, a_bits u64[N, Fw], epilogue, *, residual, out)``.
+``bdense(plan, a_bits u64[N, Fw], epilogue, *, residual, out)``; ``BDenseCall(plan,
+epilogue)`` bound once.
 ``prepare_conv2d(weight f32[O, C/g, kh, kw], in_channels, in_hw, stride, padding, dilation,
 groups) -> ConvPlan``; ``conv2d(plan, x f32[N, H, W, C], epilogue, *, residual, out)``
 (conv bias: put it in the epilogue's bias). groups == 1 convs with K = kh*kw*C <= 512 run
@@ -69,7 +70,14 @@ from runtime.kernels.bconv import BConvCall, BConvPlan, bconv2d, prepare_bconv
 from runtime.kernels.conv import ConvPlan, conv2d, prepare_conv2d, uses_direct
 from runtime.kernels.conv_direct import scratch_floats as direct_scratch_floats
 from runtime.kernels.conv_pool import ConvMaxPoolPlan, conv2d_maxpool, prepare_conv_maxpool
-from runtime.kernels.dense import DensePlan, bdense, dense, prepare_bdense, prepare_dense
+from runtime.kernels.dense import (
+    BDenseCall,
+    DensePlan,
+    bdense,
+    dense,
+    prepare_bdense,
+    prepare_dense,
+)
 from runtime.kernels.epilogue import Epilogue, make_epilogue
 from runtime.kernels.pack import pack_bits, pack_bits_per_sample, words_for
 from runtime.kernels.popcount import popcount64
@@ -77,6 +85,7 @@ from runtime.kernels.popcount import popcount64
 __all__ = [
     "BConvCall",
     "BConvPlan",
+    "BDenseCall",
     "ConvMaxPoolPlan",
     "ConvPlan",
     "DensePlan",

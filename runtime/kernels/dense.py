@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.errors import InvalidModelError
-from runtime.kernels.bconv import BConvPlan, bconv2d, prepare_bconv
-from runtime.kernels.calls import check_call
+from runtime.kernels.bconv import BConvCall, BConvPlan, prepare_bconv
+from runtime.kernels.calls import check_call, check_epilogue, check_input
 from runtime.kernels.epilogue import Epilogue, apply_epilogue
 from runtime.kernels.pack import words_for
 
@@ -72,6 +72,30 @@ def prepare_bdense(
                          popcount=popcount)
 
 
+class BDenseCall:
+    """``bdense`` of one plan and one epilogue, bound once (``BConvCall`` on a 1x1 image)."""
+
+    def __init__(self, plan: BConvPlan, epilogue: Epilogue | None = None) -> None:
+        self._conv = BConvCall(plan, check_epilogue("binary dense", epilogue,
+                                                    plan.out_channels))
+        self._trailing = (words_for(plan.in_channels),)
+
+    def __call__(
+        self, a_bits: np.ndarray, residual: np.ndarray | None = None,
+        out: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """See ``bdense``."""
+        check_input("binary dense", a_bits, np.uint64, self._trailing)
+        n_batch = a_bits.shape[0]
+        flat = (n_batch, self._conv.plan.out_channels)
+        if isinstance(residual, np.ndarray) and residual.shape == flat:
+            residual = residual.reshape(n_batch, 1, 1, -1)
+        if isinstance(out, np.ndarray) and out.ndim == 2 and out.flags.c_contiguous:
+            out = out.reshape(n_batch, 1, 1, -1)
+        result = self._conv(a_bits.reshape(n_batch, 1, 1, -1), residual, out)
+        return result.reshape(n_batch, -1)
+
+
 def bdense(
     plan: BConvPlan,
     a_bits: np.ndarray,
@@ -83,17 +107,6 @@ def bdense(
     """Binary dense layer on packed a_bits uint64[N, ceil(F/64)].
 
     Returns float32[N, O] (epilogue of F - 2*popcount(a XOR w)) or uint64[N, ceil(O/64)].
+    Calling one plan with one epilogue many times: bind them once, ``BDenseCall``.
     """
-    check_call(
-        "binary dense", a_bits, np.uint64, (words_for(plan.in_channels),), epilogue,
-        plan.out_channels,
-    )  # fmt: skip
-    n_batch = a_bits.shape[0]
-    flat = (n_batch, plan.out_channels)
-    if isinstance(residual, np.ndarray) and residual.shape == flat:
-        residual = residual.reshape(n_batch, 1, 1, -1)
-    if isinstance(out, np.ndarray) and out.ndim == 2 and out.flags.c_contiguous:
-        out = out.reshape(n_batch, 1, 1, -1)
-    result = bconv2d(plan, a_bits.reshape(n_batch, 1, 1, -1), epilogue, residual=residual,
-                     out=out)
-    return result.reshape(n_batch, -1)
+    return BDenseCall(plan, epilogue)(a_bits, residual, out)

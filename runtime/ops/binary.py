@@ -19,7 +19,6 @@ from runtime.ops.common import (
     channels_attr,
     check_channels,
     conv_size,
-    kernel_call,
     per_channel,
     window_attrs,
 )
@@ -164,7 +163,7 @@ def _bdense_shape(attrs: Attrs, ins: Sequence[ValueInfo], fail: Fail) -> tuple[i
 
 def _prepare_bdense(node: Node, weight: np.ndarray, in_info: ValueInfo):
     plan = kernels.prepare_bdense(weight, node.attrs["in_features"])
-    return kernel_call(kernels.bdense, plan)
+    return lambda epilogue: kernels.BDenseCall(plan, epilogue)
 
 
 register(

@@ -17,6 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from runtime.errors import InputError, InvalidModelError
 from runtime.kernels import (
     BConvCall,
+    BDenseCall,
     bconv2d,
     bdense,
     make_epilogue,
@@ -226,6 +227,21 @@ def test_bdense_is_exact(popcount, batch, features, out_features, seed):
     w = random_pm(rng, (out_features, features))
     got = bdense(prepare_bdense(naive_pack(w), features, popcount=popcount), naive_pack(a))
     np.testing.assert_array_equal(got, a @ w.T)
+
+
+def test_bound_bdense_call_serves_any_batch_and_rejects_what_bdense_rejects():
+    rng = np.random.default_rng(5)
+    w = random_pm(rng, (65, 70))
+    plan = prepare_bdense(naive_pack(w), 70)
+    call = BDenseCall(plan, make_epilogue(65))
+    for batch in (3, 1):
+        a = random_pm(rng, (batch, 70))
+        np.testing.assert_array_equal(call(naive_pack(a)), a @ w.T)
+    with pytest.raises(InputError, match=r"uint64\[N, 2\]"):
+        call(np.zeros((1, 3), np.uint64))
+    with pytest.raises(InputError, match="not both"):
+        BDenseCall(plan, make_epilogue(65, quantize=(np.zeros(65, np.float32), None),
+                                       keep_float=True))
 
 
 def test_prepare_bconv_rejects_inconsistent_weights():
