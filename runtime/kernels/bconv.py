@@ -492,8 +492,9 @@ class BConvCall:
     """``bconv2d`` of one plan and one epilogue, bound once: what does not depend on the input
     (the epilogue's checks, the kernel's arguments) is settled here, so a call checks its input
     and residual, allocates its outputs and runs the kernel. An execution plan binds each
-    binary conv step once (``runtime.graph``): the Python around a call was 30-40 us, against
-    a 0.3-0.8 ms kernel."""
+    binary conv step once (``runtime.graph``). In Bi-Real-18 a step spent 25-40 us outside
+    its 0.3-0.8 ms kernel; with the kernel stubbed out, a step's Python took 13.5 us unbound
+    (the padded copy included) and 9.1 us bound (min of 2000 calls)."""
 
     def __init__(self, plan: BConvPlan, epilogue: Epilogue | None = None) -> None:
         self.plan = plan
