@@ -133,7 +133,7 @@ def _info(path: str, model: Model) -> str:
 
 def _bench(path: str, batches: Sequence[int], threads: Sequence[int], repeats: int) -> str:
     rows = [("threads", "batch", "min ms", "median ms", "min ms/sample", "samples/s")]
-    probes = [second_thread_gain()] if max(threads) > 1 else []
+    probe_before = second_thread_gain() if max(threads) > 1 else None
     for count in threads:
         model = load(path, threads=count)
         for batch in batches:
@@ -160,14 +160,12 @@ def _bench(path: str, batches: Sequence[int], threads: Sequence[int], repeats: i
     lines.insert(1, "  ".join("-" * w for w in widths))
     layer = layer_in_use() or "none (no parallel loop ran)"
     lines.append(f"min and median of {repeats} calls after one warm-up; numba layer: {layer}")
-    if probes:
-        probes.append(second_thread_gain())
-        if None not in probes:
-            lines.append(
-                f"second-thread probe (runtime/cores.py): pure FMA work ran {probes[0]:.2f}x "
-                f"as fast on 2 threads as on 1 before these runs, {probes[1]:.2f}x after "
-                "(2.0x on two cores of its own; less: another program shares them)"
-            )
+    if probe_before is not None:  # None: one thread asked for, or numba has only one
+        lines.append(
+            f"second-thread probe (runtime/cores.py): pure FMA work ran {probe_before:.2f}x "
+            f"as fast on 2 threads as on 1 before these runs, {second_thread_gain():.2f}x "
+            "after (2.0x on two cores of its own; less: another program shares them)"
+        )
     return "\n".join(lines)
 
 

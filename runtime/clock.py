@@ -21,6 +21,8 @@ import contextlib
 import math
 import platform
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 from numba import njit
@@ -38,15 +40,22 @@ def _square_chain(x, steps):
     return x
 
 
+def fastest_seconds(fn: Callable[..., Any], *args: Any, tries: int) -> float:
+    """The shortest of ``tries`` timed calls ``fn(*args)``: time spent descheduled on a loaded
+    machine, or anything else that only slows a call down, drops out."""
+    best = math.inf
+    for _ in range(tries):
+        start = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def measure_clock_hz(tries: int = 100, steps: int = CHAIN_STEPS) -> float:
     """The clock of the core this thread runs on, in Hz: ``steps * IMUL_LATENCY_CYCLES`` over
     the fastest of ``tries`` timed chains (x86-64 only; see the module docstring)."""
     _square_chain(np.uint64(3), 10)  # compiled (or loaded from the cache) before timing
-    best = math.inf
-    for _ in range(tries):
-        start = time.perf_counter()
-        _square_chain(np.uint64(3), steps)
-        best = min(best, time.perf_counter() - start)
+    best = fastest_seconds(_square_chain, np.uint64(3), steps, tries=tries)
     return steps * IMUL_LATENCY_CYCLES / best
 
 

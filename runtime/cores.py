@@ -19,11 +19,11 @@ there, their vector units shared.
 
 from __future__ import annotations
 
-import time
-
 import numba
 import numpy as np
 from numba import njit, prange
+
+from runtime.clock import fastest_seconds
 
 TASKS = 2
 LANES = 64
@@ -58,12 +58,7 @@ def second_thread_gain(repeats: int = 300_000, tries: int = 3) -> float | None:
     try:
         for threads in (1, 2):
             numba.set_num_threads(threads)
-            times = []
-            for _ in range(tries):
-                start = time.perf_counter()
-                _fma_tasks(coefficients, repeats)
-                times.append(time.perf_counter() - start)
-            best[threads] = min(times)
+            best[threads] = fastest_seconds(_fma_tasks, coefficients, repeats, tries=tries)
     finally:
         numba.set_num_threads(before)
     return best[1] / best[2]

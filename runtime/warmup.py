@@ -18,10 +18,10 @@ at build time:
   absorb a max pool, that fusion (``_pooled``); plus :data:`VARIANTS`, the attrs that route
   an op to another kernel (a depthwise, grouped or deep conv). Required attrs are filled
   from :data:`FILL`. Both also compile the profiler's clock (``runtime.clock``) and the bench
-  command's second-thread probe (``runtime.cores``). It then
-  checks that every kernel of the runtime (each non-inlined
-  ``numba`` dispatcher in the ``runtime`` package) was compiled or loaded; a kernel no graph
-  reached is reported, so a new op or kernel cannot be forgotten here silently.
+  command's second-thread probe (``runtime.cores``). It then checks that every kernel of the
+  runtime (each non-inlined ``numba`` dispatcher in the ``runtime`` package) was compiled or
+  loaded; a kernel no graph reached is reported, so a new op or kernel cannot be forgotten
+  here silently.
 
 The kernels' types do not depend on sizes (batch, channels, spatial size): one compiled
 specialization per kernel serves every layer of every model.
