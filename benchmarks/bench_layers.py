@@ -32,7 +32,6 @@ import dataclasses
 import math
 import os
 import platform
-import re
 import statistics
 import sys
 import time
@@ -57,13 +56,20 @@ from runtime.kernels import (
     prepare_conv_maxpool,
 )
 from runtime.kernels import conv as conv_kernels
-from runtime.kernels.bconv import POPCOUNT_STRATEGIES, _popcount_pair, default_popcount
+from runtime.kernels.bconv import POPCOUNT_STRATEGIES, default_popcount
 from runtime.kernels.popcount import patch_popcounts4_high, patch_popcounts4_low
 from runtime.ops.pooling import maxpool2d
 from runtime.threads import thread_limits
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from isa import (
+    cpuinfo_mhz,
+    describe_instructions,
+    popcount_instruction_counts,
+    seen_popcount_isa,
+)
 from result_file import write_result
+from targets import Target, targets_table
 
 STAGES = [(64, 56), (128, 28), (256, 14), (512, 7)]
 # float convs a BNN keeps: (name, C, O, size, kernel, stride, padding, groups)
@@ -81,27 +87,6 @@ FLOAT_LAYERS = [
 VECTOR_UOPS = {"vpopcntdq": 8.5, "avx2": 6}
 VECTOR_PIPES = 4  # Zen 3 / Zen 4: FP0-FP3
 CEILING_MACS_PER_CYCLE = {name: 256 * VECTOR_PIPES / uops for name, uops in VECTOR_UOPS.items()}
-
-
-def cpuinfo_mhz() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown"
-    mhz = re.findall(r"cpu MHz\s*:\s*([\d.]+)", text)
-    name = re.search(r"model name\s*:\s*(.*)", text)
-    flags = re.search(r"flags\s*:\s*(.*)", text)
-    popcnt = "avx512_vpopcntdq" if flags and "avx512_vpopcntdq" in flags.group(1) else "avx2"
-    return f"{name.group(1) if name else '?'}, {mhz[0] if mhz else '?'} MHz, popcount ISA {popcnt}"
-
-
-def _plain_pair(words, offsets, count, weights, acc0, acc1):
-    _popcount_pair(words, 0, 1, offsets, count, weights, acc0, acc1, 0, acc0.shape[0])
-
-
-def _bytes_quad(nibbles, offsets, count, weights, acc):
-    patch_popcounts4_low(nibbles, 0, 1, offsets, count, weights, 0, acc)
-    patch_popcounts4_high(nibbles, 0, 1, offsets, count, weights, 0, acc)
 
 
 @njit(cache=True)
@@ -130,64 +115,6 @@ def avx2_loop_rate(clock: float, words: int = 31, calls: int = 20_000,
         best = min(best, time.perf_counter() - start)
     cycles_per_word = best * clock / (calls * words)
     return cycles_per_word, 4 * 16 * 64 / cycles_per_word
-
-
-def _innermost_popcount_loop(asm: str) -> list[str]:
-    """Mnemonics of the main inner loop of a popcount strategy in ``asm``: of the innermost
-    loops (a label up to a backward jump to it, holding no other loop), the one with the most
-    vpshufb + vpopcntq."""
-    lines = [line.split("#")[0].strip() for line in asm.splitlines()]
-    labels = {line[:-1]: i for i, line in enumerate(lines) if re.fullmatch(r"\.LBB\S+:", line)}
-    loops = []
-    for i, line in enumerate(lines):
-        jump = re.fullmatch(r"j\w+\s+(\.LBB\S+)", line)
-        if jump and labels.get(jump.group(1), i) < i:
-            loops.append((labels[jump.group(1)], i))
-    innermost = [(a, b) for a, b in loops
-                 if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in loops)]
-    best: list[str] = []
-    for a, b in innermost:
-        body = [op.split()[0] for op in lines[a + 1:b + 1] if op and not op.startswith(".")]
-        if body.count("vpshufb") + body.count("vpopcntq") > (best.count("vpshufb")
-                                                            + best.count("vpopcntq")):
-            best = body
-    return best
-
-
-def popcount_instruction_counts() -> dict[str, dict[str, int]]:
-    """Instructions of the inner loop of each strategy (the "vpopcntdq" pass of four words
-    for a pixel pair, the "avx2" 4-pixel intrinsics), each from the assembly of a fresh,
-    uncached compile of a small wrapper (numba cannot inspect cached code; the kernel holds
-    both strategies): the popcount ops, all vector ops, and the vectors (4 channels of one
-    pixel) per iteration, from the vpshufb count (2 per vector in both)."""
-    u64 = numba.types.uint64
-    one, two = u64[::1], u64[:, ::1]
-    offsets = numba.types.int64[::1]
-    wrappers = {
-        "vpopcntdq": (_plain_pair, (one, offsets, numba.types.int64, two, one, one)),
-        "avx2": (_bytes_quad, (two, offsets, numba.types.int64, two, two)),
-    }
-    found = {}
-    for name, (fn, signature) in wrappers.items():
-        fresh = numba.njit(fn)
-        fresh.compile(signature)
-        body = _innermost_popcount_loop(fresh.inspect_asm(signature))
-        counts = {op: body.count(op) for op in ("vpopcntq", "vpshufb", "vpsadbw", "vpsrlw")}
-        counts["vector ALU ops"] = sum(op.startswith("vp") and op != "vpbroadcastq"
-                                       for op in body)
-        counts["vectors"] = counts["vpshufb"] // 2 or counts["vpopcntq"]
-        found[name] = counts
-    return found
-
-
-def describe_instructions(found: dict[str, dict[str, int]]) -> str:
-    return "; ".join(f"{name}: " + ", ".join(f"{op} x{n}" for op, n in ops.items())
-                     for name, ops in found.items())
-
-
-def popcount_instructions() -> str:
-    """``popcount_instruction_counts`` as one line of text."""
-    return describe_instructions(popcount_instruction_counts())
 
 
 def timed(fn) -> float:
@@ -235,7 +162,9 @@ def bench_layer(channels: int, size: int, batch: int, repeats: int, rng) -> dict
 
 def bench_strategies(channels: int, size: int, repeats: int, rng) -> dict[str, list[float]]:
     """Times of bconv2d + affine + threshold-and-pack for each popcount strategy on one layer
-    (batch 1), interleaved round-robin; checks that they give the same bits."""
+    (batch 1), interleaved round-robin, then of "avx2" alone, call after call ("avx2 back to
+    back": the kernel's steady rate, its operands and code warm from the call before);
+    checks that the strategies give the same bits."""
     words = channels // 64
     weight_bits = rng.integers(0, 2**64, (channels, 3, 3, words), dtype=np.uint64)
     a_bits = rng.integers(0, 2**64, (1, size, size, words), dtype=np.uint64)
@@ -257,22 +186,29 @@ def bench_strategies(channels: int, size: int, repeats: int, rng) -> dict[str, l
     for _ in range(repeats):
         for name, fn in variants.items():
             times[name].append(timed(fn))
+    times["avx2 back to back"] = [timed(variants["avx2"]) for _ in range(repeats)]
     return times
 
 
-def bench_strategy_table(repeats: int, clock: float, vpopcntq: bool, rng) -> list[str]:
+def bench_strategy_table(repeats: int, clock: float, vpopcntq: bool,
+                         rng) -> tuple[list[str], dict[str, float]]:
     """The strategy table (batch 1, 1 thread): per layer both strategies' min time, the
     ratio of the mins and the median of the paired per-repeat ratios, MACs/cycle, the
-    fraction of CEILING_MACS_PER_CYCLE."""
+    fraction of CEILING_MACS_PER_CYCLE; and the avx2 strategy back to back. Returns its
+    lines and, per layer, the avx2 strategy's fraction of its ceiling back to back."""
     lines = ["| layer | vpopcntdq ms (min) | avx2 ms (min) | avx2 / vpopcntdq (mins; median of "
-             "paired ratios) | MACs/cycle (vpopcntdq / avx2) | of ceiling (vpopcntdq / avx2) |",
-             "|---|---|---|---|---|---|"]
+             "paired ratios) | MACs/cycle (vpopcntdq / avx2) | of ceiling (vpopcntdq / avx2) "
+             "| avx2 back to back: ms (min), MACs/cycle, of ceiling |",
+             "|---|---|---|---|---|---|---|"]
+    fractions: dict[str, float] = {}
     numba.set_num_threads(1)
     for channels, size in STAGES:
         t = bench_strategies(channels, size, repeats, rng)
         macs = size * size * channels * channels * 9
         mins = {name: min(values) for name, values in t.items()}
         rate = {name: macs / (mins[name] * clock) for name in mins}
+        steady = rate.pop("avx2 back to back")
+        fractions[f"{channels}ch {size}x{size}"] = steady / CEILING_MACS_PER_CYCLE["avx2"]
         paired = statistics.median(b / a for a, b in zip(t["vpopcntdq"], t["avx2"]))
         ceiling = {name: f"{rate[name] / CEILING_MACS_PER_CYCLE[name]:.0%}" for name in rate}
         if vpopcntq:
@@ -281,10 +217,11 @@ def bench_strategy_table(repeats: int, clock: float, vpopcntq: bool, rng) -> lis
             f"| {channels}ch {size}x{size} | {mins['vpopcntdq'] * 1e3:.3f} | "
             f"{mins['avx2'] * 1e3:.3f} | {mins['avx2'] / mins['vpopcntdq']:.3f}; {paired:.3f} "
             f"| {rate['vpopcntdq']:.0f} / {rate['avx2']:.0f} | {ceiling['vpopcntdq']} / "
-            f"{ceiling['avx2']} |"
+            f"{ceiling['avx2']} | {mins['avx2 back to back'] * 1e3:.3f}, {steady:.0f}, "
+            f"{steady / CEILING_MACS_PER_CYCLE['avx2']:.0%} |"
         )
         print(lines[-1], flush=True)
-    return lines
+    return lines, fractions
 
 
 def bench_float_layer(spec: tuple, repeats: int, rng) -> tuple[float, float, float | None]:
@@ -385,7 +322,7 @@ def stem_times(plan, epilogue, conv, bn, x: np.ndarray, threads: int,
 
 
 def bench_stem(repeats: int, rng, threads_list: list[int],
-               batches: list[int]) -> tuple[list[str], list[str]]:
+               batches: list[int]) -> tuple[list[str], list[str], dict[tuple[int, int], float]]:
     """ResNet-18's stem conv + BN + ReLU (7x7/2, 3->64, 224x224), ms per image, against
     torch's ``F.relu(bn(conv(x)))`` (eval, no_grad, NCHW) on the same thread count: ours
     direct (the FMA micro-kernel, runtime/kernels/conv_direct.py, the default), tiled
@@ -393,13 +330,15 @@ def bench_stem(repeats: int, rng, threads_list: list[int],
     first whole-batch im2col); and the stem with its max pool 3x3/2 and the first quantize:
     ours fused (runtime/kernels/conv_pool.py, what the plan runs) and as the three steps of
     the plan without that fusion, torch's max_pool2d(relu(bn(conv(x)))). All interleaved in
-    this process. Returns the two tables' lines."""
+    this process. Returns the two tables' lines and, per (threads, batch), ours direct over
+    torch (mins)."""
     lines = ["| threads | batch | torch conv+bn+relu ms/image (min / median) | ours direct "
              "(min / median) | ours tiled im2col + BLAS (min) | one whole-batch tile (min) "
              "| torch/ours |", "|---|---|---|---|---|---|---|"]
     pool_lines = ["| threads | batch | torch conv+bn+relu+maxpool ms/image (min / median) | "
                   "ours fused conv..maxpool+quantize (min / median) | ours as three steps "
                   "(min) | three steps / fused | torch/fused |", "|---|---|---|---|---|---|---|"]
+    ours_over_torch: dict[tuple[int, int], float] = {}
     weight = (rng.standard_normal((64, 3, 7, 7)) * 0.1).astype(np.float32)
     conv = torch.nn.Conv2d(3, 64, 7, 2, 3, bias=False)
     conv.weight.data = torch.from_numpy(weight)
@@ -417,6 +356,7 @@ def bench_stem(repeats: int, rng, threads_list: list[int],
             x = rng.standard_normal((batch, 224, 224, 3)).astype(np.float32)
             times = stem_times(plan, epilogue, conv, bn, x, threads, max(3, repeats // batch))
             best = {key: min(values) for key, values in times.items()}
+            ours_over_torch[threads, batch] = best["direct"] / best["torch"]
             lines.append(
                 f"| {threads} | {batch} | {best['torch'] * 1e3:.3f} / "
                 f"{statistics.median(times['torch']) * 1e3:.3f} | {best['direct'] * 1e3:.3f} / "
@@ -433,7 +373,25 @@ def bench_stem(repeats: int, rng, threads_list: list[int],
                 f"{best['torch_pool'] / best['fused_pool']:.2f} |"
             )
             print(pool_lines[-1], flush=True)
-    return lines, pool_lines
+    return lines, pool_lines, ours_over_torch
+
+
+def layer_targets(fractions: dict[str, float],
+                  stem_ratios: dict[tuple[int, int], float]) -> list[Target]:
+    """Per binary layer (the strategy table), >= 80% of the avx2 ceiling; the stem conv
+    within 1.3x of torch's at 1 thread, batch 1 (issue: performance)."""
+    lever = ("per-output work outside the popcount loop (the loop alone: the avx2 loop line "
+             "above): the popcount-to-float conversion, the epilogue, the zero-padding fix at "
+             "borders, and the call's setup; the fewer the channels, the more it weighs (a "
+             "64-channel patch is 9 words per output)")
+    targets = [Target(f"{layer} binary conv, 1 thread, back to back, of the avx2 ceiling", 0.8,
+                      fraction,
+                      unit="%", lever=lever) for layer, fraction in fractions.items()]
+    if (1, 1) in stem_ratios:
+        targets.append(Target("stem conv + BN + ReLU, ours / torch, 1 thread, batch 1", 1.3,
+                              stem_ratios[1, 1], higher_is_better=False,
+                              lever="the FMA micro-kernel's epilogue and row setup"))
+    return targets
 
 
 def geomean(values: list[float]) -> float:
@@ -457,7 +415,7 @@ def main() -> None:
     vpopcntq = instructions["vpopcntdq"]["vpopcntq"] > 0
     print(f"clock {clock / 1e9:.2f} GHz; default strategy {default_popcount()}; "
           f"{describe_instructions(instructions)}", flush=True)
-    strategy_lines = bench_strategy_table(args.repeats, clock, vpopcntq, rng)
+    strategy_lines, fractions = bench_strategy_table(args.repeats, clock, vpopcntq, rng)
     loop_cycles, loop_rate = avx2_loop_rate(clock)
     if args.strategies_only:
         return
@@ -491,7 +449,7 @@ def main() -> None:
                            f"{geomean(ratios):.1f}x, smallest {min(ratios):.1f}x")
             print(summary[-1], flush=True)
     float_lines = bench_float_layers(max(5, args.repeats // 3), rng)
-    stem_lines, stem_pool_lines = bench_stem(
+    stem_lines, stem_pool_lines, stem_ratios = bench_stem(
         args.repeats, rng, [int(t) for t in args.threads.split(",")],
         [int(b) for b in args.stem_batches.split(",")])
     notes = [
@@ -500,9 +458,10 @@ def main() -> None:
         "Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_layers.py "
         f"--repeats {args.repeats} --threads {args.threads} --batches {args.batches}`",
         "",
-        f"- Machine: {cpuinfo_mhz()}; {platform.machine()}, {numba.config.NUMBA_NUM_THREADS} "
-        f"cores visible; torch {torch.__version__}, numba {numba.__version__}, "
-        f"numpy {np.__version__}.",
+        f"- Machine: {cpuinfo_mhz()}, popcount ISA seen in the assembly: "
+        f"{seen_popcount_isa(instructions)}; {platform.machine()}, "
+        f"{numba.config.NUMBA_NUM_THREADS} cores visible; torch {torch.__version__}, "
+        f"numba {numba.__version__}, numpy {np.__version__}.",
         f"- Clock measured by a dependent imul chain: {clock / 1e9:.2f} GHz. Load average "
         f"(1 min) {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
         f"{os.cpu_count()} CPUs: other work shared the machine.",
@@ -564,6 +523,8 @@ def main() -> None:
         "process.",
         "",
         *stem_pool_lines,
+        "",
+        *targets_table(layer_targets(fractions, stem_ratios), heading="## Targets: layers"),
         "",
     ]
     write_result(Path(args.out), "\n".join(notes))

@@ -53,9 +53,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(HERE))
 
 from bench_bireal18 import bireal18  # noqa: E402
-from bench_layers import cpuinfo_mhz, popcount_instructions  # noqa: E402
 from core_probe import probe_note, second_thread_gain  # noqa: E402
+from isa import (  # noqa: E402
+    cpuinfo_mhz,
+    describe_instructions,
+    popcount_instruction_counts,
+    seen_popcount_isa,
+)
 from result_file import write_result  # noqa: E402
+from targets import Target, targets_table  # noqa: E402
 from timing import time_call  # noqa: E402
 
 import runtime  # noqa: E402
@@ -317,6 +323,12 @@ def report(args, result: dict, info: dict, meta: dict) -> str:
         if engine in errors:
             text = errors[engine].strip().splitlines()
             lines.append(f"- **{LABELS[engine]} skipped**: " + " / ".join(text[-3:]))
+    if times.get((1, "lce")) and times.get((1, "ours")):
+        lines += ["", *targets_table([Target(
+            "ours vs LCE's fastest kernel, 1 thread (mins)", 3.0,
+            min(times[1, "lce"]) / min(times[1, "ours"]),
+            lever="ours' own time: see benchmarks/RESULTS.md's targets (the binary convs' "
+                  "per-output work and the Python between steps)")])]
     return "\n".join(lines) + "\n"
 
 
@@ -376,7 +388,8 @@ def main() -> None:
             if worker is not None:
                 worker.close()
     # after the runtime ran: bench_layers reads the signatures the bconv kernel compiled for
-    meta["popcount"] = popcount_instructions()
+    counts = popcount_instruction_counts()
+    meta["popcount"] = f"{seen_popcount_isa(counts)} ({describe_instructions(counts)})"
     meta["probe"] = (probe_start, second_thread_gain())
     text = report(args, result, info, meta)
     write_result(args.output, text)
