@@ -30,6 +30,10 @@ into a list of ``Step``s, each one kernel or numpy call:
   from NCHW once, rank-4 outputs back to NCHW at the end (``Model.predict``).
 - **Liveness.** Each step lists the values it reads for the last time; the executor drops them
   right after, so peak memory is the widest cut of the graph, not its sum.
+- **In place.** A fused step with an ``add`` writes its float output into its residual's
+  array when no one else can see that array (``_assign_in_place``: the residual is an
+  earlier producer step's new output, read by this step only, not a graph input or output):
+  a ResNet block's output overwrites its shortcut instead of filling new memory.
 """
 
 from __future__ import annotations
@@ -64,6 +68,11 @@ class Step:
     param_bytes: int = 0
     release: list[str] = field(default_factory=list)
     side_output: str | None = None  # a side quantize's bits; ``run`` then returns the pair
+    # a producer kernel's step: its outputs are new arrays that no other value shares
+    fresh: bool = False
+    # ``run`` writing its float output into its residual's array (``_assign_in_place``)
+    in_place: Run | None = None
+    overwrites: str | None = None  # the residual whose array ``run`` writes into, if any
 
     @property
     def label(self) -> str:
@@ -122,6 +131,7 @@ def plan_graph(graph: Graph, arrays: Mapping[str, np.ndarray]) -> list[Step]:
         elif node.index not in fused:
             steps.append(_single_step(node, graph.values, arrays))
     _assign_releases(steps, {spec.name for spec in graph.outputs})
+    _assign_in_place(steps, graph)
     return steps
 
 
@@ -250,8 +260,12 @@ def _fused_step(
         def run(xs: Sequence[np.ndarray]) -> np.ndarray:
             return call(xs[0], xs[1])
 
+        def in_place(xs: Sequence[np.ndarray]) -> np.ndarray:
+            return call(xs[0], xs[1], xs[1])
+
     return Step(nodes, inputs, chain[-1].outputs[0], run, *_param_size(nodes, arrays),
-                side_output=side.outputs[0] if side else None)
+                side_output=side.outputs[0] if side else None, fresh=True,
+                in_place=in_place if adds else None)
 
 
 def _pooled_step(
@@ -274,7 +288,7 @@ def _pooled_step(
 
     nodes = chain + ([side] if side else [])
     return Step(nodes, [producer.inputs[0]], pool.outputs[0], run, *_param_size(nodes, arrays),
-                side_output=side.outputs[0] if side else None)
+                side_output=side.outputs[0] if side else None, fresh=True)
 
 
 def _param_size(nodes: Sequence[Node], arrays: Mapping[str, np.ndarray]) -> tuple[int, int]:
@@ -305,6 +319,32 @@ def _single_step(
         return function(xs, params, node.attrs)
 
     return Step([node], list(node.inputs), node.outputs[0], run, *_param_size([node], arrays))
+
+
+def _assign_in_place(steps: list[Step], graph: Graph) -> None:
+    """Let a fused step with an ``add`` write its float output into the residual's array when
+    nothing else can see that array: the residual is the float output of an earlier producer
+    step (a new array, no view of anything), this step is the only one that reads it, it is
+    neither a graph input (the caller's array) nor a graph output, not the step's own source,
+    and it has the output's shape. The epilogue reads each residual element just before it
+    writes the output element at the same place, so the overwrite is exact.
+
+    Why: the residual and the output of a 64-channel 56x56 layer are 800 KB each, more than a
+    core's L2; a new output array costs its cache lines' fills on top of the residual's reads
+    (Bi-Real-18's 64-channel step, median of 600 paired calls: 27-63 us less of 0.5-0.8 ms).
+    """
+    readers = Counter(name for step in steps for name in step.inputs)
+    fresh = {step.output for step in steps if step.fresh}
+    boundary = {spec.name for spec in graph.inputs} | {spec.name for spec in graph.outputs}
+    for step in steps:
+        if step.in_place is None:
+            continue
+        source, residual = step.inputs
+        into, out = graph.values[residual], graph.values[step.output]
+        if (residual in fresh and readers[residual] == 1 and residual not in boundary
+                and residual != source and into.kind == out.kind == "float"
+                and into.shape == out.shape):
+            step.run, step.overwrites = step.in_place, residual
 
 
 def _assign_releases(steps: list[Step], outputs: set[str]) -> None:

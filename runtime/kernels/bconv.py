@@ -538,7 +538,10 @@ def bconv2d(
     Returns float32[N, OH, OW, O] (the epilogue applied to the exact integer sums), or packed
     bits uint64[N, OH, OW, ceil(O/64)] when the epilogue quantizes, or the pair (floats, bits)
     when it also keeps the floats (``keep_float``). ``residual`` f32[N, OH, OW,
-    O] is added after the affine, before the activation. Threads: ``numba.set_num_threads``.
+    O] is added after the affine, before the activation; ``out`` is the array to write the
+    result into (with ``keep_float``, the floats; it may be ``residual`` itself: each
+    residual element is read before the output element at its place is written). Threads:
+    ``numba.set_num_threads``.
     Calling one plan with one epilogue many times: bind them once, ``BConvCall``.
     """
     return BConvCall(plan, epilogue)(a_bits, residual, out)

@@ -260,25 +260,24 @@ def output_buffers(
     """(result, float target, bits target) for an output of ``shape[:-1] + [O]``.
 
     The unused target is an empty placeholder (``_NO_FLOATS`` or ``_NO_BITS``), so every
-    call has one signature.
-    With ``keep_float`` both targets are new arrays and the result is the pair of them
-    (``out`` must then be None).
+    call has one signature. ``out``, when given, is the result's array (the bits when the
+    epilogue quantizes, else the floats); with ``keep_float`` the result is the pair
+    (floats, bits), ``out`` then takes the floats and the bits are a new array.
     """
-    if epilogue.keep_float:
-        if out is not None:
-            raise InputError("out= cannot take the two outputs of a keep_float epilogue.")
-        floats = np.empty(shape, np.float32)
-        bits = np.empty((*shape[:-1], words_for(epilogue.channels)), np.uint64)
-        return (floats, bits), floats, bits
-    dtype = np.uint64 if epilogue.quantize else np.float32
-    full = (*shape[:-1], epilogue.output_last_dim())
+    keep = epilogue.keep_float
+    dtype = np.uint64 if epilogue.quantize and not keep else np.float32
+    full = (*shape[:-1], shape[-1] if keep else epilogue.output_last_dim())
     if out is None:
         out = np.empty(full, dtype)
-    elif out.dtype != dtype or out.shape != full or not out.flags.c_contiguous:
+    elif out.dtype != dtype or out.shape != full or not out.flags.c_contiguous \
+            or not out.flags.writeable:
         raise InputError(
-            f"out must be a C-contiguous {np.dtype(dtype).name}{list(full)} array, got "
-            f"{out.dtype}{list(out.shape)}."
+            f"out must be a writeable C-contiguous {np.dtype(dtype).name}{list(full)} array, "
+            f"got {out.dtype}{list(out.shape)}."
         )
+    if keep:
+        bits = np.empty((*shape[:-1], words_for(epilogue.channels)), np.uint64)
+        return (out, bits), out, bits
     return (out, _NO_FLOATS, out) if epilogue.quantize else (out, out, _NO_BITS)
 
 

@@ -73,6 +73,7 @@ def conv_size(
 
 
 def kernel_call(kernel: Callable[..., np.ndarray], plan: object) -> Callable[..., Any]:
-    """A producer's prepared kernel, ``bind(epilogue) -> call(x, residual)``: each call runs
-    ``kernel(plan, x, epilogue, residual=residual)``."""
-    return lambda epilogue: lambda x, residual: kernel(plan, x, epilogue, residual=residual)
+    """A producer's prepared kernel, ``bind(epilogue) -> call(x, residual, out=None)``: each
+    call runs ``kernel(plan, x, epilogue, residual=residual, out=out)``."""
+    return lambda epilogue: lambda x, residual, out=None: kernel(
+        plan, x, epilogue, residual=residual, out=out)

@@ -92,6 +92,8 @@ def test_residual_blocks_fuse_into_one_kernel_and_match_exactly(channels, size, 
         "bconv2d+affine",
     ]
     assert [step.side_output is not None for step in model.plan] == [False, True, False, False]
+    # no step overwrites a shortcut: block 1's is the graph input, block 2 stores no floats
+    assert [step.overwrites for step in model.plan] == [None, None, None, None]
 
 
 def test_side_quantize_of_a_block_output_that_is_also_a_graph_output():
@@ -296,6 +298,40 @@ def test_downsample_shortcut_add_goes_to_the_binary_kernel():
     (got,), (expected,), model = run_both(b, batch=2)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert labels(model) == ["avgpool2d", "conv2d+affine", "quantize", "bconv2d+affine+add+rprelu"]
+
+
+def test_an_output_overwrites_its_residual_only_where_no_one_else_can_see_it():
+    """``_assign_in_place``: the overwrite happens for a shortcut that only this step reads
+    and that an earlier kernel made (a binary or a float conv's chain); not for one a later
+    step reads too, a graph output, a graph input (the caller's array, at rank 2 used as it
+    is), or a float conv's own input."""
+    b = IRBuilder(seed=12)
+    x = b.input([8, 5, 5])
+    first = residual_block(b, x, 8)  # x is the graph input: kept
+    second = residual_block(b, first, 8)  # overwrites `first`
+    third = residual_block(b, second, 8)  # `second` is read by the concat too: kept
+    b.output(b.concat([third, second]))
+    fourth = residual_block(b, third, 8)  # `third` as well
+    b.output(fourth)
+    fifth = residual_block(b, fourth, 8)  # `fourth` is a graph output: kept
+    y = b.affine(b.conv2d(fifth, 8, kernel=1, padding=0, bias=False))  # a new array
+    z = b.affine(b.conv2d(fifth, 8, kernel=1, padding=0, bias=False))
+    w = b.add(y, z)  # y's chain takes the add and overwrites z
+    b.output(b.add(b.affine(b.conv2d(w, 8, kernel=1, padding=0, bias=False)), w))  # own input
+    got, expected, model = run_both(b, batch=2)
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-5)
+    assert {step.overwrites for step in model.plan} - {None} == {first, z}
+
+    flat = IRBuilder(seed=13)  # rank 2: the caller's array itself is the executor's value
+    features = flat.input([70])
+    flat.output(flat.add(flat.affine(flat.bdense(flat.quantize(features), 70)), features))
+    model = runtime.load(flat.to_bytes())
+    given = np.random.default_rng(0).standard_normal((3, 70)).astype(np.float32)
+    kept = given.copy()
+    model.predict(given)
+    np.testing.assert_array_equal(given, kept)
+    assert all(step.overwrites is None for step in model.plan)
 
 
 def test_liveness_releases_every_intermediate_once_after_its_last_reader():

@@ -204,8 +204,13 @@ def test_bconv2d_channel_shares_are_exact(popcount, batch, in_channels, shares,
         patch.setattr(bconv_module, "channel_splits", lambda rows, channels, threads: shares)
         np.testing.assert_array_equal(bconv2d(plan, a_bits), expected)
         floats, bits = bconv2d(plan, a_bits, epilogue, residual=shortcut)
+        into = shortcut.copy()  # the output written over its own residual (runtime.graph)
+        over, over_bits = bconv2d(plan, a_bits, epilogue, residual=into, out=into)
     np.testing.assert_array_equal(floats.view(np.uint32), whole[0].view(np.uint32))
     np.testing.assert_array_equal(bits, whole[1])
+    assert over is into
+    np.testing.assert_array_equal(over.view(np.uint32), whole[0].view(np.uint32))
+    np.testing.assert_array_equal(over_bits, whole[1])
 
 
 @POPCOUNTS
@@ -269,6 +274,11 @@ def test_bconv2d_rejects_wrong_activations():
                 residual=np.zeros((1, 5, 5, 3), np.float32))
     with pytest.raises(InputError, match="out must be"):
         bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64), out=np.zeros((1, 5, 5, 4), np.float64))
+    keep = make_epilogue(4, quantize=(np.zeros(4, np.float32), None), keep_float=True)
+    frozen = np.zeros((1, 5, 5, 4), np.float32)
+    frozen.flags.writeable = False
+    with pytest.raises(InputError, match="writeable C-contiguous float32"):
+        bconv2d(plan, np.zeros((1, 5, 5, 2), np.uint64), keep, out=frozen)
 
 
 @POPCOUNTS
