@@ -63,7 +63,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -91,6 +90,7 @@ from runtime.kernels.popcount import (
     popcount64,
     target_features,
 )
+from runtime.threads import kernel_threads
 
 # numba hoists the first pass's constant-index loads (offsets[0..3], weights[0..3]) out of the
 # prange loop, where they run even when the patch has fewer than 4 words: the offset table and
@@ -518,7 +518,7 @@ class BConvCall:
         residual = check_residual(residual, shape)
         result, out_float, out_bits = output_buffers(shape, self.epilogue, out)
         rows = shape[0] * out_h * out_w
-        splits = channel_splits(shape[0] * out_h, channels, numba.get_num_threads())
+        splits = channel_splits(shape[0] * out_h, channels, kernel_threads())
         _bconv_kernel(np.ascontiguousarray(a_bits), *self._geometry, splits,
                       _as_rows(residual, rows), *self._transform, _as_rows(out_float, rows),
                       _as_rows(out_bits, rows), self._byte_counts)

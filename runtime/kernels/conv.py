@@ -39,7 +39,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -54,6 +53,7 @@ from runtime.kernels.epilogue import (
     output_buffers,
 )
 from runtime.kernels.geometry import conv_output_size, int_pair, is_pointwise
+from runtime.threads import kernel_threads
 
 DIRECT_MAX_DEPTH = 512  # see uses_direct
 
@@ -386,7 +386,7 @@ class _TiledConv:
         self.pointwise = is_pointwise(plan.kernel, plan.stride, plan.padding)
         self.depth = kh * kw * plan.in_channels  # GEMM K summed over the groups
         self.rows = x.shape[0] * plan.out_hw[0] * plan.out_hw[1]
-        self.threads = numba.get_num_threads()
+        self.threads = kernel_threads()
         macs = self.rows * self.depth * plan.out_channels // plan.groups
         if macs < _SPLIT_MACS:
             self.threads = 1

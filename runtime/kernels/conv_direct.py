@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
 from runtime.kernels.epilogue import Epilogue, finish_rows
 from runtime.kernels.fma import FMA_BLOCK, FMA_PIXELS, fma_block1, fma_block6
 from runtime.kernels.geometry import channel_splits, is_pointwise
+from runtime.threads import kernel_threads
 
 RUN_PIXELS = 96  # pixels per run of a pointwise conv
 
@@ -105,7 +105,7 @@ def direct_conv(plan: DirectPlan, x: np.ndarray, out_hw: tuple[int, int],
         pixels = rows * out_hw[1]
         run = min(pixels, RUN_PIXELS)
         rows = -(-pixels // run)
-    splits = channel_splits(rows, epilogue.channels, numba.get_num_threads())
+    splits = channel_splits(rows, epilogue.channels, kernel_threads())
     geometry = np.array([*out_hw, *stride, run, splits], np.int64)
     _direct_kernel(xp, plan.offsets, plan.blocks, geometry, residual, epilogue.table,
                    epilogue.activation, epilogue.quantize, out_float, out_bits)

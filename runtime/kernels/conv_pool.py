@@ -30,7 +30,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -43,6 +42,7 @@ from runtime.kernels.epilogue_word import SIGN, SIGNED_THRESHOLD, WORD_LANES, wi
 from runtime.kernels.fma import FMA_BLOCK
 from runtime.kernels.geometry import int_pair
 from runtime.kernels.pack import pack_at, words_for
+from runtime.threads import kernel_threads
 
 LAYER = "conv2d + maxpool2d"
 BANDS_PER_THREAD = 2
@@ -107,7 +107,7 @@ def conv2d_maxpool(
     floats = np.empty((n_batch, *plan.out_hw, channels), np.float32)
     bits = np.empty((n_batch, *plan.out_hw, words_for(channels)), np.uint64)
     table = quantize.table if quantize is not None else epilogue.table
-    threads = numba.get_num_threads()
+    threads = kernel_threads()
     bands = 1 if threads == 1 else -(-BANDS_PER_THREAD * threads // n_batch)
     bands = max(1, min(bands, plan.out_hw[0]))
     geometry = np.array([*conv.out_hw, *conv.stride, *plan.kernel, *plan.stride,

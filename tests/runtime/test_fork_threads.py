@@ -17,7 +17,7 @@ import pytest
 from rt_builder import IRBuilder
 
 import runtime
-from runtime.threads import blas_threads, set_blas_threads
+from runtime.threads import blas_threads, kernel_threads, set_blas_threads
 
 HERE = Path(__file__).resolve().parent
 
@@ -104,12 +104,14 @@ def test_concurrent_predicts_restore_every_thread_setting():
     xs = np.random.default_rng(1).standard_normal((3, 64, 6, 6)).astype(np.float32)
     expected = models[0].predict(xs)
 
-    seen: list[tuple[int, int, int | None]] = []  # (model threads, numba's, BLAS's) inside
+    # (model threads, numba's, the kernels' (runtime.threads.kernel_threads), BLAS's) inside
+    seen: list[tuple[int, int, int, int | None]] = []
     for model in models:
         original = model.plan[-1].run
 
         def spy(inputs, model=model, original=original):
-            seen.append((model.threads, numba.get_num_threads(), blas_threads()))
+            seen.append((model.threads, numba.get_num_threads(), kernel_threads(),
+                         blas_threads()))
             time.sleep(0.002)  # let the other threads' predicts start and end meanwhile
             return original(inputs)
 
@@ -150,4 +152,6 @@ def test_concurrent_predicts_restore_every_thread_setting():
     assert len(numba_counts) == workers
     assert all(before == after for before, after in numba_counts)
     assert len(seen) == workers * calls
-    assert all(inside == wanted and blas == 1 for wanted, inside, blas in seen), seen
+    assert all(inside == kernels == wanted and blas == 1
+               for wanted, inside, kernels, blas in seen), seen
+    assert kernel_threads() == numba.get_num_threads()  # outside a predict: numba's own
