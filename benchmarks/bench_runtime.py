@@ -281,12 +281,11 @@ def ms(seconds: float) -> str:
 
 
 BINARY_LEVER = (
-    "the 16 binary convs (the largest share in the breakdown above) run at about half of"
-    " the avx2 ceiling while their popcount loop alone reaches 80-86% (RESULTS_layers.md):"
-    " per-output work (popcount-to-float conversion, the epilogue's reads and writes of the"
-    " float residual, the zero-padding fix at borders) and the Python between steps; next:"
-    " fuse the conversion into the epilogue, per-thread scratch, the plan run from one"
-    " compiled function"
+    "the 16 binary convs (over half of the time, the breakdown above) reach 50-70% of the"
+    " avx2 ceiling back to back, their popcount loop alone 80-86% (RESULTS_layers.md); the"
+    " difference is per-output work (popcount-to-float conversion, the epilogue's pass over"
+    " the float residual, border fixes) and the Python around each step, each a few percent"
+    " (README)"
 )
 THREAD_LEVER = (
     "the second-thread probe: below ~1.8x the two cores' vector units are shared with other"

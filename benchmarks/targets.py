@@ -38,13 +38,14 @@ class Target:
         gap = abs(self.measured - self.goal)
         if self.unit == "%":
             return f"short by {gap * 100:.0f} points"
-        return f"short by {gap / self.goal:.0%}"
+        relative = gap / self.goal
+        return f"short by {relative:.1%}" if relative < 0.01 else f"short by {relative:.0%}"
 
 
 def _number(value: float, unit: str) -> str:
     if unit == "%":
         return f"{value:.0%}"
-    return f"{value:.2f}{unit}"
+    return f"{value:.3f}{unit}" if abs(value) < 10 else f"{value:.1f}{unit}"
 
 
 def targets_table(targets: Sequence[Target], heading: str = "## Targets") -> list[str]:

@@ -114,11 +114,12 @@ def test_targets_say_met_or_by_how_much_they_fell_short():
     assert Target("x", 1.3, 1.2, higher_is_better=False).verdict() == "met"
     assert Target("x", 1.3, 1.56, higher_is_better=False).verdict() == "short by 20%"
     assert Target("x", 0.8, 0.55, unit="%").verdict() == "short by 25 points"
+    assert Target("x", 5.0, 4.997).verdict() == "short by 0.1%"
     rows = targets_table([Target("speed", 6.0, 5.4, lever="fuse"), Target("size", 0.05, 0.01,
                                                                         unit="%",
                                                                         higher_is_better=False,
                                                                         lever="never shown")])
-    assert rows[-2] == "| speed | >= 6.00x | 5.40x | short by 10% | fuse |"
+    assert rows[-2] == "| speed | >= 6.000x | 5.400x | short by 10% | fuse |"
     assert rows[-1] == "| size | <= 5% | 1% | met |  |"
     twice = targets_table([Target("a", 2.0, 1.0, lever="fuse"),
                            Target("b", 2.0, 1.0, lever="fuse")])
