@@ -31,6 +31,7 @@ sys.path.insert(0, str(HERE))
 from bench_bireal18 import bireal18  # noqa: E402
 from bench_runtime import machine  # noqa: E402
 from core_probe import probe_note, second_thread_gain  # noqa: E402
+from isa import popcount_instruction_counts, seen_popcount_isa  # noqa: E402
 from result_file import write_result  # noqa: E402
 from targets import Target, targets_table  # noqa: E402
 from timing import time_call  # noqa: E402
@@ -70,13 +71,16 @@ def measure(path: Path, repeats: int) -> dict[tuple[int, int, str], list[float]]
 
 
 def report(times: dict[tuple[int, int, str], list[float]], repeats: int,
-           probe: tuple[float, float]) -> str:
+           probe: tuple[float, float], isa_line: str) -> str:
     lines = [
         "# Batch throughput: Bi-Real-18 (runtime) vs ResNet-18 fp32 (PyTorch)",
         "",
         f"Date: {datetime.datetime.now():%Y-%m-%d %H:%M}. Machine: {machine()}.",
         "",
         probe_note(*probe),
+        "",
+        f"Popcount ISA seen in the assembly (a fresh compile of the bconv inner loops for this"
+        f" host): {isa_line}.",
         "",
         f"Command: `NUMBA_CACHE_DIR=.cache/numba .venv/bin/python benchmarks/bench_batch.py "
         f"--repeats {repeats}`. 224x224 inputs, 2 warm-up rounds, {repeats} interleaved "
@@ -131,7 +135,8 @@ def main() -> None:
         path = Path(folder) / "bireal18.bnn"
         write_model(path, graph, tensors)
         times = measure(path, args.repeats)
-    text = report(times, args.repeats, (probe_start, second_thread_gain()))
+    text = report(times, args.repeats, (probe_start, second_thread_gain()),
+                  seen_popcount_isa(popcount_instruction_counts()))
     write_result(args.output, text)
     print(text)
 
