@@ -329,8 +329,9 @@ def avx2_section(avx2: dict, repeats: int) -> list[str]:
         "## The AVX2 target (1 thread)",
         "",
         "The same comparison in a child process whose numba kernels compile for an AVX2-only"
-        " x86-64 CPU (`NUMBA_CPU_NAME=znver3`, the host's features with every AVX-512, AMX and"
-        " AVX10 feature removed, a numba cache of its own) and whose torch runs at AVX2 at most"
+        " x86-64 CPU (`NUMBA_CPU_NAME=znver3`, of the host's features only those a Zen 3 also"
+        " has: no AVX-512, AMX, AVX10 or GFNI; a numba cache of its own) and whose torch runs at"
+        " AVX2 at most"
         " (`ONEDNN_MAX_CPU_ISA=AVX2`, `ATEN_CPU_CAPABILITY=avx2`): benchmarks/isa.py. What"
         f" most laptops and desktops run. {repeats} repeats, interleaved.",
         "",

@@ -5,11 +5,11 @@
   ISA seen in the assembly": ``vpopcntq`` means AVX-512 VPOPCNTDQ, ``vpshufb`` the AVX2
   nibble table).
 - ``avx2_target_env``: the environment that makes a child process compile every numba kernel
-  for an AVX2-only x86-64 CPU (Zen 3's scheduling model, the host's features with every
-  AVX-512 / AMX / AVX10 feature removed, a cache directory of its own) and caps torch at
-  AVX2 (oneDNN's ``ONEDNN_MAX_CPU_ISA``, ATen's ``ATEN_CPU_CAPABILITY``): on an AVX-512 host
-  it measures what most laptops and desktops get. The features come from the host rather than
-  a fixed list so that the child never compiles for an instruction the host lacks.
+  for an AVX2-only x86-64 CPU (Zen 3's scheduling model and features: those of the host's
+  that a Zen 3 also has, so no AVX-512, AMX, AVX10 or GFNI; a cache directory of its own)
+  and caps torch at AVX2 (oneDNN's ``ONEDNN_MAX_CPU_ISA``, ATen's ``ATEN_CPU_CAPABILITY``):
+  on an AVX-512 host it measures what most laptops and desktops get, and it never compiles
+  for an instruction the host lacks.
 """
 
 from __future__ import annotations
@@ -26,8 +26,16 @@ from runtime.kernels.bconv import _popcount_pair, default_popcount
 from runtime.kernels.popcount import patch_popcounts4_high, patch_popcounts4_low
 
 AVX2_CPU_NAME = "znver3"
-# feature families an AVX2-only x86-64 CPU lacks (llvm's names)
-_WIDE_FEATURES = ("avx512", "amx", "avx10", "evex512")
+# what LLVM's znver3 (AMD Zen 3, AVX2 without AVX-512) offers: the child keeps a host feature
+# only if it is one of these, so that it neither uses AVX-512 nor anything else an AVX2
+# desktop lacks (GFNI, AVX-VNNI, ...), nor anything this host lacks
+ZEN3_FEATURES = frozenset((
+    "64bit", "adx", "aes", "avx", "avx2", "bmi", "bmi2", "clflushopt", "clwb", "clzero", "cmov",
+    "crc32", "cx16", "cx8", "f16c", "fma", "fsgsbase", "fxsr", "invpcid", "lzcnt", "mmx",
+    "movbe", "mwaitx", "pclmul", "pku", "popcnt", "prfchw", "rdpid", "rdrnd", "rdseed", "sahf",
+    "sha", "shstk", "sse", "sse2", "sse3", "sse4.1", "sse4.2", "sse4a", "ssse3", "vaes",
+    "vpclmulqdq", "wbnoinvd", "xsave", "xsavec", "xsaveopt", "xsaves",
+))
 
 
 def cpuinfo_mhz() -> str:
@@ -123,12 +131,12 @@ def seen_popcount_isa(found: dict[str, dict[str, int]], strategy: str | None = N
 
 
 def avx2_features(host_features: str) -> str:
-    """``host_features`` (llvm's flat "+a,-b,..." string) with every AVX-512, AMX and AVX10
-    feature turned off."""
+    """``host_features`` (llvm's flat "+a,-b,..." string) with every feature outside
+    ``ZEN3_FEATURES`` turned off (AVX-512, AMX, AVX10, GFNI, ...)."""
     items = []
     for item in host_features.split(","):
         item = item.strip()
-        if len(item) > 1 and item[1:].startswith(_WIDE_FEATURES):
+        if len(item) > 1 and item[0] == "+" and item[1:] not in ZEN3_FEATURES:
             item = "-" + item[1:]
         if item:
             items.append(item)
