@@ -52,13 +52,14 @@ def test_results_files_are_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["RESULTS.md"]
 
 
-def test_avx2_features_turn_off_every_wide_feature_and_keep_the_rest():
+def test_avx2_features_keep_only_what_a_zen3_has_of_the_hosts():
     import isa
 
-    host = "+64bit,+avx2,+avx512f,+avx512vpopcntdq,-avx512bw,+amx-tile,+avx10.1,+evex512,+popcnt"
+    host = ("+64bit,+avx2,+avx512f,+avx512vpopcntdq,-avx512bw,+amx-tile,+avx10.1,+evex512,"
+            "+gfni,+popcnt,-sse4a")
     out = isa.avx2_features(host).split(",")
     assert out == ["+64bit", "+avx2", "-avx512f", "-avx512vpopcntdq", "-avx512bw", "-amx-tile",
-                   "-avx10.1", "-evex512", "+popcnt"]
+                   "-avx10.1", "-evex512", "-gfni", "+popcnt", "-sse4a"]
 
 
 def test_seen_popcount_isa_names_what_the_inner_loop_holds():
