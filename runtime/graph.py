@@ -58,6 +58,8 @@ class Step:
 
     ``nodes`` are the file's nodes it computes (one, or a fused chain); ``release`` the values
     no later step reads; ``param_count``/``param_bytes`` what its parameters hold in the file.
+    A step with ``overwrites`` set writes its output into that input's array (``run`` then
+    changes its second input: call it on a copy to keep one).
     """
 
     nodes: list[Node]
