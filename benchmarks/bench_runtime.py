@@ -183,7 +183,6 @@ def avx2_worker(path: Path, repeats: int) -> dict:
         "avx512_features": sorted(name for name, on in target_features().items()
                                   if on and name.startswith("avx512")),
         "isa": seen_popcount_isa(counts, strategy),
-        "vpopcntq": counts[strategy]["vpopcntq"],
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
         "rows": speed(path, repeats, threads_list=(1,)),
     }
@@ -280,6 +279,16 @@ def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f}"
 
 
+def comparison_row(row: dict) -> str:
+    """One table row of ``summarize``'s: threads, min / median of each side, both speed-ups."""
+    return (
+        f"| {row['threads']} | {ms(row['runtime_min'])} / {ms(row['runtime_median'])} | "
+        f"{ms(row['torch_min'])} / {ms(row['torch_median'])} | "
+        f"{row['torch_min'] / row['runtime_min']:.2f}x | "
+        f"{row['torch_median'] / row['runtime_median']:.2f}x |"
+    )
+
+
 BINARY_LEVER = (
     "the 16 binary convs (over half of the time, the breakdown above) reach 50-70% of the"
     " avx2 ceiling back to back, their popcount loop alone 80-86% (RESULTS_layers.md); the"
@@ -298,17 +307,14 @@ def speed_targets(speed_rows: list[dict], alone_rows: list[dict], avx2: dict,
     """The whole-network targets this file checks (issue: performance)."""
     one, two = speed_rows
     one_alone, two_alone = alone_rows
-    targets = [
+    avx2_row = avx2["rows"][0]
+    return [
         Target("Bi-Real-18 vs torch fp32, 1 thread (mins, interleaved)", 6.0,
                one["torch_min"] / one["runtime_min"], lever=BINARY_LEVER),
         Target("Bi-Real-18 vs torch fp32, 2 threads (mins, interleaved)", 5.0,
                two["torch_min"] / two["runtime_min"], lever=BINARY_LEVER + "; " + THREAD_LEVER),
-    ]
-    if avx2.get("rows"):
-        row = avx2["rows"][0]
-        targets.append(Target("the same, 1 thread, compiled for the AVX2 target", 4.5,
-                              row["torch_min"] / row["runtime_min"], lever=BINARY_LEVER))
-    targets += [
+        Target("the same, 1 thread, compiled for the AVX2 target", 4.5,
+               avx2_row["torch_min"] / avx2_row["runtime_min"], lever=BINARY_LEVER),
         Target("the runtime's 2-thread speed-up, alone (mins)", 1.7,
                one_alone["runtime_min"] / two_alone["runtime_min"], lever=THREAD_LEVER),
         Target("the runtime's 2-thread median / min, alone", 1.3,
@@ -319,7 +325,6 @@ def speed_targets(speed_rows: list[dict], alone_rows: list[dict], avx2: dict,
         Target("first predict with a warm cache (s)", 1.0, startup[-1]["first_predict"],
                unit="", higher_is_better=False, lever="see the start-up table"),
     ]
-    return targets
 
 
 def avx2_section(avx2: dict, repeats: int) -> list[str]:
@@ -348,14 +353,7 @@ def avx2_section(avx2: dict, repeats: int) -> list[str]:
         " speed-up (median) |",
         "|---:|---:|---:|---:|---:|",
     ]
-    for row in avx2["rows"]:
-        lines.append(
-            f"| {row['threads']} | {ms(row['runtime_min'])} / {ms(row['runtime_median'])} | "
-            f"{ms(row['torch_min'])} / {ms(row['torch_median'])} | "
-            f"{row['torch_min'] / row['runtime_min']:.2f}x | "
-            f"{row['torch_median'] / row['runtime_median']:.2f}x |"
-        )
-    return lines
+    return lines + [comparison_row(row) for row in avx2["rows"]]
 
 
 def report(speed_rows, size, startup, parts, repeats: int, product: dict,
@@ -411,14 +409,8 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict,
         " speed-up (min) | speed-up (median) |",
         "|---|---:|---:|---:|---:|---:|",
     ]
-    for recipe, rows in product.items():
-        for row in rows:
-            lines.append(
-                f"| {recipe} | {row['threads']} | {ms(row['runtime_min'])} / "
-                f"{ms(row['runtime_median'])} | {ms(row['torch_min'])} / "
-                f"{ms(row['torch_median'])} | {row['torch_min'] / row['runtime_min']:.2f}x | "
-                f"{row['torch_median'] / row['runtime_median']:.2f}x |"
-            )
+    lines += [f"| {recipe} " + comparison_row(row)
+              for recipe, rows in product.items() for row in rows]
     lines += [
         "",
         "Each alone in a process of its own (the runtime's without torch, as a deployed model"
@@ -429,13 +421,7 @@ def report(speed_rows, size, startup, parts, repeats: int, product: dict,
         " speed-up (median) |",
         "|---:|---:|---:|---:|---:|",
     ]
-    lines += [
-        f"| {row['threads']} | {ms(row['runtime_min'])} / {ms(row['runtime_median'])} | "
-        f"{ms(row['torch_min'])} / {ms(row['torch_median'])} | "
-        f"{row['torch_min'] / row['runtime_min']:.2f}x | "
-        f"{row['torch_median'] / row['runtime_median']:.2f}x |"
-        for row in alone_rows
-    ]
+    lines += [comparison_row(row) for row in alone_rows]
     one_alone, two_alone = (row["runtime_min"] for row in alone_rows)
     lines += ["", f"The runtime's second thread, alone: {one_alone / two_alone:.2f}x (min)."]
     lines += avx2_section(avx2, repeats)

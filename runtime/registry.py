@@ -15,7 +15,8 @@ An :class:`OpDef` says everything the rest of the project needs to know about on
 - its **implementation**: ``run(inputs, params, attrs)`` for an op the executor calls on its
   own, ``prepare(node, weight, input)`` for a producer (a kernel that absorbs a fused
   epilogue): it re-lays out the weight once and gives ``bind(epilogue) -> call(x,
-  residual)``, bound once per step, so a call does no more than its input asks; and its
+  residual, out=None)`` (``out``: the array to write the floats into, possibly the
+  residual's), bound once per step, so a call does no more than its input asks; and its
   **fusion role**: ``"producer"``, or the epilogue stage it can fill (``"affine"``, ``"add"``,
   ``"activation"``, ``"quantize"``), or ``"maxpool"`` (a pool a producer declared with
   ``prepare_maxpool`` may absorb after its chain), or ``None``; a fusable op's
